@@ -1,0 +1,9 @@
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), shared::lambda_http::Error> {
+    shared::init_tracing();
+    let ctx = shared::Context::from_env().await?;
+    shared::lambda_http::run(shared::lambda_http::service_fn(|req| {
+        cancel_email_change_request::handle(&ctx, req)
+    }))
+    .await
+}

@@ -1,0 +1,17 @@
+//! The `$default` route: every unknown path is a 404 and every known path with another
+//! method a 405, in the API's error envelope.
+use shared::lambda_http::{Body, Request, Response};
+use shared::{http, routes, ApiError};
+use std::convert::Infallible;
+
+pub async fn handle(req: Request) -> Result<Response<Body>, Infallible> {
+    Ok(http::serve(&req, |req| async move { Err(answer(req)) }).await)
+}
+
+fn answer(req: &Request) -> ApiError {
+    match routes::resolve(req.method().as_str(), req.uri().path()) {
+        Err(error) => error,
+        // A known route only reaches the fallback through a misconfigured router.
+        Ok(_) => ApiError::NotFound,
+    }
+}

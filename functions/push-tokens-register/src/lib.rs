@@ -1,0 +1,35 @@
+//! `POST /api/users/{uuid}/push_tokens/`: register (or refresh) one of the caller's push tokens.
+use serde_json::json;
+use shared::fields::{self, Text};
+use shared::lambda_http::{Body, Request, Response};
+use shared::{http, ApiError, Context};
+use std::convert::Infallible;
+
+pub const PLATFORMS: &[&str] = &["ios", "android", "web"];
+
+pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
+    Ok(http::serve(&req, |req| register(ctx, req)).await)
+}
+
+/// Upserts the token; the 21st evicts the least recently seen. The token is not echoed.
+async fn register(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
+    let call = ctx.authorize(req, "push-tokens-register").await?;
+    let body = http::parse_fields(req)?;
+    let token = fields::required_text(&body, "token", Text::not_blank(512))?;
+    if !body.contains_key("platform") {
+        return Err(ApiError::required("platform"));
+    }
+    let platform = fields::choice(&body, "platform", PLATFORMS, false)?
+        .flatten()
+        .ok_or_else(|| ApiError::required("platform"))?;
+    let record = ctx
+        .store
+        .register_push_token(&call.target.uuid.to_string(), &token, &platform)
+        .await?;
+    http::ok(&json!({
+        "id": record.id,
+        "platform": record.platform,
+        "created_at": record.created_at,
+        "last_seen_at": record.last_seen_at,
+    }))
+}

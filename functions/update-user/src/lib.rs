@@ -1,0 +1,173 @@
+//! `PATCH /api/users/{uuid}/`: update the profile fields a user may change, and request an
+//! email change (verified by a code sent to the new address).
+use serde_json::{Map, Value};
+use shared::fields::{self, Text};
+use shared::http::Fields;
+use shared::lambda_http::{Body, Request, Response};
+use shared::store::email_changes::EMAIL_CHANGE_TTL_SECS;
+use shared::store::users::{email_taken, EmailUpdate};
+use shared::users::{email_key, UserRecord};
+use shared::{email_change, http, ApiError, Context};
+use std::convert::Infallible;
+
+pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
+    Ok(http::serve(&req, |req| update(ctx, req)).await)
+}
+
+async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
+    let call = ctx.authorize(req, "update-user").await?;
+    let body = http::parse_fields(req)?;
+    let mut changes = profile_changes(&body)?;
+    let new_email = match fields::text(&body, "email", Text::not_blank(254))? {
+        Some(email) if !email_change::is_valid_email(&email) => {
+            return Err(ApiError::invalid_input(
+                "Enter a valid email address.",
+                Some("email"),
+            ))
+        }
+        other => other,
+    };
+    let uuid = call.target.uuid.to_string();
+    let (view, owner) = match &new_email {
+        Some(email) => {
+            let (view, owner) =
+                tokio::join!(ctx.store.user_view(&uuid), ctx.store.email_owner(email));
+            (view?, owner?)
+        }
+        None => (ctx.store.user_view(&uuid).await?, None),
+    };
+    let mut view = view.ok_or(ApiError::NotFound)?;
+    if let Some(settings) = changes.get_mut("notification_settings") {
+        // Like PostHog, a partial object updates only the keys it names.
+        let mut merged = view
+            .user
+            .notification_settings
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        merged.extend(settings.as_object().cloned().unwrap_or_default());
+        *settings = Value::Object(merged);
+    }
+    let new_email = new_email.filter(|e| email_key(e) != email_key(&view.user.email));
+    if let Some(owner) = &owner {
+        if new_email.is_some() && *owner != uuid {
+            return Err(email_taken());
+        }
+    }
+    let mut code_to_send = None;
+    let request;
+    let email_update = match &new_email {
+        None => EmailUpdate::Unchanged,
+        Some(new) if ctx.mailer.enabled() => {
+            let (record, code) = email_change::new_request(&uuid, new, EMAIL_CHANGE_TTL_SECS);
+            code_to_send = Some(code);
+            request = record;
+            EmailUpdate::Request(&request)
+        }
+        Some(new) => EmailUpdate::Immediate {
+            old: &view.user.email,
+            new,
+        },
+    };
+    ctx.store
+        .update_profile(&uuid, &changes, email_update)
+        .await?;
+    // The response shows what this update wrote, over the record read just before it.
+    let mut user = serde_json::to_value(&view.user).map_err(|_| ApiError::Internal)?;
+    if let Some(object) = user.as_object_mut() {
+        object.extend(changes);
+    }
+    view.user = serde_json::from_value::<UserRecord>(user).map_err(|_| ApiError::Internal)?;
+    if let Some(new) = new_email {
+        match code_to_send {
+            Some(code) => {
+                email_change::send_code(&ctx.mailer, &new, &code).await;
+                view.pending_email = Some(new);
+            }
+            None => view.user.email = new,
+        }
+    }
+    http::ok(&view.to_json())
+}
+
+const TOOLBAR_MODES: &[&str] = &["disabled", "toolbar"];
+const THEME_MODES: &[&str] = &["light", "dark", "system"];
+const SHORTCUT_POSITIONS: &[&str] = &["above", "below", "hidden"];
+const ROLES: &[&str] = &[
+    "engineering",
+    "data",
+    "product",
+    "founder",
+    "leadership",
+    "marketing",
+    "sales",
+    "other",
+];
+
+/// The profile fields present in the body, validated, as they will be stored. Read-only
+/// fields (`is_staff`, `uuid`, `pending_email`, `date_joined`, `is_2fa_enabled`...) and
+/// unknown keys are ignored.
+fn profile_changes(body: &Fields) -> Result<Map<String, Value>, ApiError> {
+    let mut changes = Map::new();
+    for name in ["first_name", "last_name"] {
+        if let Some(value) = fields::text(body, name, Text::blank_ok(150))? {
+            changes.insert(name.into(), Value::String(value));
+        }
+    }
+    for name in ["anonymize_data", "allow_impersonation", "hide_mcp_hints"] {
+        if let Some(value) = fields::boolean(body, name)? {
+            changes.insert(name.into(), Value::Bool(value));
+        }
+    }
+    if body
+        .get("allow_sidebar_suggestions")
+        .is_some_and(Value::is_null)
+    {
+        changes.insert("allow_sidebar_suggestions".into(), Value::Null);
+    } else if let Some(value) = fields::boolean(body, "allow_sidebar_suggestions")? {
+        changes.insert("allow_sidebar_suggestions".into(), Value::Bool(value));
+    }
+    if let Some(value) = fields::boolean(body, "passkeys_enabled_for_2fa")? {
+        if value {
+            return Err(ApiError::invalid_input(
+                "You need at least one passkey registered to use passkeys for 2FA.",
+                Some("passkeys_enabled_for_2fa"),
+            ));
+        }
+        changes.insert("passkeys_enabled_for_2fa".into(), Value::Bool(false));
+    }
+    let choices: [(&str, &[&str], bool); 4] = [
+        ("toolbar_mode", TOOLBAR_MODES, true),
+        ("theme_mode", THEME_MODES, true),
+        ("shortcut_position", SHORTCUT_POSITIONS, true),
+        ("role_at_organization", ROLES, true),
+    ];
+    for (name, options, allow_null) in choices {
+        if let Some(value) = fields::choice(body, name, options, allow_null)? {
+            changes.insert(name.into(), value.map(Value::String).unwrap_or(Value::Null));
+        }
+    }
+    for (name, allow_null) in [
+        ("notification_settings", false),
+        ("events_column_config", false),
+        ("has_seen_product_intro_for", true),
+        ("hedgehog_config", true),
+    ] {
+        if let Some(value) = fields::object(body, name, allow_null)? {
+            changes.insert(name.into(), value.unwrap_or(Value::Null));
+        }
+    }
+    if let Some(Value::Object(settings)) = changes.get("notification_settings") {
+        if serde_json::to_vec(settings)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX)
+            > 16 * 1024
+        {
+            return Err(ApiError::invalid_input(
+                "Notification settings are too large.",
+                Some("notification_settings"),
+            ));
+        }
+    }
+    Ok(changes)
+}

@@ -1,0 +1,61 @@
+//! Settings from the environment variables that `template.yaml` sets. Local runs set the
+//! same variables; the standard `AWS_ENDPOINT_URL_*` variables point the SDK at emulators.
+use std::env;
+
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub users: String,
+    pub user_emails: String,
+    pub api_keys: String,
+    pub push_tokens: String,
+    pub two_factor: String,
+    pub email_changes: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tables: Tables,
+    /// Secrets Manager id of the encryption keys; only the functions that need it have it.
+    pub encryption_secret_id: Option<String>,
+    /// Issuer shown by authenticator apps.
+    pub totp_issuer: String,
+    /// SES sender; `None` turns email off (email changes then apply at once).
+    pub email_sender: Option<String>,
+}
+
+/// A required variable was not set: the deployment is broken, so start-up fails loudly.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {0} is not set")]
+pub struct MissingVar(pub &'static str);
+
+fn required(name: &'static str) -> Result<String, MissingVar> {
+    env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or(MissingVar(name))
+}
+
+fn optional(name: &str) -> Option<String> {
+    env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, MissingVar> {
+        Ok(Config {
+            tables: Tables {
+                users: required("USERS_TABLE")?,
+                user_emails: required("USER_EMAILS_TABLE")?,
+                api_keys: required("API_KEYS_TABLE")?,
+                push_tokens: required("PUSH_TOKENS_TABLE")?,
+                two_factor: required("TWO_FACTOR_TABLE")?,
+                email_changes: required("EMAIL_CHANGES_TABLE")?,
+            },
+            encryption_secret_id: optional("ENCRYPTION_SECRET_ID"),
+            totp_issuer: optional("TOTP_ISSUER").unwrap_or_else(|| "PostHog".to_string()),
+            email_sender: optional("EMAIL_SENDER"),
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! What a function builds once per cold start and shares, by reference, with every request.
+use crate::auth::{self, Caller, TargetUser};
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::email::Mailer;
+use crate::error::ApiError;
+use crate::http;
+use crate::routes::{self, Matched};
+use crate::store::Store;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use lambda_http::Request;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub struct Context {
+    pub config: Config,
+    pub store: Store,
+    pub mailer: Mailer,
+    secrets: aws_sdk_secretsmanager::Client,
+    /// Loaded on first use and kept; a failed load is retried by the next request, so an
+    /// outage at cold start is a 503, not a crash loop.
+    keyring: OnceCell<Keyring>,
+}
+
+/// A request that passed routing, the size limit, authentication and its scope.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub matched: Matched,
+    pub caller: Caller,
+    pub target: TargetUser,
+}
+
+impl Context {
+    /// Builds the clients from the environment, with explicit timeouts and bounded retries
+    /// so an unreachable dependency becomes a 503 well inside the function's timeout.
+    pub async fn from_env() -> Result<Self, crate::config::MissingVar> {
+        let config = Config::from_env()?;
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_millis(1000))
+                    .operation_attempt_timeout(Duration::from_millis(2000))
+                    .operation_timeout(Duration::from_millis(6000))
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .load()
+            .await;
+        Ok(Self::new(config, &sdk))
+    }
+
+    pub fn new(config: Config, sdk: &aws_config::SdkConfig) -> Self {
+        let store = Store::new(aws_sdk_dynamodb::Client::new(sdk), config.tables.clone());
+        let mailer = Mailer::new(aws_sdk_sesv2::Client::new(sdk), config.email_sender.clone());
+        Context {
+            store,
+            mailer,
+            secrets: aws_sdk_secretsmanager::Client::new(sdk),
+            keyring: OnceCell::new(),
+            config,
+        }
+    }
+
+    /// Routes, size-checks, authenticates and authorises a request for `function`, and
+    /// works out whose account it acts on.
+    pub async fn authorize(&self, req: &Request, function: &str) -> Result<Call, ApiError> {
+        let matched = routes::resolve(req.method().as_str(), req.uri().path())?;
+        if matched.route.function != function {
+            return Err(ApiError::NotFound);
+        }
+        http::check_body_size(req)?;
+        let caller = auth::authenticate(&self.store, req).await?;
+        caller.require(matched.route.scope)?;
+        let target = auth::target(&caller, &matched)?;
+        Ok(Call {
+            matched,
+            caller,
+            target,
+        })
+    }
+
+    /// The encryption keys, read from Secrets Manager once per cold start.
+    pub async fn keyring(&self) -> Result<&Keyring, ApiError> {
+        self.keyring
+            .get_or_try_init(|| async {
+                let id = self.config.encryption_secret_id.as_deref().ok_or_else(|| {
+                    tracing::error!("ENCRYPTION_SECRET_ID is not set for a function that needs it");
+                    ApiError::Internal
+                })?;
+                let out = self
+                    .secrets
+                    .get_secret_value()
+                    .secret_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| ApiError::from_sdk("secrets.get", &e))?;
+                Keyring::from_secret(out.secret_string().unwrap_or_default())
+            })
+            .await
+    }
+}

@@ -1,0 +1,52 @@
+//! Outgoing email through Amazon SES. A failed send is logged (never its content) and never
+//! fails the request that caused it.
+use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+
+#[derive(Debug, Clone)]
+pub struct Mailer {
+    client: aws_sdk_sesv2::Client,
+    sender: Option<String>,
+}
+
+impl Mailer {
+    pub fn new(client: aws_sdk_sesv2::Client, sender: Option<String>) -> Self {
+        Mailer { client, sender }
+    }
+
+    /// Whether the deployment sends email at all.
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
+    /// Sends a plain-text message; returns whether SES accepted it.
+    pub async fn send(&self, to: &str, subject: &str, text: &str) -> bool {
+        let Some(sender) = &self.sender else {
+            return false;
+        };
+        let content = |data: &str| Content::builder().data(data).charset("UTF-8").build();
+        let (Ok(subject), Ok(text)) = (content(subject), content(text)) else {
+            return false;
+        };
+        let message = Message::builder()
+            .subject(subject)
+            .body(Body::builder().text(text).build())
+            .build();
+        let result = self
+            .client
+            .send_email()
+            .from_email_address(sender)
+            .destination(Destination::builder().to_addresses(to).build())
+            .content(EmailContent::builder().simple(message).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(err) => {
+                let code =
+                    aws_sdk_sesv2::error::ProvideErrorMetadata::code(&err).unwrap_or("transport");
+                tracing::warn!(error_code = code, "email could not be sent");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Request parsing and response building shared by every handler.
+use crate::error::ApiError;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::future::Future;
+use std::time::Instant;
+
+/// Bodies above this are refused with 413 before any parsing.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A request body decoded into its fields (JSON object or form fields).
+pub type Fields = Map<String, Value>;
+
+pub fn body_bytes(req: &Request) -> &[u8] {
+    match req.body() {
+        Body::Empty => &[],
+        Body::Text(text) => text.as_bytes(),
+        Body::Binary(bytes) => bytes,
+        _ => &[],
+    }
+}
+
+pub fn check_body_size(req: &Request) -> Result<(), ApiError> {
+    if body_bytes(req).len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge);
+    }
+    Ok(())
+}
+
+/// Decodes a JSON or form-encoded body into fields. An empty body is no fields; a JSON body
+/// that is not an object is refused the way DRF refuses it.
+pub fn parse_fields(req: &Request) -> Result<Fields, ApiError> {
+    check_body_size(req)?;
+    let bytes = body_bytes(req);
+    let media = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if bytes.iter().all(u8::is_ascii_whitespace)
+        && (media.is_empty() || media != "application/json")
+    {
+        return Ok(Fields::new());
+    }
+    if media.is_empty() || media == "application/json" || media.ends_with("+json") {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Fields::new());
+        }
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::Parse(format!("JSON parse error - {e}")))?;
+        return match value {
+            Value::Object(map) => Ok(map),
+            other => Err(ApiError::invalid_input(
+                format!(
+                    "Invalid data. Expected a dictionary, but got {}.",
+                    crate::fields::python_type(&other)
+                ),
+                None,
+            )),
+        };
+    }
+    if media == "application/x-www-form-urlencoded" {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).map_err(|_| {
+            ApiError::Parse("Form parse error - the body is not valid form data.".into())
+        })?;
+        // As in Django's QueryDict, the last value of a repeated key wins.
+        return Ok(pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect());
+    }
+    Err(ApiError::UnsupportedMediaType(media))
+}
+
+pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Result<Response<Body>, ApiError> {
+    let body = serde_json::to_string(value).map_err(|_| ApiError::Internal)?;
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::Text(body))
+        .map_err(|_| ApiError::Internal)
+}
+
+pub fn ok<T: Serialize + ?Sized>(value: &T) -> Result<Response<Body>, ApiError> {
+    json(200, value)
+}
+
+pub fn no_content() -> Result<Response<Body>, ApiError> {
+    Response::builder()
+        .status(204)
+        .body(Body::Empty)
+        .map_err(|_| ApiError::Internal)
+}
+
+/// Runs a handler, turns its error into the envelope, and writes the one log line of the
+/// request: request id, method, route, status and latency. Never the body or headers.
+pub async fn serve<'r, F, Fut>(req: &'r Request, handler: F) -> Response<Body>
+where
+    F: FnOnce(&'r Request) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, ApiError>>,
+{
+    let started = Instant::now();
+    let response = handler(req).await.unwrap_or_else(ApiError::into_response);
+    let route = crate::routes::resolve(req.method().as_str(), req.uri().path())
+        .map(|m| m.route.path)
+        .unwrap_or("$default");
+    let request_id = req
+        .lambda_context_ref()
+        .map(|c| c.request_id.as_str())
+        .unwrap_or("-");
+    tracing::info!(
+        request_id,
+        method = req.method().as_str(),
+        route,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,140 @@
+//! Personal API keys, stored only as their `sha256$` hash.
+use super::{from_item, s, sdk, to_item, Store};
+use crate::auth::ApiKeyHash;
+use crate::error::ApiError;
+use serde::{Deserialize, Serialize};
+
+/// One key. It carries its user's staff and active flags so that authentication is a
+/// single read; the operator tool keeps them in step when a user is deactivated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub secure_value: String,
+    pub user_uuid: String,
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub label: String,
+    pub mask: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub last_used_at: Option<String>,
+    pub user_is_staff: bool,
+    pub user_is_active: bool,
+}
+
+impl Store {
+    pub async fn api_key(&self, hash: &ApiKeyHash) -> Result<Option<ApiKeyRecord>, ApiError> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.tables.api_keys)
+            .key("secure_value", s(&hash.0))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("api_keys.get"))?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// Stores a new key, provided its user exists and is active (one transaction, so a
+    /// concurrent deactivation cannot be missed by the check).
+    pub async fn put_api_key(&self, record: &ApiKeyRecord) -> Result<(), ApiError> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
+        let put = Put::builder()
+            .table_name(&self.tables.api_keys)
+            .set_item(Some(to_item(record)?))
+            .condition_expression("attribute_not_exists(secure_value)")
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        let check = ConditionCheck::builder()
+            .table_name(&self.tables.users)
+            .key("uuid", s(&record.user_uuid))
+            .condition_expression("is_active = :yes")
+            .expression_attribute_values(
+                ":yes",
+                aws_sdk_dynamodb::types::AttributeValue::Bool(true),
+            )
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        self.db
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .send()
+            .await
+            .map_err(|e| {
+                if super::cancelled_conditions(&e).is_some() {
+                    ApiError::NotFound
+                } else {
+                    ApiError::from_sdk("api_keys.put", &e)
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Removes a key; true when it existed.
+    pub async fn delete_api_key(&self, hash: &ApiKeyHash) -> Result<bool, ApiError> {
+        let out = self
+            .db
+            .delete_item()
+            .table_name(&self.tables.api_keys)
+            .key("secure_value", s(&hash.0))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(sdk("api_keys.delete"))?;
+        Ok(out.attributes.is_some())
+    }
+
+    /// Every key of a user, through the `by_user` index.
+    pub async fn api_keys_of(&self, user_uuid: &str) -> Result<Vec<ApiKeyRecord>, ApiError> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .db
+                .query()
+                .table_name(&self.tables.api_keys)
+                .index_name("by_user")
+                .key_condition_expression("user_uuid = :u")
+                .expression_attribute_values(":u", s(user_uuid))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk("api_keys.query"))?;
+            for item in out.items.unwrap_or_default() {
+                keys.push(from_item(item)?);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Marks every key of a user inactive, so each of them is refused from now on.
+    pub async fn deactivate_api_keys_of(&self, user_uuid: &str) -> Result<usize, ApiError> {
+        let keys = self.api_keys_of(user_uuid).await?;
+        for key in &keys {
+            let result = self
+                .db
+                .update_item()
+                .table_name(&self.tables.api_keys)
+                .key("secure_value", s(&key.secure_value))
+                .update_expression("SET user_is_active = :no")
+                .condition_expression("attribute_exists(secure_value)")
+                .expression_attribute_values(
+                    ":no",
+                    aws_sdk_dynamodb::types::AttributeValue::Bool(false),
+                )
+                .send()
+                .await;
+            match result {
+                Err(e) if !super::is_condition_failed(&e) => {
+                    return Err(ApiError::from_sdk("api_keys.deactivate", &e))
+                }
+                _ => {}
+            }
+        }
+        Ok(keys.len())
+    }
+}

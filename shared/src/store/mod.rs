@@ -1,0 +1,181 @@
+//! The only code that speaks DynamoDB. Items are (de)serialised with serde_dynamo; every
+//! check-then-write that can race is a condition expression or a transaction.
+pub mod api_keys;
+pub mod email_changes;
+pub mod push_tokens;
+pub mod two_factor;
+pub mod users;
+
+use crate::config::Tables;
+use crate::error::ApiError;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// DynamoDB access for every table of the service.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub db: Client,
+    pub tables: Tables,
+}
+
+impl Store {
+    pub fn new(db: Client, tables: Tables) -> Self {
+        Store { db, tables }
+    }
+}
+
+pub(crate) fn to_item<T: Serialize>(value: &T) -> Result<Item, ApiError> {
+    serde_dynamo::to_item(value).map_err(|e| {
+        tracing::error!(error = %e, "item serialisation failed");
+        ApiError::Internal
+    })
+}
+
+pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, ApiError> {
+    serde_dynamo::from_item(item).map_err(|e| {
+        tracing::error!(error = %e, "stored item does not match its type");
+        ApiError::Internal
+    })
+}
+
+pub(crate) fn to_value<T: Serialize>(value: &T) -> Result<AttributeValue, ApiError> {
+    serde_dynamo::to_attribute_value(value).map_err(|e| {
+        tracing::error!(error = %e, "attribute serialisation failed");
+        ApiError::Internal
+    })
+}
+
+pub fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// Maps an SDK failure to the API error, for operations with no expected failure.
+pub(crate) fn sdk<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> ApiError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    move |err| ApiError::from_sdk(operation, &err)
+}
+
+/// True when the failure is the item's condition expression saying no.
+pub(crate) fn is_condition_failed<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    matches!(err, SdkError::ServiceError(e) if e.err().code() == Some("ConditionalCheckFailedException"))
+}
+
+/// For a cancelled transaction, which of its items failed their condition.
+pub(crate) fn cancelled_conditions<R>(
+    err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> Option<Vec<bool>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match err {
+        SdkError::ServiceError(e) => match e.err() {
+            TransactWriteItemsError::TransactionCanceledException(c) => Some(
+                c.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                    .collect(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Store {
+    /// Reads several items, of any tables, in one consistent BatchGetItem (retrying what
+    /// DynamoDB leaves unprocessed); the answer is in the order of `keys`.
+    pub async fn get_many(&self, keys: &[(&str, Item)]) -> Result<Vec<Option<Item>>, ApiError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut request: HashMap<String, KeysAndAttributes> = HashMap::new();
+        for (table, key) in keys {
+            let entry = request.remove(*table);
+            let builder = KeysAndAttributes::builder()
+                .consistent_read(true)
+                .keys(key.clone());
+            let builder = match entry {
+                Some(existing) => existing.keys.into_iter().fold(builder, |b, k| b.keys(k)),
+                None => builder,
+            };
+            request.insert(
+                table.to_string(),
+                builder.build().map_err(|_| ApiError::Internal)?,
+            );
+        }
+        let mut found: HashMap<String, Vec<Item>> = HashMap::new();
+        let mut pending = Some(request);
+        for attempt in 0..6u32 {
+            let Some(req) = pending.take().filter(|r| !r.is_empty()) else {
+                break;
+            };
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+            }
+            let out = self
+                .db
+                .batch_get_item()
+                .set_request_items(Some(req))
+                .send()
+                .await
+                .map_err(sdk("batch_get"))?;
+            for (table, items) in out.responses.unwrap_or_default() {
+                found.entry(table).or_default().extend(items);
+            }
+            pending = out.unprocessed_keys;
+        }
+        if pending.is_some_and(|p| !p.is_empty()) {
+            return Err(ApiError::Unavailable);
+        }
+        Ok(keys
+            .iter()
+            .map(|(table, key)| {
+                found.get(*table).and_then(|items| {
+                    items
+                        .iter()
+                        .find(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
+                        .cloned()
+                })
+            })
+            .collect())
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch, for ordering.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// An ISO 8601 UTC timestamp with microseconds, as PostHog renders dates.
+pub fn iso_now() -> String {
+    let micros = now_micros();
+    let dt = aws_smithy_types::DateTime::from_fractional_secs(
+        (micros / 1_000_000) as i64,
+        (micros % 1_000_000) as f64 / 1e6,
+    );
+    dt.fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}

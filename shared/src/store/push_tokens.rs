@@ -1,0 +1,225 @@
+//! Push tokens of mobile and web clients, at most 20 per user.
+use super::{cancelled_conditions, from_item, is_condition_failed, n, s, sdk, to_item, Store};
+use crate::auth::hex;
+use crate::error::ApiError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A user keeps at most this many tokens; registering one more evicts the least recently seen.
+pub const MAX_TOKENS_PER_USER: usize = 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PushTokenRecord {
+    pub user_uuid: String,
+    /// Sort key: hex SHA-256 of the token, so a 512-character token of any script fits
+    /// DynamoDB's 1 KiB sort-key limit.
+    pub token_hash: String,
+    pub token: String,
+    pub platform: String,
+    pub id: String,
+    pub created_at: String,
+    pub last_seen_at: String,
+    /// µs since the epoch, to find the least recently seen token.
+    pub last_seen_micros: u64,
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+impl Store {
+    /// Deletes the user's row for exactly this token, if there is one.
+    pub async fn delete_push_token(&self, uuid: &str, token: &str) -> Result<(), ApiError> {
+        self.db
+            .delete_item()
+            .table_name(&self.tables.push_tokens)
+            .key("user_uuid", s(uuid))
+            .key("token_hash", s(token_hash(token)))
+            .send()
+            .await
+            .map_err(sdk("push_tokens.delete"))?;
+        Ok(())
+    }
+
+    /// Every token of a user.
+    pub async fn push_tokens_of(&self, uuid: &str) -> Result<Vec<PushTokenRecord>, ApiError> {
+        let mut tokens = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .db
+                .query()
+                .table_name(&self.tables.push_tokens)
+                .key_condition_expression("user_uuid = :u")
+                .expression_attribute_values(":u", s(uuid))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk("push_tokens.query"))?;
+            for item in out.items.unwrap_or_default() {
+                tokens.push(from_item(item)?);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(tokens);
+            }
+        }
+    }
+
+    /// Registers a token (or refreshes its platform and last-seen time), evicting the least
+    /// recently seen tokens beyond the cap. New tokens are written in one transaction with a
+    /// bump of the user's token-set version, so concurrent registrations cannot overfill.
+    pub async fn register_push_token(
+        &self,
+        uuid: &str,
+        token: &str,
+        platform: &str,
+    ) -> Result<PushTokenRecord, ApiError> {
+        let hash = token_hash(token);
+        for attempt in 0..8u32 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    5 + (rand::random::<u64>() % (10 << attempt.min(4))),
+                ))
+                .await;
+            }
+            let (tokens, version) =
+                tokio::join!(self.push_tokens_of(uuid), self.push_tokens_version(uuid));
+            let (tokens, version) = (tokens?, version?);
+            let now = super::iso_now();
+            let now_micros = super::now_micros();
+            if let Some(existing) = tokens.iter().find(|t| t.token_hash == hash) {
+                let result = self
+                    .db
+                    .update_item()
+                    .table_name(&self.tables.push_tokens)
+                    .key("user_uuid", s(uuid))
+                    .key("token_hash", s(&hash))
+                    .update_expression(
+                        "SET platform = :p, last_seen_at = :t, last_seen_micros = :m",
+                    )
+                    .condition_expression("attribute_exists(token_hash)")
+                    .expression_attribute_values(":p", s(platform))
+                    .expression_attribute_values(":t", s(&now))
+                    .expression_attribute_values(":m", n(now_micros))
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => {
+                        return Ok(PushTokenRecord {
+                            platform: platform.to_string(),
+                            last_seen_at: now,
+                            last_seen_micros: now_micros,
+                            ..existing.clone()
+                        })
+                    }
+                    Err(e) if is_condition_failed(&e) => continue,
+                    Err(e) => return Err(ApiError::from_sdk("push_tokens.touch", &e)),
+                }
+            }
+            let record = PushTokenRecord {
+                user_uuid: uuid.to_string(),
+                token_hash: hash.clone(),
+                token: token.to_string(),
+                platform: platform.to_string(),
+                id: uuid::Uuid::new_v4().to_string(),
+                created_at: now.clone(),
+                last_seen_at: now,
+                last_seen_micros: now_micros,
+            };
+            let mut by_age: Vec<&PushTokenRecord> = tokens.iter().collect();
+            by_age.sort_by_key(|t| t.last_seen_micros);
+            let excess = (tokens.len() + 1).saturating_sub(MAX_TOKENS_PER_USER);
+            let mut items = vec![
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.tables.push_tokens)
+                            .set_item(Some(to_item(&record)?))
+                            .condition_expression("attribute_not_exists(token_hash)")
+                            .build()
+                            .map_err(|_| ApiError::Internal)?,
+                    )
+                    .build(),
+                self.bump_push_tokens_version(uuid, version)?,
+            ];
+            for evicted in by_age.into_iter().take(excess) {
+                items.push(
+                    TransactWriteItem::builder()
+                        .delete(
+                            Delete::builder()
+                                .table_name(&self.tables.push_tokens)
+                                .key("user_uuid", s(uuid))
+                                .key("token_hash", s(&evicted.token_hash))
+                                .build()
+                                .map_err(|_| ApiError::Internal)?,
+                        )
+                        .build(),
+                );
+            }
+            match self
+                .db
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(record),
+                Err(e) if cancelled_conditions(&e).is_some() => continue,
+                Err(e) => return Err(ApiError::from_sdk("push_tokens.register", &e)),
+            }
+        }
+        // Persistent contention on one user's tokens: ask the client to retry.
+        Err(ApiError::Throttled {
+            retry_after_secs: 1,
+        })
+    }
+
+    async fn push_tokens_version(&self, uuid: &str) -> Result<u64, ApiError> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .projection_expression("push_tokens_version")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("users.push_tokens_version"))?;
+        Ok(out
+            .item
+            .and_then(|mut i| i.remove("push_tokens_version"))
+            .and_then(|v| v.as_n().ok().and_then(|n| n.parse().ok()))
+            .unwrap_or(0))
+    }
+
+    fn bump_push_tokens_version(
+        &self,
+        uuid: &str,
+        seen: u64,
+    ) -> Result<TransactWriteItem, ApiError> {
+        let update = Update::builder()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .update_expression("SET push_tokens_version = :next")
+            .expression_attribute_values(":next", n(seen + 1))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_names("#uuid", "uuid");
+        let update = if seen == 0 {
+            update
+                .condition_expression("attribute_exists(#uuid) AND is_active = :yes AND (attribute_not_exists(push_tokens_version) OR push_tokens_version = :seen)")
+                .expression_attribute_values(":seen", n(0))
+        } else {
+            update
+                .condition_expression(
+                    "attribute_exists(#uuid) AND is_active = :yes AND push_tokens_version = :seen",
+                )
+                .expression_attribute_values(":seen", n(seen))
+        };
+        Ok(TransactWriteItem::builder()
+            .update(update.build().map_err(|_| ApiError::Internal)?)
+            .build())
+    }
+}

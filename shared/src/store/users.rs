@@ -1,0 +1,316 @@
+//! Users and the uniqueness markers of their email addresses.
+use super::{
+    cancelled_conditions, from_item, is_condition_failed, n, s, sdk, to_item, to_value, Store,
+};
+use crate::error::ApiError;
+use crate::users::{email_key, UserRecord, UserView};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// The error for an address another account already has.
+pub fn email_taken() -> ApiError {
+    ApiError::validation(
+        "unique",
+        "There is already an account with this email address.",
+        Some("email"),
+    )
+}
+
+/// How a profile update touches the email address.
+pub enum EmailUpdate<'a> {
+    Unchanged,
+    /// Open (or replace) a verification request; `email` stays as it is.
+    Request(&'a super::email_changes::EmailChangeRecord),
+    /// Change it at once (no sender configured), moving the uniqueness marker.
+    Immediate {
+        old: &'a str,
+        new: &'a str,
+    },
+}
+
+impl Store {
+    pub async fn user(&self, uuid: &str) -> Result<Option<UserRecord>, ApiError> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("users.get"))?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// An active user with its 2FA flag and pending email, in one BatchGetItem.
+    pub async fn user_view(&self, uuid: &str) -> Result<Option<UserView>, ApiError> {
+        let (user, is_2fa_enabled, pending_email) = self.batch_view(uuid, true).await?;
+        Ok(user.filter(|u| u.is_active).map(|user| UserView {
+            user,
+            is_2fa_enabled,
+            pending_email,
+        }))
+    }
+
+    /// The user object parts that live outside the users table, for a record in hand.
+    pub async fn view_of(&self, user: UserRecord) -> Result<UserView, ApiError> {
+        let (_, is_2fa_enabled, pending_email) = self.batch_view(&user.uuid, false).await?;
+        Ok(UserView {
+            user,
+            is_2fa_enabled,
+            pending_email,
+        })
+    }
+
+    async fn batch_view(
+        &self,
+        uuid: &str,
+        with_user: bool,
+    ) -> Result<(Option<UserRecord>, bool, Option<String>), ApiError> {
+        let mut keys = vec![
+            (
+                self.tables.two_factor.as_str(),
+                super::two_factor::key(uuid, super::two_factor::TOTP),
+            ),
+            (
+                self.tables.email_changes.as_str(),
+                HashMap::from([("user_uuid".to_string(), s(uuid))]),
+            ),
+        ];
+        if with_user {
+            keys.push((
+                self.tables.users.as_str(),
+                HashMap::from([("uuid".to_string(), s(uuid))]),
+            ));
+        }
+        let mut found = self.get_many(&keys).await?.into_iter();
+        let is_2fa_enabled = found.next().flatten().is_some();
+        let pending_email = match found.next().flatten() {
+            Some(item) => from_item::<super::email_changes::EmailChangeRecord>(item)?
+                .open()
+                .map(|r| r.new_email),
+            None => None,
+        };
+        let user = match found.next().flatten() {
+            Some(item) => Some(from_item::<UserRecord>(item)?),
+            None => None,
+        };
+        Ok((user, is_2fa_enabled, pending_email))
+    }
+
+    /// Sets the dashboard of a scene, keeping when the scene was first set, in one atomic
+    /// update. `None` when the user does not exist or is inactive.
+    pub async fn set_scene_dashboard(
+        &self,
+        uuid: &str,
+        scene: &str,
+        dashboard: u64,
+    ) -> Result<Option<UserRecord>, ApiError> {
+        let result = self
+            .db
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .update_expression("SET scene_dashboards.#scene = :d, scene_first_set.#scene = if_not_exists(scene_first_set.#scene, :now)")
+            .condition_expression("attribute_exists(#uuid) AND is_active = :yes")
+            .expression_attribute_names("#scene", scene)
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":d", n(dashboard))
+            .expression_attribute_values(":now", n(super::now_micros()))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => out.attributes.map(from_item).transpose(),
+            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(ApiError::from_sdk("users.set_scene", &e)),
+        }
+    }
+
+    /// Creates a user and claims its address, atomically; a taken address fails.
+    pub async fn create_user(&self, user: &UserRecord) -> Result<(), ApiError> {
+        let put_user = Put::builder()
+            .table_name(&self.tables.users)
+            .set_item(Some(to_item(user)?))
+            .condition_expression("attribute_not_exists(#uuid)")
+            .expression_attribute_names("#uuid", "uuid")
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        let result = self
+            .db
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put_user).build())
+            .transact_items(self.claim_email(&user.email, &user.uuid)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if cancelled_conditions(&e).is_some() => Err(email_taken()),
+            Err(e) => Err(ApiError::from_sdk("users.create", &e)),
+        }
+    }
+
+    /// Marks a user inactive; false when there is no such user.
+    pub async fn deactivate_user(&self, uuid: &str) -> Result<bool, ApiError> {
+        let result = self
+            .db
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .update_expression("SET is_active = :no")
+            .condition_expression("attribute_exists(#uuid)")
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ApiError::from_sdk("users.deactivate", &e)),
+        }
+    }
+
+    /// Who owns an address, if anyone.
+    pub async fn email_owner(&self, email: &str) -> Result<Option<String>, ApiError> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.tables.user_emails)
+            .key("email", s(email_key(email)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("user_emails.get"))?;
+        Ok(out
+            .item
+            .and_then(|mut item| item.remove("user_uuid"))
+            .and_then(|v| v.as_s().ok().cloned()))
+    }
+
+    pub(crate) fn claim_email(
+        &self,
+        email: &str,
+        uuid: &str,
+    ) -> Result<TransactWriteItem, ApiError> {
+        let put = Put::builder()
+            .table_name(&self.tables.user_emails)
+            .item("email", s(email_key(email)))
+            .item("user_uuid", s(uuid))
+            .condition_expression("attribute_not_exists(email) OR user_uuid = :me")
+            .expression_attribute_values(":me", s(uuid))
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    pub(crate) fn release_email(
+        &self,
+        email: &str,
+        uuid: &str,
+    ) -> Result<TransactWriteItem, ApiError> {
+        let delete = Delete::builder()
+            .table_name(&self.tables.user_emails)
+            .key("email", s(email_key(email)))
+            .condition_expression("attribute_not_exists(email) OR user_uuid = :me")
+            .expression_attribute_values(":me", s(uuid))
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
+    /// The update of a user's own fields (and, with `new_email`, of its address), guarded by
+    /// the user being active (and still having `old_email`).
+    pub(crate) fn user_update(
+        &self,
+        uuid: &str,
+        changes: &Map<String, Value>,
+        email: Option<(&str, &str)>,
+    ) -> Result<TransactWriteItem, ApiError> {
+        let mut sets = Vec::new();
+        let mut update = Update::builder()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true));
+        for (i, (field, value)) in changes.iter().enumerate() {
+            sets.push(format!("#f{i} = :v{i}"));
+            update = update
+                .expression_attribute_names(format!("#f{i}"), field)
+                .expression_attribute_values(format!(":v{i}"), to_value(value)?);
+        }
+        let mut condition = "attribute_exists(#uuid) AND is_active = :yes".to_string();
+        if let Some((old, new)) = email {
+            sets.push("email = :new_email".into());
+            condition.push_str(" AND email = :old_email");
+            update = update
+                .expression_attribute_values(":new_email", s(new))
+                .expression_attribute_values(":old_email", s(old));
+        }
+        if sets.is_empty() {
+            // Nothing to set: still assert the user is there and active.
+            let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+                .table_name(&self.tables.users)
+                .key("uuid", s(uuid))
+                .condition_expression(condition)
+                .expression_attribute_names("#uuid", "uuid")
+                .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                .build()
+                .map_err(|_| ApiError::Internal)?;
+            return Ok(TransactWriteItem::builder().condition_check(check).build());
+        }
+        let update = update
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression(condition)
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// Applies a profile update in one transaction: the fields, and the email change as
+    /// `email` says. A concurrent claim of the new address fails with `unique`.
+    pub async fn update_profile(
+        &self,
+        uuid: &str,
+        changes: &Map<String, Value>,
+        email: EmailUpdate<'_>,
+    ) -> Result<(), ApiError> {
+        let mut items = Vec::new();
+        match email {
+            EmailUpdate::Unchanged => items.push(self.user_update(uuid, changes, None)?),
+            EmailUpdate::Request(record) => {
+                items.push(self.user_update(uuid, changes, None)?);
+                let put = Put::builder()
+                    .table_name(&self.tables.email_changes)
+                    .set_item(Some(to_item(record)?))
+                    .build()
+                    .map_err(|_| ApiError::Internal)?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+            EmailUpdate::Immediate { old, new } => {
+                items.push(self.user_update(uuid, changes, Some((old, new)))?);
+                items.push(self.claim_email(new, uuid)?);
+                if email_key(old) != email_key(new) {
+                    items.push(self.release_email(old, uuid)?);
+                }
+            }
+        }
+        let result = self
+            .db
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match cancelled_conditions(&e) {
+                Some(failed) if failed.get(1).copied().unwrap_or(false) => Err(email_taken()),
+                Some(_) => Err(ApiError::NotFound),
+                None => Err(ApiError::from_sdk("users.update_profile", &e)),
+            },
+        }
+    }
+}
