@@ -80,6 +80,15 @@ pub fn required_text(fields: &Fields, attr: &str, rules: Text) -> Result<String,
     .ok_or_else(|| ApiError::required(attr))
 }
 
+/// A field that must be present and not null, of any type.
+pub fn required_value<'a>(fields: &'a Fields, attr: &str) -> Result<&'a Value, ApiError> {
+    match fields.get(attr) {
+        None => Err(ApiError::required(attr)),
+        Some(Value::Null) => Err(null(attr)),
+        Some(value) => Ok(value),
+    }
+}
+
 /// A boolean as DRF's `BooleanField` reads it (form bodies send "true", "1", "on"...).
 pub fn boolean(fields: &Fields, attr: &str) -> Result<Option<bool>, ApiError> {
     let value = match fields.get(attr) {

@@ -12,6 +12,7 @@ pub mod http;
 pub mod routes;
 pub mod store;
 pub mod throttle;
+pub mod two_factor;
 pub mod users;
 
 pub use context::{Call, Context};
@@ -29,4 +30,4 @@ pub fn init_tracing() {
         .with_target(false)
         .init();
 }
-pub mod totp {}
+pub mod totp;

@@ -1,13 +1,78 @@
-//! Placeholder until the two-factor issue: answers 404 like an unknown route.
+//! `POST /api/users/{uuid}/two_factor_validate/` (and its alias `validate_2fa/`): confirm a
+//! TOTP setup with a code from the authenticator app.
+use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
-use shared::{http, ApiError, Context};
+use shared::store::email_changes::Commit;
+use shared::store::two_factor::{self, FailureState, PendingSetup};
+use shared::store::{from_item, now_secs, s};
+use shared::throttle::{self, Attempt};
+use shared::two_factor::{token_invalid, Notice};
+use shared::users::UserRecord;
+use shared::{fields, http, ApiError, Context};
+use std::collections::HashMap;
 use std::convert::Infallible;
 
 pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| async move {
-        ctx.authorize(req, "two-factor-validate")
-            .await
-            .and(Err(ApiError::NotFound))
+    Ok(http::serve(&req, |req| validate(ctx, req)).await)
+}
+
+/// Checks the code against the pending secret under the failure limit; on success the
+/// device is written and the pending setup removed in one transaction.
+async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
+    let call = ctx.authorize(req, "two-factor-validate").await?;
+    let body = http::parse_fields(req)?;
+    let token = fields::required_value(&body, "token")?;
+    let code = fields::six_digit_code(token);
+    let uuid = call.target.uuid.to_string();
+    let keyring = ctx.keyring().await?;
+    let (store, uuid, code) = (&ctx.store, uuid.as_str(), code.as_deref());
+    let user = throttle::limited(store, uuid, move || async move {
+        let keys = [
+            (
+                store.tables.two_factor.as_str(),
+                two_factor::key(uuid, two_factor::PENDING),
+            ),
+            (
+                store.tables.two_factor.as_str(),
+                two_factor::key(uuid, two_factor::FAILURES),
+            ),
+            (
+                store.tables.users.as_str(),
+                HashMap::from([("uuid".to_string(), s(uuid))]),
+            ),
+        ];
+        let mut items = store.get_many(&keys).await?.into_iter();
+        let pending = items
+            .next()
+            .flatten()
+            .map(from_item::<PendingSetup>)
+            .transpose()?;
+        let failures = FailureState::from_item(items.next().flatten())?;
+        let user = items
+            .next()
+            .flatten()
+            .map(from_item::<UserRecord>)
+            .transpose()?;
+        let now = now_secs();
+        throttle::check(&failures, now)?;
+        let pending = pending
+            .and_then(PendingSetup::open)
+            .ok_or_else(shared::two_factor::setup_expired)?;
+        let secret = shared::two_factor::pending_secret(keyring, &pending)?;
+        let Some(step) = code.and_then(|c| secret.check(c, now)) else {
+            return Ok(Attempt::Failed(failures, token_invalid()));
+        };
+        let device = shared::two_factor::new_device(keyring, uuid, &secret, step, now)?;
+        Ok(
+            match store.confirm_setup(&device, &pending, &failures).await? {
+                Commit::Done => Attempt::Done(user),
+                Commit::Conflict => Attempt::Conflict,
+            },
+        )
     })
-    .await)
+    .await?;
+    if let Some(user) = user {
+        shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Enabled).await;
+    }
+    http::ok(&json!({"success": true}))
 }

@@ -1,13 +1,153 @@
-//! Placeholder until the two-factor issue: answers 404 like an unknown route.
+//! `POST /api/users/{uuid}/two_factor_verify/`: the sign-in check, with a TOTP code or a
+//! backup code.
+use serde_json::{json, Value};
 use shared::lambda_http::{Body, Request, Response};
-use shared::{http, ApiError, Context};
+use shared::store::two_factor::{self, BackupCodes, FailureState, StepUse, TotpDevice};
+use shared::store::{from_item, now_secs, s};
+use shared::throttle::{self, Attempt};
+use shared::two_factor::{token_invalid, Notice};
+use shared::users::UserRecord;
+use shared::{fields, http, totp, ApiError, Context};
+use std::collections::HashMap;
 use std::convert::Infallible;
 
 pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| async move {
-        ctx.authorize(req, "two-factor-verify")
-            .await
-            .and(Err(ApiError::NotFound))
+    Ok(http::serve(&req, |req| verify(ctx, req)).await)
+}
+
+/// What the caller typed.
+#[derive(Clone, Copy)]
+enum Token<'a> {
+    Totp(&'a str),
+    Backup(&'a str),
+    Malformed,
+}
+
+enum Method {
+    Totp,
+    BackupCode {
+        email: Option<String>,
+        remaining: usize,
+    },
+}
+
+/// Accepts a TOTP code at most once per time step (a condition on the stored step) or an
+/// unused backup code exactly once (a compare-and-set of the code list), under the
+/// failure limit.
+async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
+    let call = ctx.authorize(req, "two-factor-verify").await?;
+    let body = http::parse_fields(req)?;
+    let raw = fields::required_value(&body, "token")?;
+    let code = fields::six_digit_code(raw);
+    let backup = match raw {
+        Value::String(text) => shared::two_factor::normalize_backup_code(text),
+        _ => None,
+    };
+    let token = match (&code, &backup) {
+        (Some(code), _) => Token::Totp(code),
+        (None, Some(code)) => Token::Backup(code),
+        _ => Token::Malformed,
+    };
+    let uuid = call.target.uuid.to_string();
+    let keyring = ctx.keyring().await?;
+    let (store, uuid) = (&ctx.store, uuid.as_str());
+    let method = throttle::limited(store, uuid, move || async move {
+        let keys = [
+            (
+                store.tables.two_factor.as_str(),
+                two_factor::key(uuid, two_factor::TOTP),
+            ),
+            (
+                store.tables.two_factor.as_str(),
+                two_factor::key(uuid, two_factor::FAILURES),
+            ),
+            (
+                store.tables.two_factor.as_str(),
+                two_factor::key(uuid, two_factor::BACKUP_CODES),
+            ),
+            (
+                store.tables.users.as_str(),
+                HashMap::from([("uuid".to_string(), s(uuid))]),
+            ),
+        ];
+        let mut items = store.get_many(&keys).await?.into_iter();
+        let device = items
+            .next()
+            .flatten()
+            .map(from_item::<TotpDevice>)
+            .transpose()?;
+        let failures = FailureState::from_item(items.next().flatten())?;
+        let codes = items
+            .next()
+            .flatten()
+            .map(from_item::<BackupCodes>)
+            .transpose()?;
+        let user = items
+            .next()
+            .flatten()
+            .map(from_item::<UserRecord>)
+            .transpose()?;
+        let now = now_secs();
+        throttle::check(&failures, now)?;
+        let device = device.ok_or_else(shared::two_factor::not_enabled)?;
+        match token {
+            Token::Totp(code) => {
+                let secret = shared::two_factor::device_secret(keyring, &device)?;
+                let Some(step) = secret
+                    .check(code, now)
+                    .filter(|step| *step > device.last_step)
+                else {
+                    return Ok(Attempt::Failed(failures, token_invalid()));
+                };
+                let drift = step as i64 - totp::step_at(now) as i64;
+                Ok(
+                    match store.use_totp_step(uuid, step, drift, &failures).await? {
+                        StepUse::Done => Attempt::Done(Method::Totp),
+                        StepUse::Replayed => Attempt::Failed(failures, token_invalid()),
+                        StepUse::Conflict => Attempt::Conflict,
+                    },
+                )
+            }
+            Token::Backup(code) => {
+                let Some(codes) = codes else {
+                    return Ok(Attempt::Failed(failures, token_invalid()));
+                };
+                let mut unused = shared::two_factor::open_backup_codes(keyring, &codes)?;
+                let Some(index) = shared::two_factor::find_backup_code(&unused, code) else {
+                    return Ok(Attempt::Failed(failures, token_invalid()));
+                };
+                unused.remove(index);
+                let next = shared::two_factor::seal_backup_codes(keyring, uuid, &unused)?;
+                Ok(
+                    if store
+                        .put_backup_codes(&next, Some(&codes.version), Some(&failures))
+                        .await?
+                    {
+                        Attempt::Done(Method::BackupCode {
+                            email: user.map(|u| u.email),
+                            remaining: unused.len(),
+                        })
+                    } else {
+                        Attempt::Conflict
+                    },
+                )
+            }
+            Token::Malformed => Ok(Attempt::Failed(failures, token_invalid())),
+        }
     })
-    .await)
+    .await?;
+    match method {
+        Method::Totp => http::ok(&json!({"success": true, "method": "totp"})),
+        Method::BackupCode { email, remaining } => {
+            if let Some(email) = email {
+                shared::two_factor::notify(
+                    &ctx.mailer,
+                    &email,
+                    Notice::BackupCodeUsed { remaining },
+                )
+                .await;
+            }
+            http::ok(&json!({"success": true, "method": "backup_code"}))
+        }
+    }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 pub type Item = HashMap<String, AttributeValue>;
+pub use aws_sdk_dynamodb::Client as DynamoClient;
 
 /// DynamoDB access for every table of the service.
 #[derive(Debug, Clone)]

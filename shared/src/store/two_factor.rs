@@ -123,3 +123,204 @@ impl Store {
         Ok(())
     }
 }
+
+/// A setup that was started but not yet confirmed with a code; it expires.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingSetup {
+    pub user_uuid: String,
+    pub kind: String,
+    /// The secret, encrypted with the user and `pending` as associated data.
+    #[serde(with = "serde_bytes")]
+    pub secret_enc: Vec<u8>,
+    pub created_at: String,
+    /// Epoch seconds; also the table's TTL attribute. Checked on read: DynamoDB deletes lazily.
+    pub expires_at: u64,
+}
+
+impl PendingSetup {
+    pub fn open(self) -> Option<Self> {
+        (self.expires_at > super::now_secs()).then_some(self)
+    }
+}
+
+/// A confirmed TOTP device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TotpDevice {
+    pub user_uuid: String,
+    pub kind: String,
+    /// The secret, encrypted with the user and `totp` as associated data.
+    #[serde(with = "serde_bytes")]
+    pub secret_enc: Vec<u8>,
+    /// The last time step accepted: no code of this step or an earlier one is accepted again.
+    pub last_step: u64,
+    /// Steps between the client's clock and ours at the last accepted code (-1, 0 or 1).
+    #[serde(default)]
+    pub drift: i64,
+    pub confirmed_at: String,
+}
+
+/// The unused backup codes, one encrypted list, replaced as a whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupCodes {
+    pub user_uuid: String,
+    pub kind: String,
+    /// JSON list of codes, encrypted with the user and `backup_codes` as associated data.
+    #[serde(with = "serde_bytes")]
+    pub codes_enc: Vec<u8>,
+    /// Changes with every write, so a use of a code is a compare-and-set.
+    pub version: String,
+    pub created_at: String,
+}
+
+/// How the use of a TOTP step ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StepUse {
+    Done,
+    /// The step (or a later one) was already used: the code is a replay.
+    Replayed,
+    /// The failure state changed meanwhile: read again and retry.
+    Conflict,
+}
+
+impl Store {
+    /// Starts (or restarts) a setup, replacing any pending one.
+    pub async fn put_pending_setup(&self, pending: &PendingSetup) -> Result<(), ApiError> {
+        self.db
+            .put_item()
+            .table_name(&self.tables.two_factor)
+            .set_item(Some(super::to_item(pending)?))
+            .send()
+            .await
+            .map_err(sdk("two_factor.put_pending"))?;
+        Ok(())
+    }
+
+    /// Confirms a setup in one transaction: the device is written (replacing any earlier
+    /// one), the pending setup removed if it is still the one checked, the failures reset.
+    pub async fn confirm_setup(
+        &self,
+        device: &TotpDevice,
+        pending: &PendingSetup,
+        failures: &FailureState,
+    ) -> Result<super::email_changes::Commit, ApiError> {
+        use aws_sdk_dynamodb::types::Put;
+        let put = Put::builder()
+            .table_name(&self.tables.two_factor)
+            .set_item(Some(super::to_item(device)?))
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        let delete = Delete::builder()
+            .table_name(&self.tables.two_factor)
+            .set_key(Some(key(&device.user_uuid, PENDING)))
+            .condition_expression("secret_enc = :seen")
+            .expression_attribute_values(
+                ":seen",
+                aws_sdk_dynamodb::types::AttributeValue::B(pending.secret_enc.clone().into()),
+            )
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().delete(delete).build(),
+            self.reset_failures(&device.user_uuid, failures)?,
+        ];
+        match self
+            .db
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(super::email_changes::Commit::Done),
+            Err(e) if super::cancelled_conditions(&e).is_some() => {
+                Ok(super::email_changes::Commit::Conflict)
+            }
+            Err(e) => Err(ApiError::from_sdk("two_factor.confirm", &e)),
+        }
+    }
+
+    /// Records the use of a TOTP step, only if it is later than every step used before
+    /// (a condition on the stored step, so racing requests cannot both use it).
+    pub async fn use_totp_step(
+        &self,
+        uuid: &str,
+        step: u64,
+        drift: i64,
+        failures: &FailureState,
+    ) -> Result<StepUse, ApiError> {
+        use aws_sdk_dynamodb::types::Update;
+        let update = Update::builder()
+            .table_name(&self.tables.two_factor)
+            .set_key(Some(key(uuid, TOTP)))
+            .update_expression("SET last_step = :step, drift = :drift")
+            .condition_expression("attribute_exists(kind) AND last_step < :step")
+            .expression_attribute_values(":step", n(step))
+            .expression_attribute_values(":drift", n(drift))
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.reset_failures(uuid, failures)?,
+        ];
+        match self
+            .db
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(StepUse::Done),
+            Err(e) => match super::cancelled_conditions(&e) {
+                Some(failed) if failed.first().copied().unwrap_or(false) => Ok(StepUse::Replayed),
+                Some(_) => Ok(StepUse::Conflict),
+                None => Err(ApiError::from_sdk("two_factor.use_step", &e)),
+            },
+        }
+    }
+
+    /// Writes a user's backup codes, replacing every earlier one, provided a confirmed device
+    /// exists and (with `seen_version`) the codes are still those read. Returns false when a
+    /// condition failed.
+    pub async fn put_backup_codes(
+        &self,
+        codes: &BackupCodes,
+        seen_version: Option<&str>,
+        failures: Option<&FailureState>,
+    ) -> Result<bool, ApiError> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, Put};
+        let mut put = Put::builder()
+            .table_name(&self.tables.two_factor)
+            .set_item(Some(super::to_item(codes)?));
+        if let Some(version) = seen_version {
+            put = put
+                .condition_expression("version = :seen")
+                .expression_attribute_values(":seen", s(version));
+        }
+        let device = ConditionCheck::builder()
+            .table_name(&self.tables.two_factor)
+            .set_key(Some(key(&codes.user_uuid, TOTP)))
+            .condition_expression("attribute_exists(kind)")
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(put.build().map_err(|_| ApiError::Internal)?)
+                .build(),
+            TransactWriteItem::builder().condition_check(device).build(),
+        ];
+        if let Some(failures) = failures {
+            items.push(self.reset_failures(&codes.user_uuid, failures)?);
+        }
+        match self
+            .db
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if super::cancelled_conditions(&e).is_some() => Ok(false),
+            Err(e) => Err(ApiError::from_sdk("two_factor.put_backup_codes", &e)),
+        }
+    }
+}

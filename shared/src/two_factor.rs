@@ -1,0 +1,184 @@
+//! Two-factor authentication: TOTP devices, backup codes and the emails about them.
+use crate::crypto::Keyring;
+use crate::error::ApiError;
+use crate::store::two_factor::{
+    BackupCodes, PendingSetup, TotpDevice, BACKUP_CODES, PENDING, TOTP,
+};
+use crate::totp::TotpSecret;
+use rand::Rng;
+use subtle::ConstantTimeEq;
+
+pub const SETUP_TTL_SECS: u64 = 10 * 60;
+pub const BACKUP_CODE_COUNT: usize = 10;
+pub const BACKUP_CODE_LEN: usize = 8;
+const BACKUP_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+pub fn setup_expired() -> ApiError {
+    ApiError::validation(
+        "setup_expired",
+        "2FA setup session expired. Please start setup again.",
+        None,
+    )
+}
+
+pub fn token_invalid() -> ApiError {
+    ApiError::validation("token_invalid", "Token is not valid", None)
+}
+
+pub fn not_enabled() -> ApiError {
+    ApiError::validation("2fa_not_enabled", "2FA must be enabled first", None)
+}
+
+pub fn new_pending_setup(
+    keyring: &Keyring,
+    user_uuid: &str,
+    secret: &TotpSecret,
+) -> Result<PendingSetup, ApiError> {
+    Ok(PendingSetup {
+        user_uuid: user_uuid.to_string(),
+        kind: PENDING.to_string(),
+        secret_enc: keyring.encrypt(user_uuid, PENDING, secret.as_bytes())?,
+        created_at: crate::store::iso_now(),
+        expires_at: crate::store::now_secs() + SETUP_TTL_SECS,
+    })
+}
+
+pub fn pending_secret(keyring: &Keyring, pending: &PendingSetup) -> Result<TotpSecret, ApiError> {
+    keyring
+        .decrypt(&pending.user_uuid, PENDING, &pending.secret_enc)
+        .map(TotpSecret::from_bytes)
+}
+
+pub fn new_device(
+    keyring: &Keyring,
+    user_uuid: &str,
+    secret: &TotpSecret,
+    step: u64,
+    now: u64,
+) -> Result<TotpDevice, ApiError> {
+    Ok(TotpDevice {
+        user_uuid: user_uuid.to_string(),
+        kind: TOTP.to_string(),
+        secret_enc: keyring.encrypt(user_uuid, TOTP, secret.as_bytes())?,
+        last_step: step,
+        drift: step as i64 - crate::totp::step_at(now) as i64,
+        confirmed_at: crate::store::iso_now(),
+    })
+}
+
+pub fn device_secret(keyring: &Keyring, device: &TotpDevice) -> Result<TotpSecret, ApiError> {
+    keyring
+        .decrypt(&device.user_uuid, TOTP, &device.secret_enc)
+        .map(TotpSecret::from_bytes)
+}
+
+/// Ten new codes of eight characters from `[a-z2-7]`.
+pub fn generate_backup_codes() -> Vec<String> {
+    let mut rng = rand::rng();
+    (0..BACKUP_CODE_COUNT)
+        .map(|_| {
+            (0..BACKUP_CODE_LEN)
+                .map(|_| BACKUP_ALPHABET[rng.random_range(0..BACKUP_ALPHABET.len())] as char)
+                .collect()
+        })
+        .collect()
+}
+
+pub fn seal_backup_codes(
+    keyring: &Keyring,
+    user_uuid: &str,
+    codes: &[String],
+) -> Result<BackupCodes, ApiError> {
+    let plain = serde_json::to_vec(codes).map_err(|_| ApiError::Internal)?;
+    Ok(BackupCodes {
+        user_uuid: user_uuid.to_string(),
+        kind: BACKUP_CODES.to_string(),
+        codes_enc: keyring.encrypt(user_uuid, BACKUP_CODES, &plain)?,
+        version: uuid::Uuid::new_v4().to_string(),
+        created_at: crate::store::iso_now(),
+    })
+}
+
+pub fn open_backup_codes(keyring: &Keyring, codes: &BackupCodes) -> Result<Vec<String>, ApiError> {
+    let plain = keyring.decrypt(&codes.user_uuid, BACKUP_CODES, &codes.codes_enc)?;
+    serde_json::from_slice(&plain).map_err(|_| ApiError::Internal)
+}
+
+/// A backup code as typed: case and spaces ignored. `None` if it cannot be one.
+pub fn normalize_backup_code(input: &str) -> Option<String> {
+    let code: String = input
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect::<String>()
+        .to_lowercase();
+    (code.len() == BACKUP_CODE_LEN && code.bytes().all(|b| BACKUP_ALPHABET.contains(&b)))
+        .then_some(code)
+}
+
+/// The index of `code` among `codes`, comparing every one in constant time.
+pub fn find_backup_code(codes: &[String], code: &str) -> Option<usize> {
+    let mut found = None;
+    for (i, candidate) in codes.iter().enumerate() {
+        if bool::from(candidate.as_bytes().ct_eq(code.as_bytes())) && found.is_none() {
+            found = Some(i);
+        }
+    }
+    found
+}
+
+/// The notification texts (no code or secret ever goes into them).
+pub enum Notice {
+    Enabled,
+    Disabled,
+    BackupCodeUsed { remaining: usize },
+}
+
+impl Notice {
+    pub fn subject_and_text(&self) -> (&'static str, String) {
+        match self {
+            Notice::Enabled => (
+                "Two-factor authentication enabled",
+                "Two-factor authentication was turned on for your PostHog account. If this was not you, contact your administrator at once.".into(),
+            ),
+            Notice::Disabled => (
+                "Two-factor authentication disabled",
+                "Two-factor authentication was turned off for your PostHog account. If this was not you, contact your administrator at once.".into(),
+            ),
+            Notice::BackupCodeUsed { remaining } => (
+                "A backup code was used",
+                format!("A backup code was used to sign in to your PostHog account. You have {remaining} unused backup codes left. If this was not you, contact your administrator at once."),
+            ),
+        }
+    }
+}
+
+/// Sends a notice; a failure is logged by the mailer and never fails the request.
+pub async fn notify(mailer: &crate::email::Mailer, to: &str, notice: Notice) {
+    let (subject, text) = notice.subject_and_text();
+    mailer.send(to, subject, &text).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_codes_have_the_documented_shape() {
+        let codes = generate_backup_codes();
+        assert_eq!(codes.len(), 10);
+        for code in &codes {
+            assert_eq!(code.len(), 8);
+            assert!(
+                code.bytes()
+                    .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            normalize_backup_code(" ABCD efgh "),
+            Some("abcdefgh".into())
+        );
+        assert_eq!(normalize_backup_code("abcdefg1"), None);
+        assert_eq!(find_backup_code(&codes, &codes[3]), Some(3));
+    }
+}
