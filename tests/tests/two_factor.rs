@@ -1,0 +1,885 @@
+//! The 2FA routes (API.md §4.3–4.9, §5 two_factor_verify, §6), with codes from pyotp.
+use api_tests::*;
+use serde_json::{json, Value};
+use shared::store::now_secs;
+use shared::store::two_factor::{self as tf, FailureState, PendingSetup};
+use std::time::Duration;
+
+/// Waits, if needed, so that at least 4 seconds remain in the current 30-second step: the
+/// codes a test computes stay in the step they were computed for.
+async fn step_margin() -> u64 {
+    loop {
+        let now = now_secs();
+        if now % 30 <= 25 {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn start(api: &Api, user: &TestUser) -> Value {
+    let reply = api
+        .get("/api/users/@me/two_factor_start_setup/")
+        .bearer(&user.key)
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+/// Starts and confirms a setup; returns the secret (base32).
+async fn enable(api: &Api, user: &TestUser) -> String {
+    let secret = start(api, user).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let now = step_margin().await;
+    let code = pyotp_code(&secret, now).await;
+    let reply = api
+        .post("/api/users/@me/two_factor_validate/")
+        .bearer(&user.key)
+        .json(&json!({"token": code}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json(), json!({"success": true}));
+    secret
+}
+
+async fn status(api: &Api, user: &TestUser) -> Value {
+    let reply = api
+        .get("/api/users/@me/two_factor_status/")
+        .bearer(&user.key)
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+async fn backup_codes(api: &Api, user: &TestUser) -> Vec<String> {
+    let reply = api
+        .post("/api/users/@me/two_factor_backup_codes/")
+        .bearer(&user.key)
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn verify(api: &Api, user: &TestUser, token: Value) -> Reply {
+    api.post("/api/users/@me/two_factor_verify/")
+        .bearer(&user.key)
+        .json(&json!({"token": token}))
+        .send()
+        .await
+}
+
+fn assert_token_invalid(reply: &Reply) {
+    reply.assert_error(
+        400,
+        "validation_error",
+        "token_invalid",
+        "Token is not valid",
+        None,
+    );
+}
+
+both!(
+    start_setup_returns_a_fresh_secret_and_a_usable_uri,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["user:write"]).await;
+        for path in [
+            "/api/users/@me/two_factor_start_setup/",
+            "/api/users/@me/start_2fa_setup",
+            "/api/users/@me/start_2fa_setup/",
+        ] {
+            let reply = api.get(path).bearer(&user.key).send().await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+            let body = reply.json();
+            assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+            assert_eq!(body["success"], true);
+            let secret = body["secret"].as_str().unwrap();
+            assert_eq!(secret.len(), 32);
+            assert!(secret
+                .bytes()
+                .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)));
+            let uri = body["otpauth_uri"].as_str().unwrap();
+            let account = user.user.email.replace('@', "%40");
+            assert!(
+                uri.starts_with(&format!("otpauth://totp/PostHog:{account}?")),
+                "{uri}"
+            );
+            for part in [
+                format!("secret={secret}"),
+                "issuer=PostHog".into(),
+                "algorithm=SHA1".into(),
+                "digits=6".into(),
+                "period=30".into(),
+            ] {
+                assert!(uri.contains(&part), "{uri} lacks {part}");
+            }
+        }
+    }
+);
+
+both!(
+    validate_confirms_with_a_pyotp_code_and_status_follows,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        assert_eq!(
+            status(&api, &user).await,
+            json!({"is_enabled": false, "backup_codes": [], "method": null, "has_passkeys": false, "has_totp": false, "passkeys_enabled_for_2fa": false})
+        );
+        enable(&api, &user).await;
+        let status = status(&api, &user).await;
+        assert_eq!(
+            status,
+            json!({"is_enabled": true, "backup_codes": [], "method": "TOTP", "has_passkeys": false, "has_totp": true, "passkeys_enabled_for_2fa": false})
+        );
+        let me = api
+            .get("/api/users/@me/")
+            .bearer(&user.key)
+            .send()
+            .await
+            .json();
+        assert_eq!(me["is_2fa_enabled"], true);
+        // The pending setup is gone: validating again has nothing to confirm.
+        let again = api
+            .post("/api/users/@me/validate_2fa/")
+            .bearer(&user.key)
+            .json(&json!({"token": "123456"}))
+            .send()
+            .await;
+        again.assert_error(
+            400,
+            "validation_error",
+            "setup_expired",
+            "2FA setup session expired. Please start setup again.",
+            None,
+        );
+    }
+);
+
+both!(validate_errors, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let path = "/api/users/@me/two_factor_validate/";
+    api.post(path)
+        .bearer(&user.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "required",
+            "This field is required.",
+            Some("token"),
+        );
+    api.post(path)
+        .bearer(&user.key)
+        .json(&json!({"token": "123456"}))
+        .send()
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "setup_expired",
+            "2FA setup session expired. Please start setup again.",
+            None,
+        );
+    let secret = start(&api, &user).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let now = step_margin().await;
+    let good = pyotp_code(&secret, now).await;
+    let wrong = format!("{:06}", (good.parse::<u32>().unwrap() + 1) % 1_000_000);
+    for token in [json!(wrong), json!("12345"), json!("abcdef"), json!(true)] {
+        assert_token_invalid(
+            &api.post(path)
+                .bearer(&user.key)
+                .json(&json!({"token": token}))
+                .send()
+                .await,
+        );
+    }
+    // Whitespace is ignored and an integer is taken.
+    let spaced = format!("{} {}", &good[..3], &good[3..]);
+    let reply = api
+        .post(path)
+        .bearer(&user.key)
+        .json(&json!({"token": spaced}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let _ = good.parse::<u64>().unwrap();
+});
+
+both!(validate_accepts_an_integer_token, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let secret = start(&api, &user).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut code = pyotp_code(&secret, step_margin().await).await;
+    while code.starts_with('0') {
+        // A leading zero cannot travel as a JSON integer; use the next step's code instead.
+        tokio::time::sleep(Duration::from_secs(30 - now_secs() % 30)).await;
+        code = pyotp_code(&secret, step_margin().await).await;
+    }
+    let reply = api
+        .post("/api/users/@me/two_factor_validate/")
+        .bearer(&user.key)
+        .json(&json!({"token": code.parse::<u64>().unwrap()}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+});
+
+both!(
+    a_second_start_invalidates_the_first_secret,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let first = start(&api, &user).await["secret"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let second = start(&api, &user).await["secret"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(first, second);
+        let now = step_margin().await;
+        let path = "/api/users/@me/two_factor_validate/";
+        assert_token_invalid(
+            &api.post(path)
+                .bearer(&user.key)
+                .json(&json!({"token": pyotp_code(&first, now).await}))
+                .send()
+                .await,
+        );
+        let reply = api
+            .post(path)
+            .bearer(&user.key)
+            .json(&json!({"token": pyotp_code(&second, now).await}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+);
+
+both!(
+    one_step_old_is_accepted_two_steps_old_is_not,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let secret = start(&api, &user).await["secret"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let now = step_margin().await;
+        let path = "/api/users/@me/two_factor_validate/";
+        assert_token_invalid(
+            &api.post(path)
+                .bearer(&user.key)
+                .json(&json!({"token": pyotp_code(&secret, now - 60).await}))
+                .send()
+                .await,
+        );
+        assert_token_invalid(
+            &api.post(path)
+                .bearer(&user.key)
+                .json(&json!({"token": pyotp_code(&secret, now + 60).await}))
+                .send()
+                .await,
+        );
+        let reply = api
+            .post(path)
+            .bearer(&user.key)
+            .json(&json!({"token": pyotp_code(&secret, now - 30).await}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+);
+
+both!(
+    an_expired_setup_is_refused_even_before_dynamodb_deletes_it,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let secret = start(&api, &user).await["secret"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Age the pending item past its expiry, as it stands after 10 minutes.
+        let item = ctx
+            .store
+            .get_many(&[(
+                ctx.store.tables.two_factor.as_str(),
+                tf::key(user.uuid(), tf::PENDING),
+            )])
+            .await
+            .unwrap();
+        let mut pending: PendingSetup =
+            shared::store::from_item(item.into_iter().next().flatten().unwrap()).unwrap();
+        pending.expires_at = now_secs() - 1;
+        ctx.store.put_pending_setup(&pending).await.unwrap();
+        let code = pyotp_code(&secret, step_margin().await).await;
+        api.post("/api/users/@me/two_factor_validate/")
+            .bearer(&user.key)
+            .json(&json!({"token": code}))
+            .send()
+            .await
+            .assert_error(
+                400,
+                "validation_error",
+                "setup_expired",
+                "2FA setup session expired. Please start setup again.",
+                None,
+            );
+    }
+);
+
+both!(setup_routes_act_only_on_the_caller, |api, ctx| async move {
+    let staff = create_user(&ctx, true, &["*"]).await;
+    let other = create_user(&ctx, false, &["*"]).await;
+    for (method, route) in [
+        ("GET", "two_factor_start_setup"),
+        ("GET", "start_2fa_setup"),
+        ("POST", "two_factor_validate"),
+        ("POST", "validate_2fa"),
+        ("POST", "two_factor_verify"),
+    ] {
+        let path = format!("/api/users/{}/{route}/", other.uuid());
+        let reply = api
+            .call(method, &path)
+            .bearer(&staff.key)
+            .json(&json!({"token": "123456"}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 403, "{path}: {}", reply.body);
+        assert_eq!(reply.json()["code"], "permission_denied");
+        let reply = api
+            .call(method, &path)
+            .bearer(&other.key)
+            .json(&json!({"token": "123456"}))
+            .send()
+            .await;
+        assert_ne!(
+            reply.status, 403,
+            "own uuid works for {path}: {}",
+            reply.body
+        );
+    }
+});
+
+both!(
+    backup_codes_need_2fa_and_replace_each_other,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        api.post("/api/users/@me/two_factor_backup_codes/")
+            .bearer(&user.key)
+            .send()
+            .await
+            .assert_error(
+                400,
+                "validation_error",
+                "2fa_not_enabled",
+                "2FA must be enabled first",
+                None,
+            );
+        enable(&api, &user).await;
+        let first = backup_codes(&api, &user).await;
+        assert_eq!(first.len(), 10);
+        for code in &first {
+            assert_eq!(code.len(), 8);
+            assert!(
+                code.bytes()
+                    .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
+                "{code}"
+            );
+        }
+        assert_eq!(status(&api, &user).await["backup_codes"], json!(first));
+        let second = backup_codes(&api, &user).await;
+        assert!(first.iter().all(|c| !second.contains(c)));
+        assert_eq!(status(&api, &user).await["backup_codes"], json!(second));
+        // A replaced code no longer signs in.
+        assert_token_invalid(&verify(&api, &user, json!(first[0])).await);
+    }
+);
+
+both!(
+    disable_removes_everything_and_is_idempotent,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let path = "/api/users/@me/two_factor_disable/";
+        let reply = api.post(path).bearer(&user.key).send().await;
+        assert_eq!(
+            (reply.status, reply.json()),
+            (200, json!({"success": true}))
+        );
+        enable(&api, &user).await;
+        backup_codes(&api, &user).await;
+        start(&api, &user).await; // a pending setup too
+        assert_token_invalid(&verify(&api, &user, json!("000000")).await); // and a failure
+        let reply = api.post(path).bearer(&user.key).send().await;
+        assert_eq!(
+            (reply.status, reply.json()),
+            (200, json!({"success": true}))
+        );
+        for kind in [tf::TOTP, tf::PENDING, tf::BACKUP_CODES, tf::FAILURES] {
+            let found = ctx
+                .store
+                .get_many(&[(
+                    ctx.store.tables.two_factor.as_str(),
+                    tf::key(user.uuid(), kind),
+                )])
+                .await
+                .unwrap();
+            assert!(found[0].is_none(), "{kind} survived disable");
+        }
+        assert_eq!(status(&api, &user).await["is_enabled"], false);
+        let mail = sent_mail().await;
+        assert!(
+            mail.iter()
+                .any(|(to, subject, _)| to.contains(&user.user.email)
+                    && subject == "Two-factor authentication disabled"),
+            "{mail:?}"
+        );
+        assert!(
+            mail.iter()
+                .any(|(to, subject, _)| to.contains(&user.user.email)
+                    && subject == "Two-factor authentication enabled"),
+            "{mail:?}"
+        );
+    }
+);
+
+both!(
+    verify_takes_a_totp_code_once_per_step,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let secret = enable(&api, &user).await;
+        let now = step_margin().await;
+        // The step used to confirm cannot sign in again.
+        assert_token_invalid(&verify(&api, &user, json!(pyotp_code(&secret, now).await)).await);
+        let next = pyotp_code(&secret, now + 30).await;
+        let reply = verify(&api, &user, json!(next)).await;
+        assert_eq!(
+            (reply.status, reply.json()),
+            (200, json!({"success": true, "method": "totp"})),
+            "{}",
+            reply.body
+        );
+        assert_token_invalid(&verify(&api, &user, json!(next)).await);
+        api.post("/api/users/@me/two_factor_verify/")
+            .bearer(&user.key)
+            .json(&json!({}))
+            .send()
+            .await
+            .assert_error(
+                400,
+                "validation_error",
+                "required",
+                "This field is required.",
+                Some("token"),
+            );
+    }
+);
+
+both!(verify_without_2fa_is_refused, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    verify(&api, &user, json!("123456")).await.assert_error(
+        400,
+        "validation_error",
+        "2fa_not_enabled",
+        "2FA must be enabled first",
+        None,
+    );
+});
+
+both!(
+    a_backup_code_is_consumed_once_and_notifies,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        enable(&api, &user).await;
+        let codes = backup_codes(&api, &user).await;
+        let typed = codes[2].to_uppercase();
+        let reply = verify(&api, &user, json!(typed)).await;
+        assert_eq!(
+            (reply.status, reply.json()),
+            (200, json!({"success": true, "method": "backup_code"})),
+            "{}",
+            reply.body
+        );
+        assert_token_invalid(&verify(&api, &user, json!(codes[2])).await);
+        let left = status(&api, &user).await["backup_codes"].clone();
+        assert_eq!(left.as_array().unwrap().len(), 9);
+        assert!(!left.as_array().unwrap().contains(&json!(codes[2])));
+        let mail = sent_mail().await;
+        assert!(
+            mail.iter()
+                .any(|(to, subject, body)| to.contains(&user.user.email)
+                    && subject == "A backup code was used"
+                    && !body.contains(&codes[2])),
+            "{mail:?}"
+        );
+    }
+);
+
+both!(
+    twenty_concurrent_verifies_of_one_code_accept_exactly_one,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let secret = enable(&api, &user).await;
+        let code = pyotp_code(&secret, step_margin().await + 30).await;
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (api, key, code) = (api.clone(), user.key.clone(), code.clone());
+            tasks.push(tokio::spawn(async move {
+                api.post("/api/users/@me/two_factor_verify/")
+                    .bearer(&key)
+                    .json(&json!({"token": code}))
+                    .send()
+                    .await
+            }));
+        }
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.unwrap().status);
+        }
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| [200, 400, 429].contains(s)),
+            "{statuses:?}"
+        );
+    }
+);
+
+both!(
+    twenty_concurrent_uses_of_one_backup_code_accept_exactly_one,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        enable(&api, &user).await;
+        let code = backup_codes(&api, &user).await.remove(0);
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (api, key, code) = (api.clone(), user.key.clone(), code.clone());
+            tasks.push(tokio::spawn(async move {
+                api.post("/api/users/@me/two_factor_verify/")
+                    .bearer(&key)
+                    .json(&json!({"token": code}))
+                    .send()
+                    .await
+            }));
+        }
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.unwrap().status);
+        }
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| [200, 400, 429].contains(s)),
+            "{statuses:?}"
+        );
+        assert_eq!(
+            status(&api, &user).await["backup_codes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            9
+        );
+    }
+);
+
+both!(
+    five_failures_lock_checks_with_retry_after_and_a_locked_check_tests_nothing,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let secret = enable(&api, &user).await;
+        for _ in 0..5 {
+            assert_token_invalid(&verify(&api, &user, json!("000000")).await);
+        }
+        let now = step_margin().await;
+        // Even the right code is refused while locked.
+        let reply = verify(&api, &user, json!(pyotp_code(&secret, now + 30).await)).await;
+        assert_eq!(reply.status, 429, "{}", reply.body);
+        let retry: u64 = reply
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((25..=30).contains(&retry), "{retry}");
+        reply.assert_error(
+            429,
+            "throttled_error",
+            "throttled",
+            &format!("Request was throttled. Expected available in {retry} seconds."),
+            None,
+        );
+        // The same limit covers validate.
+        let reply = api
+            .post("/api/users/@me/two_factor_validate/")
+            .bearer(&user.key)
+            .json(&json!({"token": "000000"}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 429, "{}", reply.body);
+    }
+);
+
+both!(
+    the_lock_doubles_after_each_further_failure_and_success_resets,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let secret = enable(&api, &user).await;
+        // Five failures whose 30-second lock has just run out.
+        let seen = FailureState::default();
+        let expired = FailureState {
+            count: 5,
+            locked_until: now_secs() - 1,
+        };
+        assert!(ctx
+            .store
+            .charge_failure(user.uuid(), &seen, &expired)
+            .await
+            .unwrap()
+            .is_some());
+        assert_token_invalid(&verify(&api, &user, json!("000000")).await);
+        let reply = verify(&api, &user, json!("000000")).await;
+        let retry: u64 = reply
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!(
+            (55..=60).contains(&retry),
+            "sixth failure locks for 60 s, got {retry}"
+        );
+        // Unlock by hand, then a success resets the count to zero.
+        let locked = FailureState {
+            count: 6,
+            locked_until: now_secs() + retry,
+        };
+        let unlocked = FailureState {
+            count: 3,
+            locked_until: 0,
+        };
+        assert!(
+            ctx.store
+                .charge_failure(user.uuid(), &locked, &unlocked)
+                .await
+                .unwrap()
+                .is_some(),
+            "state as expected"
+        );
+        let now = step_margin().await;
+        let reply = verify(&api, &user, json!(pyotp_code(&secret, now + 30).await)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let found = ctx
+            .store
+            .get_many(&[(
+                ctx.store.tables.two_factor.as_str(),
+                tf::key(user.uuid(), tf::FAILURES),
+            )])
+            .await
+            .unwrap();
+        assert!(found[0].is_none(), "success resets the failure state");
+    }
+);
+
+both!(
+    status_for_other_users_follows_the_staff_rules,
+    |api, ctx| async move {
+        let staff = create_user(&ctx, true, &["user:read"]).await;
+        let plain = create_user(&ctx, false, &["*"]).await;
+        enable(&api, &plain).await;
+        let codes = backup_codes(&api, &plain).await;
+        let reply = api
+            .get(&format!("/api/users/{}/two_factor_status/", plain.uuid()))
+            .bearer(&staff.key)
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["backup_codes"], json!(codes));
+        let reply = api
+            .get(&format!(
+                "/api/users/{}/two_factor_status",
+                uuid::Uuid::new_v4()
+            ))
+            .bearer(&staff.key)
+            .send()
+            .await;
+        reply.assert_error(404, "invalid_request", "not_found", "Not found.", None);
+        let reply = api
+            .get(&format!("/api/users/{}/two_factor_status/", staff.uuid()))
+            .bearer(&plain.key)
+            .send()
+            .await;
+        reply.assert_error(
+            403,
+            "authentication_error",
+            "permission_denied",
+            "As a non-staff user you're only allowed to access the `@me` user instance.",
+            None,
+        );
+        // user:read is enough for status, not for the write routes.
+        let reply = api
+            .post("/api/users/@me/two_factor_disable/")
+            .bearer(&staff.key)
+            .send()
+            .await;
+        reply.assert_error(
+            403,
+            "authentication_error",
+            "permission_denied",
+            "API key missing required scope 'user:write'",
+            None,
+        );
+        let reply = api
+            .get("/api/users/@me/two_factor_start_setup/")
+            .bearer(&staff.key)
+            .send()
+            .await;
+        reply.assert_error(
+            403,
+            "authentication_error",
+            "permission_denied",
+            "API key missing required scope 'user:write'",
+            None,
+        );
+    }
+);
+
+/// Every attribute of every item of every table, as text, and every binary value.
+async fn dump(ctx: &shared::Context) -> (String, Vec<Vec<u8>>) {
+    let t = &ctx.store.tables;
+    let mut text = String::new();
+    let mut blobs = Vec::new();
+    for table in [
+        &t.users,
+        &t.user_emails,
+        &t.api_keys,
+        &t.push_tokens,
+        &t.two_factor,
+        &t.email_changes,
+    ] {
+        let mut start = None;
+        loop {
+            let out = ctx
+                .store
+                .db
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            for item in out.items.unwrap_or_default() {
+                for value in item.values() {
+                    if let Ok(b) = value.as_b() {
+                        blobs.push(b.as_ref().to_vec());
+                    }
+                }
+                text.push_str(&format!("{item:?}\n"));
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+    }
+    (text, blobs)
+}
+
+fn base32_decode(text: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u64;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes() {
+        bits = (bits << 5) | alphabet.iter().position(|a| *a == c).unwrap() as u64;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
+both!(
+    a_table_dump_reveals_no_secret_and_no_backup_code,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let secret = enable(&api, &user).await;
+        let pending = start(&api, &user).await["secret"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let codes = backup_codes(&api, &user).await;
+        let (text, blobs) = dump(&ctx).await;
+        for s in [&secret, &pending] {
+            let raw = base32_decode(s);
+            assert_eq!(raw.len(), 20);
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            assert!(
+                !text.contains(s.as_str()) && !text.contains(&s.to_lowercase()),
+                "base32 secret in a table"
+            );
+            assert!(
+                !text.contains(&hex) && !text.contains(&hex.to_uppercase()),
+                "hex secret in a table"
+            );
+            assert!(
+                blobs
+                    .iter()
+                    .all(|b| !b.windows(20).any(|w| w == raw.as_slice())),
+                "raw secret in a binary attribute"
+            );
+        }
+        for code in &codes {
+            assert!(!text.contains(code.as_str()), "backup code in a table");
+            assert!(blobs
+                .iter()
+                .all(|b| !b.windows(8).any(|w| w == code.as_bytes())));
+        }
+        // What is there decrypts only with the key: the device's secret is bound to its user.
+        let item = ctx
+            .store
+            .get_many(&[(
+                ctx.store.tables.two_factor.as_str(),
+                tf::key(user.uuid(), tf::TOTP),
+            )])
+            .await
+            .unwrap();
+        let device: tf::TotpDevice =
+            shared::store::from_item(item.into_iter().next().flatten().unwrap()).unwrap();
+        let keyring = ctx.keyring().await.unwrap();
+        assert_eq!(
+            keyring
+                .decrypt(user.uuid(), tf::TOTP, &device.secret_enc)
+                .unwrap(),
+            base32_decode(&secret)
+        );
+        assert!(keyring
+            .decrypt(
+                &uuid::Uuid::new_v4().to_string(),
+                tf::TOTP,
+                &device.secret_enc
+            )
+            .is_err());
+    }
+);
