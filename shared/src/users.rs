@@ -52,9 +52,6 @@ pub struct UserRecord {
     /// Scene → when it was first set (µs), which orders `scene_personalisation`.
     #[serde(default)]
     pub scene_first_set: HashMap<String, u64>,
-    /// Bumped by every push-token registration, so concurrent ones cannot both pass the cap.
-    #[serde(default)]
-    pub push_tokens_version: u64,
 }
 
 fn yes() -> bool {
@@ -98,7 +95,6 @@ impl UserRecord {
             hide_mcp_hints: false,
             scene_dashboards: HashMap::new(),
             scene_first_set: HashMap::new(),
-            push_tokens_version: 0,
         }
     }
 

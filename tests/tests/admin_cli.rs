@@ -1,0 +1,312 @@
+//! API.md §7: the operator tool, run as the built binary with the test environment.
+use api_tests::*;
+use serde_json::{json, Value};
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    /// A success: one JSON object on stdout.
+    #[track_caller]
+    fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "users-admin failed: {}", self.stderr);
+        let value: Value = serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {:?}", self.stdout));
+        assert!(value.is_object(), "{value}");
+        value
+    }
+
+    /// A failure: non-zero, a message on stderr, nothing on stdout.
+    #[track_caller]
+    fn failed(&self) -> &str {
+        assert_ne!(
+            self.code, 0,
+            "users-admin should fail; stdout: {}",
+            self.stdout
+        );
+        assert!(!self.stderr.trim().is_empty(), "a message on stderr");
+        assert!(
+            self.stdout.trim().is_empty(),
+            "nothing on stdout: {:?}",
+            self.stdout
+        );
+        &self.stderr
+    }
+}
+
+async fn admin(args: &[&str]) -> Output {
+    let _ = env("AWS_ENDPOINT_URL_DYNAMODB");
+    let exe = binaries_dir().join("users-admin");
+    assert!(
+        exe.exists(),
+        "{} is not built (scripts/dev test builds the workspace)",
+        exe.display()
+    );
+    let out = tokio::process::Command::new(&exe)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .await
+        .expect("users-admin runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn keys_of(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn create_user_cli(email: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["create-user", "--email", email];
+    args.extend_from_slice(extra);
+    admin(&args).await.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_user_prints_uuid_and_email() {
+    let ctx = context().await;
+    let email = unique_email("cli");
+    let out = create_user_cli(&email, &["--first-name", "Cli", "--last-name", "User"]).await;
+    assert_eq!(keys_of(&out), vec!["email", "uuid"]);
+    assert_eq!(out["email"], email.as_str());
+    let uuid = out["uuid"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{uuid}");
+    let stored = ctx
+        .store
+        .user(uuid)
+        .await
+        .unwrap()
+        .expect("the user is stored");
+    assert_eq!(stored.email, email);
+    assert_eq!(stored.first_name, "Cli");
+    assert_eq!(stored.last_name, "User");
+    assert!(!stored.is_staff);
+    assert!(stored.is_active);
+    let staff = create_user_cli(&unique_email("cli-staff"), &["--staff"]).await;
+    let stored = ctx
+        .store
+        .user(staff["uuid"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.is_staff);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_user_refuses_a_duplicate_email() {
+    let email = unique_email("cli-dup");
+    let first = create_user_cli(&email, &[]).await;
+    let out = admin(&["create-user", "--email", &email]).await;
+    let message = out.failed();
+    assert!(
+        message.contains(&email),
+        "the message names the address: {message}"
+    );
+    // Case does not make it another address.
+    let out = admin(&["create-user", "--email", &email.to_uppercase()]).await;
+    out.failed();
+    // The first user is untouched.
+    let ctx = context().await;
+    assert_eq!(
+        ctx.store
+            .user(first["uuid"].as_str().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .email,
+        email
+    );
+    // A malformed address is refused too.
+    admin(&["create-user", "--email", "not-an-email"])
+        .await
+        .failed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_key_prints_a_working_key() {
+    let user = create_user_cli(&unique_email("cli-key"), &[]).await;
+    let uuid = user["uuid"].as_str().unwrap();
+    let out = admin(&[
+        "create-key",
+        "--user",
+        uuid,
+        "--scopes",
+        "user:read,user:write",
+        "--label",
+        "ci",
+    ])
+    .await
+    .json();
+    assert_eq!(keys_of(&out), vec!["api_key", "mask", "scopes"]);
+    let key = out["api_key"].as_str().unwrap();
+    assert!(key.starts_with("phx_") && key.len() == 52, "{key}");
+    assert!(
+        key[4..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() && !"01OIl".contains(c)),
+        "{key}"
+    );
+    assert_eq!(out["mask"], format!("phx_...{}", &key[key.len() - 4..]));
+    assert_eq!(out["scopes"], json!(["user:read", "user:write"]));
+
+    // The key works over HTTP and is the user's.
+    let api = Api::http();
+    let me = api.me(key).await;
+    assert_eq!(me["uuid"], uuid);
+    assert_eq!(me["email"], user["email"]);
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(key)
+        .json(&json!({"scene": "cli", "dashboard": 1}))
+        .send()
+        .await;
+    reply.assert_status(200);
+
+    // A read-only key reads but does not write.
+    let read = admin(&["create-key", "--user", uuid, "--scopes", "user:read"])
+        .await
+        .json();
+    let read_key = read["api_key"].as_str().unwrap();
+    assert_eq!(read["scopes"], json!(["user:read"]));
+    assert_eq!(api.me(read_key).await["uuid"], uuid);
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(read_key)
+        .json(&json!({"scene": "cli", "dashboard": 2}))
+        .send()
+        .await;
+    reply.assert_forbidden(MISSING_WRITE_SCOPE);
+
+    // The key is stored only as its hash.
+    let ctx = context().await;
+    let record = ctx
+        .store
+        .api_key(&shared::auth::ApiKeyHash::of(key))
+        .await
+        .unwrap()
+        .expect("stored under its hash");
+    assert_eq!(record.user_uuid, uuid);
+    assert!(record.secure_value.starts_with("sha256$"));
+    assert!(!record.secure_value.contains(&key[4..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_key_refuses_unknown_scopes_and_users() {
+    let user = create_user_cli(&unique_email("cli-scope"), &[]).await;
+    let uuid = user["uuid"].as_str().unwrap();
+    for scopes in ["admin", "user:read,everything", "user:delete"] {
+        let out = admin(&["create-key", "--user", uuid, "--scopes", scopes]).await;
+        out.failed();
+    }
+    let unknown = uuid::Uuid::new_v4().to_string();
+    admin(&["create-key", "--user", &unknown, "--scopes", "*"])
+        .await
+        .failed();
+    admin(&["create-key", "--user", "not-a-uuid", "--scopes", "*"])
+        .await
+        .failed();
+    // None of the refused keys exists.
+    let ctx = context().await;
+    assert!(ctx.store.api_keys_of(uuid).await.unwrap().is_empty());
+    assert!(ctx.store.api_keys_of(&unknown).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_key_then_401() {
+    let user = create_user_cli(&unique_email("cli-revoke"), &[]).await;
+    let uuid = user["uuid"].as_str().unwrap();
+    let key = admin(&["create-key", "--user", uuid, "--scopes", "*"])
+        .await
+        .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = admin(&["create-key", "--user", uuid, "--scopes", "*"])
+        .await
+        .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api = Api::http();
+    assert_eq!(api.me(&key).await["uuid"], uuid);
+    let out = admin(&["revoke-key", "--key", &key]).await.json();
+    assert_eq!(out, json!({"ok": true}));
+    let reply = api.get("/api/users/@me/").bearer(&key).send().await;
+    reply.assert_unauthorized("authentication_failed");
+    // Only that key.
+    assert_eq!(api.me(&kept).await["uuid"], uuid);
+    // Revoking it again fails: there is no such key.
+    admin(&["revoke-key", "--key", &key]).await.failed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivate_user_then_401() {
+    let user = create_user_cli(&unique_email("cli-deact"), &[]).await;
+    let uuid = user["uuid"].as_str().unwrap();
+    let bystander = create_user_cli(&unique_email("cli-bystander"), &[]).await;
+    let mut keys = Vec::new();
+    for scopes in ["*", "user:read"] {
+        keys.push(
+            admin(&["create-key", "--user", uuid, "--scopes", scopes])
+                .await
+                .json()["api_key"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let bystander_key = admin(&[
+        "create-key",
+        "--user",
+        bystander["uuid"].as_str().unwrap(),
+        "--scopes",
+        "*",
+    ])
+    .await
+    .json()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api = Api::http();
+    for key in &keys {
+        assert_eq!(api.me(key).await["uuid"], uuid);
+    }
+    let out = admin(&["deactivate-user", "--user", uuid]).await.json();
+    assert_eq!(out, json!({"ok": true}));
+    for key in &keys {
+        let reply = api.get("/api/users/@me/").bearer(key).send().await;
+        reply.assert_unauthorized("authentication_failed");
+        let reply = api
+            .post("/api/users/@me/push_tokens/")
+            .bearer(key)
+            .json(&json!({"token": "t", "platform": "ios"}))
+            .send()
+            .await;
+        reply.assert_unauthorized("authentication_failed");
+    }
+    assert_eq!(api.me(&bystander_key).await["uuid"], bystander["uuid"]);
+    // No new key for an inactive user; an unknown user cannot be deactivated.
+    admin(&["create-key", "--user", uuid, "--scopes", "*"])
+        .await
+        .failed();
+    admin(&[
+        "deactivate-user",
+        "--user",
+        &uuid::Uuid::new_v4().to_string(),
+    ])
+    .await
+    .failed();
+}

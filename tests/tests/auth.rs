@@ -1,0 +1,411 @@
+//! API.md §2: credentials, scopes and whose account a path may name, on the routes of issue 2.
+use api_tests::*;
+use serde_json::json;
+
+/// A write route of every issue-2 function, as (method, path, body) for `@me`.
+fn write_routes() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    vec![
+        (
+            "POST",
+            "/api/users/@me/push_tokens/unregister/",
+            json!({"token": "t"}),
+        ),
+        (
+            "POST",
+            "/api/users/@me/push_tokens/",
+            json!({"token": "t", "platform": "ios"}),
+        ),
+        (
+            "POST",
+            "/api/users/@me/scene_personalisation/",
+            json!({"scene": "s", "dashboard": 1}),
+        ),
+        (
+            "PATCH",
+            "/api/users/cancel_email_change_request/",
+            json!({}),
+        ),
+        ("PATCH", "/api/users/@me/", json!({"first_name": "X"})),
+        (
+            "POST",
+            "/api/users/verify_email/",
+            json!({"uuid": "@me", "code": "123456"}),
+        ),
+    ]
+}
+
+fn all_routes() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    let mut routes = write_routes();
+    routes.push(("GET", "/api/users/@me/", json!({})));
+    routes
+}
+
+both!(no_key_is_not_authenticated, |api, ctx| async move {
+    let _ = ctx;
+    for (method, path, body) in all_routes() {
+        let reply = api.call(method, path).json(&body).send().await;
+        reply.assert_unauthorized("not_authenticated");
+    }
+});
+
+both!(basic_scheme_is_not_authenticated, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    for (method, path, body) in all_routes() {
+        // Even with a valid key after it, a scheme other than Bearer is no credentials.
+        let reply = api
+            .call(method, path)
+            .header("authorization", &format!("Basic {}", user.key))
+            .json(&body)
+            .send()
+            .await;
+        reply.assert_unauthorized("not_authenticated");
+    }
+    let reply = api
+        .get("/api/users/@me/")
+        .header("authorization", "Bearer")
+        .send()
+        .await;
+    reply.assert_unauthorized("not_authenticated");
+});
+
+both!(unknown_or_malformed_key_fails, |api, ctx| async move {
+    let _ = ctx;
+    let (unknown, _) = shared::auth::generate_api_key();
+    for key in [
+        unknown.as_str(),
+        "phx_short",
+        "not-a-key",
+        "phx_0000000000000000000000000000000000000000000000",
+    ] {
+        for (method, path, body) in all_routes() {
+            let reply = api.call(method, path).bearer(key).json(&body).send().await;
+            reply.assert_unauthorized("authentication_failed");
+        }
+    }
+});
+
+both!(revoked_key_fails, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    let other_key = create_key(&ctx, &user.user, &["*"]).await;
+    assert!(ctx
+        .store
+        .delete_api_key(&shared::auth::ApiKeyHash::of(&user.key))
+        .await
+        .unwrap());
+    for (method, path, body) in all_routes() {
+        let reply = api
+            .call(method, path)
+            .bearer(&user.key)
+            .json(&body)
+            .send()
+            .await;
+        reply.assert_unauthorized("authentication_failed");
+    }
+    // The user's other key is untouched.
+    assert_eq!(api.me(&other_key).await["uuid"], user.uuid());
+});
+
+both!(deactivated_user_fails, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let second_key = create_key(&ctx, &user.user, &["user:read"]).await;
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    deactivate(&ctx, user.uuid()).await;
+    for key in [&user.key, &second_key] {
+        for (method, path, body) in all_routes() {
+            let reply = api.call(method, path).bearer(key).json(&body).send().await;
+            reply.assert_unauthorized("authentication_failed");
+        }
+    }
+});
+
+both!(read_key_cannot_write, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["user:read"]).await;
+    for (method, path, body) in write_routes() {
+        let reply = api
+            .call(method, path)
+            .bearer(&user.key)
+            .json(&body)
+            .send()
+            .await;
+        reply.assert_forbidden(MISSING_WRITE_SCOPE);
+    }
+    // Nothing was written.
+    let me = api.me(&user.key).await;
+    assert_eq!(me["first_name"], "Test");
+    assert_eq!(me["scene_personalisation"], json!([]));
+    assert!(ctx
+        .store
+        .push_tokens_of(user.uuid())
+        .await
+        .unwrap()
+        .is_empty());
+});
+
+both!(read_key_reads_me, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["user:read"]).await;
+    let me = api.me(&user.key).await;
+    assert_eq!(me["uuid"], user.uuid());
+    assert_eq!(me["email"], user.user.email);
+    // Own uuid instead of @me.
+    let reply = api
+        .get(&format!("/api/users/{}/", user.uuid()))
+        .bearer(&user.key)
+        .send()
+        .await;
+    assert_eq!(reply.user_object()["uuid"], user.uuid());
+});
+
+both!(write_key_implies_read, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["user:write"]).await;
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(&user.key)
+        .json(&json!({"scene": "home", "dashboard": 7}))
+        .send()
+        .await;
+    assert_eq!(
+        reply.user_object()["scene_personalisation"],
+        json!([{"scene": "home", "dashboard": 7}])
+    );
+});
+
+both!(star_key_reads_and_writes, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    let reply = api
+        .post("/api/users/@me/push_tokens/")
+        .bearer(&user.key)
+        .json(&json!({"token": "star-token", "platform": "web"}))
+        .send()
+        .await;
+    assert_eq!(reply.ok_json()["platform"], "web");
+    let reply = api
+        .post("/api/users/@me/push_tokens/unregister/")
+        .bearer(&user.key)
+        .json(&json!({"token": "star-token"}))
+        .send()
+        .await;
+    reply.assert_no_content();
+    assert!(ctx
+        .store
+        .push_tokens_of(user.uuid())
+        .await
+        .unwrap()
+        .is_empty());
+});
+
+both!(non_staff_cannot_name_another_user, |api, ctx| async move {
+    let caller = create_user(&ctx, false, &["*"]).await;
+    let other = create_user(&ctx, false, &["*"]).await;
+    let o = other.uuid();
+    let requests = [
+        ("GET", format!("/api/users/{o}/"), json!({})),
+        (
+            "PATCH",
+            format!("/api/users/{o}/"),
+            json!({"first_name": "Hijacked"}),
+        ),
+        (
+            "POST",
+            format!("/api/users/{o}/scene_personalisation/"),
+            json!({"scene": "s", "dashboard": 1}),
+        ),
+        (
+            "POST",
+            "/api/users/verify_email/".to_string(),
+            json!({"uuid": o, "code": "123456"}),
+        ),
+    ];
+    for (method, path, body) in &requests {
+        let reply = api
+            .call(method, path)
+            .bearer(&caller.key)
+            .json(body)
+            .send()
+            .await;
+        reply.assert_forbidden(NON_STAFF_DETAIL);
+    }
+    // The same holds for an unknown and a malformed uuid.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for segment in [unknown.as_str(), "not-a-uuid"] {
+        let reply = api
+            .get(&format!("/api/users/{segment}/"))
+            .bearer(&caller.key)
+            .send()
+            .await;
+        reply.assert_forbidden(NON_STAFF_DETAIL);
+    }
+    let theirs = api.me(&other.key).await;
+    assert_eq!(theirs["first_name"], "Test");
+    assert_eq!(theirs["scene_personalisation"], json!([]));
+});
+
+both!(
+    staff_reads_and_personalises_another_user,
+    |api, ctx| async move {
+        let staff = create_user(&ctx, true, &["*"]).await;
+        let other = create_user(&ctx, false, &["*"]).await;
+        let reply = api
+            .get(&format!("/api/users/{}/", other.uuid()))
+            .bearer(&staff.key)
+            .send()
+            .await;
+        let object = reply.user_object();
+        assert_eq!(object["uuid"], other.uuid());
+        assert_eq!(object["email"], other.user.email);
+        assert_eq!(object["is_staff"], false);
+
+        let reply = api
+            .post(&format!(
+                "/api/users/{}/scene_personalisation/",
+                other.uuid()
+            ))
+            .bearer(&staff.key)
+            .json(&json!({"scene": "insights", "dashboard": 42}))
+            .send()
+            .await;
+        let object = reply.user_object();
+        assert_eq!(object["uuid"], other.uuid(), "the target's user object");
+        assert_eq!(
+            object["scene_personalisation"],
+            json!([{"scene": "insights", "dashboard": 42}])
+        );
+        // Written on the target, not on the caller.
+        assert_eq!(
+            api.me(&other.key).await["scene_personalisation"],
+            json!([{"scene": "insights", "dashboard": 42}])
+        );
+        assert_eq!(api.me(&staff.key).await["scene_personalisation"], json!([]));
+    }
+);
+
+both!(
+    staff_gets_404_for_unknown_inactive_or_malformed_uuid,
+    |api, ctx| async move {
+        let staff = create_user(&ctx, true, &["*"]).await;
+        let inactive = create_user(&ctx, false, &["*"]).await;
+        deactivate(&ctx, inactive.uuid()).await;
+        let unknown = uuid::Uuid::new_v4().to_string();
+        for segment in [unknown.as_str(), inactive.uuid(), "not-a-uuid", "12345"] {
+            let reply = api
+                .get(&format!("/api/users/{segment}/"))
+                .bearer(&staff.key)
+                .send()
+                .await;
+            reply.assert_not_found();
+            let reply = api
+                .post(&format!("/api/users/{segment}/scene_personalisation/"))
+                .bearer(&staff.key)
+                .json(&json!({"scene": "home", "dashboard": 1}))
+                .send()
+                .await;
+            reply.assert_not_found();
+        }
+        // The inactive user was not written to.
+        let stored = ctx
+            .store
+            .user(inactive.uuid())
+            .await
+            .unwrap()
+            .expect("still stored");
+        assert!(stored.scene_dashboards.is_empty());
+    }
+);
+
+both!(push_tokens_only_via_me, |api, ctx| async move {
+    let staff = create_user(&ctx, true, &["*"]).await;
+    let plain = create_user(&ctx, false, &["*"]).await;
+    let victim = create_user(&ctx, false, &["*"]).await;
+    let register = api
+        .post("/api/users/@me/push_tokens/")
+        .bearer(&victim.key)
+        .json(&json!({"token": "victim-token", "platform": "ios"}))
+        .send()
+        .await;
+    register.assert_status(200);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for caller in [&staff, &plain] {
+        for target in [victim.uuid(), unknown.as_str(), "not-a-uuid"] {
+            let reply = api
+                .post(&format!("/api/users/{target}/push_tokens/"))
+                .bearer(&caller.key)
+                .json(&json!({"token": "intruder", "platform": "ios"}))
+                .send()
+                .await;
+            reply.assert_forbidden(PUSH_TOKENS_ONLY_ME);
+            let reply = api
+                .post(&format!("/api/users/{target}/push_tokens/unregister/"))
+                .bearer(&caller.key)
+                .json(&json!({"token": "victim-token"}))
+                .send()
+                .await;
+            reply.assert_forbidden(PUSH_TOKENS_ONLY_ME);
+        }
+    }
+    let tokens = ctx.store.push_tokens_of(victim.uuid()).await.unwrap();
+    assert_eq!(
+        tokens.iter().map(|t| t.token.as_str()).collect::<Vec<_>>(),
+        vec!["victim-token"]
+    );
+    assert!(ctx
+        .store
+        .push_tokens_of(staff.uuid())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(ctx
+        .store
+        .push_tokens_of(plain.uuid())
+        .await
+        .unwrap()
+        .is_empty());
+});
+
+both!(own_uuid_works_like_me, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let u = user.uuid();
+    let reply = api
+        .get(&format!("/api/users/{u}/"))
+        .bearer(&user.key)
+        .send()
+        .await;
+    assert_eq!(reply.user_object()["uuid"], u);
+
+    let reply = api
+        .post(&format!("/api/users/{u}/scene_personalisation/"))
+        .bearer(&user.key)
+        .json(&json!({"scene": "home", "dashboard": 3}))
+        .send()
+        .await;
+    assert_eq!(
+        reply.user_object()["scene_personalisation"],
+        json!([{"scene": "home", "dashboard": 3}])
+    );
+
+    let reply = api
+        .post(&format!("/api/users/{u}/push_tokens/"))
+        .bearer(&user.key)
+        .json(&json!({"token": "own-uuid-token", "platform": "android"}))
+        .send()
+        .await;
+    reply.assert_status(200);
+    assert_eq!(ctx.store.push_tokens_of(u).await.unwrap().len(), 1);
+    let reply = api
+        .post(&format!("/api/users/{u}/push_tokens/unregister/"))
+        .bearer(&user.key)
+        .json(&json!({"token": "own-uuid-token"}))
+        .send()
+        .await;
+    reply.assert_no_content();
+    assert!(ctx.store.push_tokens_of(u).await.unwrap().is_empty());
+
+    let reply = api
+        .patch(&format!("/api/users/{u}/"))
+        .bearer(&user.key)
+        .json(&json!({"first_name": "Own"}))
+        .send()
+        .await;
+    assert_eq!(reply.user_object()["first_name"], "Own");
+});

@@ -1,0 +1,488 @@
+//! API.md §1: bodies, sizes, paths, the fallback route.
+use api_tests::*;
+use serde_json::json;
+
+both!(malformed_json_is_a_parse_error, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    for (method, path) in [
+        ("POST", "/api/users/@me/push_tokens/unregister/"),
+        ("POST", "/api/users/@me/push_tokens/"),
+        ("POST", "/api/users/@me/scene_personalisation/"),
+        ("PATCH", "/api/users/@me/"),
+        ("POST", "/api/users/verify_email/"),
+    ] {
+        for body in ["{not json", "{\"token\": ", "{\"a\": 1,}"] {
+            let reply = api
+                .call(method, path)
+                .bearer(&user.key)
+                .raw("application/json", body)
+                .send()
+                .await;
+            reply.assert_error_prefix(
+                400,
+                "invalid_request",
+                "parse_error",
+                "JSON parse error - ",
+                None,
+            );
+        }
+    }
+    assert_eq!(api.me(&user.key).await["first_name"], "Test");
+});
+
+both!(
+    json_that_is_not_an_object_is_refused,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        for (method, path) in [
+            ("POST", "/api/users/@me/push_tokens/unregister/"),
+            ("POST", "/api/users/@me/push_tokens/"),
+            ("POST", "/api/users/@me/scene_personalisation/"),
+            ("PATCH", "/api/users/@me/"),
+            ("POST", "/api/users/verify_email/"),
+        ] {
+            let reply = api
+                .call(method, path)
+                .bearer(&user.key)
+                .json(&json!(["token", "x"]))
+                .send()
+                .await;
+            reply.assert_error(
+                400,
+                "validation_error",
+                "invalid_input",
+                "Invalid data. Expected a dictionary, but got list.",
+                None,
+            );
+            let reply = api
+                .call(method, path)
+                .bearer(&user.key)
+                .json(&json!("text"))
+                .send()
+                .await;
+            reply.assert_error(
+                400,
+                "validation_error",
+                "invalid_input",
+                "Invalid data. Expected a dictionary, but got str.",
+                None,
+            );
+        }
+    }
+);
+
+both!(form_bodies_are_accepted, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let form = "application/x-www-form-urlencoded";
+    let reply = api
+        .post("/api/users/@me/push_tokens/")
+        .bearer(&user.key)
+        .raw(form, "token=form%20token&platform=android")
+        .send()
+        .await;
+    assert_eq!(reply.ok_json()["platform"], "android");
+    let tokens = ctx.store.push_tokens_of(user.uuid()).await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].token, "form token");
+
+    let reply = api
+        .post("/api/users/@me/push_tokens/unregister/")
+        .bearer(&user.key)
+        .raw(form, "token=form+token")
+        .send()
+        .await;
+    reply.assert_no_content();
+    assert!(ctx
+        .store
+        .push_tokens_of(user.uuid())
+        .await
+        .unwrap()
+        .is_empty());
+
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(&user.key)
+        .raw(form, "scene=insights&dashboard=12")
+        .send()
+        .await;
+    assert_eq!(
+        reply.user_object()["scene_personalisation"],
+        json!([{"scene": "insights", "dashboard": 12}])
+    );
+
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .raw(form, "first_name=Form&anonymize_data=true&theme_mode=dark")
+        .send()
+        .await;
+    let object = reply.user_object();
+    assert_eq!(object["first_name"], "Form");
+    assert_eq!(object["anonymize_data"], true);
+    assert_eq!(object["theme_mode"], "dark");
+
+    // Field errors are the same as for JSON.
+    let reply = api
+        .post("/api/users/@me/push_tokens/unregister/")
+        .bearer(&user.key)
+        .raw(form, "other=1")
+        .send()
+        .await;
+    reply.assert_error(
+        400,
+        "validation_error",
+        "required",
+        "This field is required.",
+        Some("token"),
+    );
+});
+
+both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    // Exactly 64 KiB is allowed; one byte more is not.
+    let make = |size: usize| {
+        let head = "{\"token\": \"limit-token\", \"pad\": \"";
+        let tail = "\"}";
+        let pad = "a".repeat(size - head.len() - tail.len());
+        format!("{head}{pad}{tail}")
+    };
+    let exact = make(64 * 1024);
+    assert_eq!(exact.len(), 65536);
+    let reply = api
+        .post("/api/users/@me/push_tokens/unregister/")
+        .bearer(&user.key)
+        .raw("application/json", exact)
+        .send()
+        .await;
+    reply.assert_no_content();
+
+    for (method, path) in [
+        ("POST", "/api/users/@me/push_tokens/unregister/"),
+        ("POST", "/api/users/@me/push_tokens/"),
+        ("POST", "/api/users/@me/scene_personalisation/"),
+        ("PATCH", "/api/users/@me/"),
+        ("PATCH", "/api/users/cancel_email_change_request/"),
+        ("POST", "/api/users/verify_email/"),
+    ] {
+        let reply = api
+            .call(method, path)
+            .bearer(&user.key)
+            .raw("application/json", make(64 * 1024 + 1))
+            .send()
+            .await;
+        reply.assert_error_prefix(413, "invalid_request", "request_too_large", "", None);
+        // 65 KiB of something that is not even JSON: refused before any parsing.
+        let reply = api
+            .call(method, path)
+            .bearer(&user.key)
+            .raw("application/json", vec![b'{'; 65 * 1024])
+            .send()
+            .await;
+        reply.assert_error_prefix(413, "invalid_request", "request_too_large", "", None);
+    }
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(&user.key)
+        .raw(
+            "application/json",
+            make(65 * 1024).replace(
+                "\"token\": \"limit-token\"",
+                "\"scene\": \"s\", \"dashboard\": 1",
+            ),
+        )
+        .send()
+        .await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
+});
+
+both!(
+    trailing_slash_is_optional_on_every_route,
+    |api, ctx| async move {
+        let _ = ctx;
+        // Without credentials every route's own function answers 401 (the fallback would say
+        // 404 or 405), with and without the trailing slash.
+        for route in shared::routes::ROUTES {
+            let base = route.path.replace("{uuid}", "@me");
+            for path in [base.clone(), format!("{base}/")] {
+                let call = api.call(route.method, &path);
+                let call = if route.method == "GET" {
+                    call
+                } else {
+                    call.json(&json!({}))
+                };
+                let reply = call.send().await;
+                assert_eq!(reply.status, 401, "{} {path}: {}", route.method, reply.body);
+                reply.assert_unauthorized("not_authenticated");
+            }
+        }
+    }
+);
+
+both!(
+    trailing_slash_is_optional_with_credentials,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        for path in ["/api/users/@me", "/api/users/@me/"] {
+            let reply = api.get(path).bearer(&user.key).send().await;
+            assert_eq!(reply.user_object()["uuid"], user.uuid());
+        }
+        for (i, path) in [
+            "/api/users/@me/scene_personalisation",
+            "/api/users/@me/scene_personalisation/",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let reply = api
+                .post(path)
+                .bearer(&user.key)
+                .json(&json!({"scene": format!("s{i}"), "dashboard": i + 1}))
+                .send()
+                .await;
+            reply.assert_status(200);
+        }
+        assert_eq!(
+            api.me(&user.key).await["scene_personalisation"],
+            json!([{"scene": "s0", "dashboard": 1}, {"scene": "s1", "dashboard": 2}])
+        );
+        for path in ["/api/users/@me/push_tokens", "/api/users/@me/push_tokens/"] {
+            let reply = api
+                .post(path)
+                .bearer(&user.key)
+                .json(&json!({"token": path, "platform": "web"}))
+                .send()
+                .await;
+            reply.assert_status(200);
+        }
+        assert_eq!(
+            ctx.store.push_tokens_of(user.uuid()).await.unwrap().len(),
+            2
+        );
+        for (path, token) in [
+            (
+                "/api/users/@me/push_tokens/unregister",
+                "/api/users/@me/push_tokens",
+            ),
+            (
+                "/api/users/@me/push_tokens/unregister/",
+                "/api/users/@me/push_tokens/",
+            ),
+        ] {
+            let reply = api
+                .post(path)
+                .bearer(&user.key)
+                .json(&json!({"token": token}))
+                .send()
+                .await;
+            reply.assert_no_content();
+        }
+        assert!(ctx
+            .store
+            .push_tokens_of(user.uuid())
+            .await
+            .unwrap()
+            .is_empty());
+        for path in ["/api/users/@me", "/api/users/@me/"] {
+            let reply = api
+                .patch(path)
+                .bearer(&user.key)
+                .json(&json!({"last_name": path}))
+                .send()
+                .await;
+            assert_eq!(reply.user_object()["last_name"], path);
+        }
+        for path in [
+            "/api/users/cancel_email_change_request",
+            "/api/users/cancel_email_change_request/",
+        ] {
+            let reply = api.patch(path).bearer(&user.key).send().await;
+            reply.assert_error(
+                400,
+                "validation_error",
+                "email_change_request_not_found",
+                "No active email change requests found.",
+                None,
+            );
+        }
+        for path in ["/api/users/verify_email", "/api/users/verify_email/"] {
+            let reply = api
+                .post(path)
+                .bearer(&user.key)
+                .json(&json!({"uuid": user.uuid()}))
+                .send()
+                .await;
+            reply.assert_error(
+                400,
+                "validation_error",
+                "required",
+                "This field is required.",
+                Some("code"),
+            );
+        }
+    }
+);
+
+both!(unknown_routes_are_404, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    for path in [
+        "/",
+        "/api",
+        "/api/users",
+        "/api/users/",
+        "/api/users/@me/nope/",
+        "/api/users/@me/push_tokens/unregister/extra/",
+        "/api/users/@me/push_tokens/list/",
+        "/api/other/",
+        "/api/users/@me/scene_personalisation/x",
+    ] {
+        for method in ["GET", "POST", "PATCH"] {
+            let reply = api
+                .call(method, path)
+                .bearer(&user.key)
+                .json(&json!({}))
+                .send()
+                .await;
+            reply.assert_not_found();
+            // Without credentials too: the fallback does not authenticate.
+            let reply = api.call(method, path).send().await;
+            reply.assert_not_found();
+        }
+    }
+});
+
+both!(wrong_method_is_405, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    for (method, path) in [
+        ("GET", "/api/users/@me/push_tokens/unregister/"),
+        ("GET", "/api/users/@me/push_tokens/unregister"),
+        ("PATCH", "/api/users/@me/push_tokens/unregister/"),
+        ("GET", "/api/users/@me/push_tokens/"),
+        ("DELETE", "/api/users/@me/push_tokens/"),
+        ("GET", "/api/users/@me/scene_personalisation/"),
+        ("PUT", "/api/users/@me/scene_personalisation/"),
+        ("GET", "/api/users/cancel_email_change_request/"),
+        ("POST", "/api/users/cancel_email_change_request/"),
+        ("DELETE", "/api/users/cancel_email_change_request"),
+        ("GET", "/api/users/verify_email/"),
+        ("PATCH", "/api/users/verify_email/"),
+        ("POST", "/api/users/@me/"),
+        ("PUT", "/api/users/@me/"),
+        ("DELETE", "/api/users/@me"),
+    ] {
+        let reply = api
+            .call(method, path)
+            .bearer(&user.key)
+            .json(&json!({}))
+            .send()
+            .await;
+        reply.assert_error(
+            405,
+            "invalid_request",
+            "method_not_allowed",
+            &format!("Method \"{method}\" not allowed."),
+            None,
+        );
+        let reply = api.call(method, path).send().await;
+        reply.assert_error(
+            405,
+            "invalid_request",
+            "method_not_allowed",
+            &format!("Method \"{method}\" not allowed."),
+            None,
+        );
+    }
+    // A 405 did nothing.
+    let me = api.me(&user.key).await;
+    assert_eq!(me["scene_personalisation"], json!([]));
+});
+
+both!(unknown_keys_are_ignored, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let reply = api
+        .post("/api/users/@me/push_tokens/")
+        .bearer(&user.key)
+        .json(&json!({"token": "k", "platform": "ios", "user": "someone-else", "id": 5, "extra": [1, 2]}))
+        .send()
+        .await;
+    reply.assert_status(200);
+    let reply = api
+        .post("/api/users/@me/push_tokens/unregister/")
+        .bearer(&user.key)
+        .json(&json!({"token": "k", "platform": "ios", "user_uuid": "x"}))
+        .send()
+        .await;
+    reply.assert_no_content();
+    assert!(ctx
+        .store
+        .push_tokens_of(user.uuid())
+        .await
+        .unwrap()
+        .is_empty());
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(&user.key)
+        .json(&json!({"scene": "a", "dashboard": 2, "team": 99, "user": "x"}))
+        .send()
+        .await;
+    assert_eq!(
+        reply.user_object()["scene_personalisation"],
+        json!([{"scene": "a", "dashboard": 2}])
+    );
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&json!({"first_name": "K", "no_such_field": true}))
+        .send()
+        .await;
+    let object = reply.user_object();
+    assert_eq!(object["first_name"], "K");
+});
+
+both!(success_responses_are_json, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let reply = api
+        .post("/api/users/@me/push_tokens/")
+        .bearer(&user.key)
+        .json(&json!({"token": "j", "platform": "ios"}))
+        .send()
+        .await;
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    reply.assert_status(200);
+});
+
+both!(json_with_a_charset_is_json, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(&user.key)
+        .raw(
+            "application/json; charset=utf-8",
+            r#"{"scene": "charset", "dashboard": 8}"#,
+        )
+        .send()
+        .await;
+    assert_eq!(
+        reply.user_object()["scene_personalisation"],
+        json!([{"scene": "charset", "dashboard": 8}])
+    );
+});
+
+both!(percent_encoded_me_is_me, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let reply = api.get("/api/users/%40me/").bearer(&user.key).send().await;
+    assert_eq!(reply.user_object()["uuid"], user.uuid());
+    let reply = api
+        .post("/api/users/%40me/push_tokens/")
+        .bearer(&user.key)
+        .json(&json!({"token": "encoded", "platform": "ios"}))
+        .send()
+        .await;
+    reply.assert_status(200);
+    assert_eq!(
+        ctx.store.push_tokens_of(user.uuid()).await.unwrap().len(),
+        1
+    );
+});

@@ -1,0 +1,316 @@
+//! `POST /api/users/{uuid}/scene_personalisation/`.
+use api_tests::*;
+use serde_json::{json, Value};
+
+const PATH: &str = "/api/users/@me/scene_personalisation/";
+
+async fn set(api: &Api, key: &str, body: Value) -> Value {
+    api.post(PATH)
+        .bearer(key)
+        .json(&body)
+        .send()
+        .await
+        .user_object()
+}
+
+both!(
+    sets_replaces_and_appends_in_first_set_order,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let object = set(
+            &api,
+            &user.key,
+            json!({"scene": "insights", "dashboard": 1}),
+        )
+        .await;
+        assert_eq!(object["uuid"], user.uuid());
+        assert_eq!(
+            object["scene_personalisation"],
+            json!([{"scene": "insights", "dashboard": 1}])
+        );
+
+        let object = set(
+            &api,
+            &user.key,
+            json!({"scene": "dashboards", "dashboard": 2}),
+        )
+        .await;
+        assert_eq!(
+            object["scene_personalisation"],
+            json!([{"scene": "insights", "dashboard": 1}, {"scene": "dashboards", "dashboard": 2}])
+        );
+        // Replacing the first scene keeps it first.
+        let object = set(
+            &api,
+            &user.key,
+            json!({"scene": "insights", "dashboard": 3}),
+        )
+        .await;
+        assert_eq!(
+            object["scene_personalisation"],
+            json!([{"scene": "insights", "dashboard": 3}, {"scene": "dashboards", "dashboard": 2}])
+        );
+        // A new scene is appended.
+        let object = set(&api, &user.key, json!({"scene": "persons", "dashboard": 4})).await;
+        let expected = json!([
+            {"scene": "insights", "dashboard": 3},
+            {"scene": "dashboards", "dashboard": 2},
+            {"scene": "persons", "dashboard": 4},
+        ]);
+        assert_eq!(object["scene_personalisation"], expected);
+        // What GET shows is what was stored.
+        assert_eq!(api.me(&user.key).await["scene_personalisation"], expected);
+        // The rest of the user object is unchanged.
+        assert_eq!(object["email"], user.user.email);
+        assert_eq!(object["first_name"], "Test");
+        assert_eq!(object["pending_email"], Value::Null);
+        assert_eq!(object["is_2fa_enabled"], false);
+    }
+);
+
+both!(
+    dashboard_numeric_string_is_accepted,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let object = set(&api, &user.key, json!({"scene": "home", "dashboard": "17"})).await;
+        assert_eq!(
+            object["scene_personalisation"],
+            json!([{"scene": "home", "dashboard": 17}])
+        );
+        // Any positive id: this service does not own dashboards.
+        let object = set(
+            &api,
+            &user.key,
+            json!({"scene": "home", "dashboard": 9007199254740993u64}),
+        )
+        .await;
+        assert_eq!(
+            object["scene_personalisation"],
+            json!([{"scene": "home", "dashboard": 9007199254740993u64}])
+        );
+    }
+);
+
+both!(
+    dashboard_of_another_type_is_incorrect_type,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        for (value, kind) in [
+            (json!("abc"), "str"),
+            (json!("12a"), "str"),
+            (json!(true), "bool"),
+            (json!(false), "bool"),
+            (json!([1]), "list"),
+            (json!({"id": 1}), "dict"),
+        ] {
+            let reply = api
+                .post(PATH)
+                .bearer(&user.key)
+                .json(&json!({"scene": "home", "dashboard": value}))
+                .send()
+                .await;
+            reply.assert_error(
+                400,
+                "validation_error",
+                "incorrect_type",
+                &format!("Incorrect type. Expected pk value, received {kind}."),
+                Some("dashboard"),
+            );
+        }
+        assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
+    }
+);
+
+both!(
+    dashboard_null_and_non_positive_are_refused,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let reply = api
+            .post(PATH)
+            .bearer(&user.key)
+            .json(&json!({"scene": "home", "dashboard": null}))
+            .send()
+            .await;
+        reply.assert_error(
+            400,
+            "validation_error",
+            "null",
+            "This field may not be null.",
+            Some("dashboard"),
+        );
+        // Not a positive integer: a 400 on the field (the contract does not name the code).
+        for value in [json!(0), json!(-3), json!("0"), json!("-1")] {
+            let reply = api
+                .post(PATH)
+                .bearer(&user.key)
+                .json(&json!({"scene": "home", "dashboard": value}))
+                .send()
+                .await;
+            assert_eq!(reply.status, 400, "{value}: {}", reply.body);
+            let body = reply.json();
+            assert_eq!(body["type"], "validation_error");
+            assert_eq!(body["attr"], "dashboard");
+        }
+        assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
+    }
+);
+
+both!(missing_fields_are_request_errors, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let reply = api
+        .post(PATH)
+        .bearer(&user.key)
+        .json(&json!({"scene": "home"}))
+        .send()
+        .await;
+    reply.assert_error(
+        400,
+        "validation_error",
+        "invalid_input",
+        "Dashboard must be provided.",
+        None,
+    );
+    let reply = api
+        .post(PATH)
+        .bearer(&user.key)
+        .json(&json!({"dashboard": 1}))
+        .send()
+        .await;
+    reply.assert_error(
+        400,
+        "validation_error",
+        "invalid_input",
+        "Scene must be provided.",
+        None,
+    );
+    // Both missing: the dashboard is checked first.
+    let reply = api
+        .post(PATH)
+        .bearer(&user.key)
+        .json(&json!({}))
+        .send()
+        .await;
+    reply.assert_error(
+        400,
+        "validation_error",
+        "invalid_input",
+        "Dashboard must be provided.",
+        None,
+    );
+    let reply = api.post(PATH).bearer(&user.key).send().await;
+    reply.assert_error(
+        400,
+        "validation_error",
+        "invalid_input",
+        "Dashboard must be provided.",
+        None,
+    );
+    assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
+});
+
+both!(scene_must_be_short_and_not_blank, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    for scene in ["", "   "] {
+        let reply = api
+            .post(PATH)
+            .bearer(&user.key)
+            .json(&json!({"scene": scene, "dashboard": 1}))
+            .send()
+            .await;
+        reply.assert_error(
+            400,
+            "validation_error",
+            "blank",
+            "This field may not be blank.",
+            Some("scene"),
+        );
+    }
+    let reply = api
+        .post(PATH)
+        .bearer(&user.key)
+        .json(&json!({"scene": "s".repeat(201), "dashboard": 1}))
+        .send()
+        .await;
+    reply.assert_error(
+        400,
+        "validation_error",
+        "max_length",
+        "Ensure this field has no more than 200 characters.",
+        Some("scene"),
+    );
+    let reply = api
+        .post(PATH)
+        .bearer(&user.key)
+        .json(&json!({"scene": null, "dashboard": 1}))
+        .send()
+        .await;
+    reply.assert_error(
+        400,
+        "validation_error",
+        "null",
+        "This field may not be null.",
+        Some("scene"),
+    );
+    assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
+    // 200 characters is fine.
+    let long = "s".repeat(200);
+    let object = set(&api, &user.key, json!({"scene": long, "dashboard": 5})).await;
+    assert_eq!(
+        object["scene_personalisation"],
+        json!([{"scene": long, "dashboard": 5}])
+    );
+});
+
+both!(scene_names_are_kept_verbatim, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    // Names with characters that mean something to DynamoDB's expression syntax.
+    let names = [
+        "a.b",
+        "#x",
+        ":v",
+        "with space",
+        "ünïcode",
+        "[0]",
+        "a$b",
+        "\u{1F600}x",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        set(&api, &user.key, json!({"scene": name, "dashboard": i + 1})).await;
+    }
+    let expected: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({"scene": n, "dashboard": i + 1}))
+        .collect();
+    assert_eq!(
+        api.me(&user.key).await["scene_personalisation"],
+        Value::Array(expected)
+    );
+});
+
+both!(
+    scene_of_200_wide_characters_is_accepted,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        // 200 characters of 4 bytes each: the limit counts characters.
+        let wide = "\u{1F600}".repeat(200);
+        let object = set(&api, &user.key, json!({"scene": wide, "dashboard": 1})).await;
+        assert_eq!(
+            object["scene_personalisation"],
+            json!([{"scene": wide, "dashboard": 1}])
+        );
+        let reply = api
+            .post(PATH)
+            .bearer(&user.key)
+            .json(&json!({"scene": "\u{1F600}".repeat(201), "dashboard": 1}))
+            .send()
+            .await;
+        reply.assert_error(
+            400,
+            "validation_error",
+            "max_length",
+            "Ensure this field has no more than 200 characters.",
+            Some("scene"),
+        );
+    }
+);

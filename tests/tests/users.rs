@@ -1,0 +1,219 @@
+//! `GET /api/users/{uuid}/` and the profile fields of `PATCH /api/users/{uuid}/`.
+use api_tests::*;
+use serde_json::{json, Value};
+
+both!(get_me_is_the_user_object, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    let object = reply.user_object();
+    assert_eq!(object["uuid"], user.uuid());
+    assert_eq!(object["distinct_id"], user.user.distinct_id);
+    assert_eq!(object["email"], user.user.email);
+    assert_eq!(object["first_name"], "Test");
+    assert_eq!(object["last_name"], "User");
+    assert_eq!(object["pending_email"], Value::Null);
+    assert_eq!(object["is_staff"], false);
+    assert_eq!(object["is_2fa_enabled"], false);
+    assert_eq!(object["passkeys_enabled_for_2fa"], false);
+    assert_eq!(object["scene_personalisation"], json!([]));
+    assert_eq!(object["date_joined"], user.user.date_joined);
+    assert!(object["notification_settings"].is_object());
+    // No write-only field and no secret.
+    for hidden in [
+        "password",
+        "current_password",
+        "set_current_organization",
+        "set_current_team",
+        "is_active",
+    ] {
+        assert!(object.get(hidden).is_none(), "{hidden} is never returned");
+    }
+    let staff = create_user(&ctx, true, &["*"]).await;
+    assert_eq!(api.me(&staff.key).await["is_staff"], true);
+});
+
+both!(patch_updates_profile_fields, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let changes = json!({
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "theme_mode": "dark",
+        "toolbar_mode": "disabled",
+        "anonymize_data": true,
+        "allow_impersonation": false,
+        "hide_mcp_hints": true,
+        "allow_sidebar_suggestions": true,
+        "shortcut_position": "below",
+        "role_at_organization": "engineering",
+        "hedgehog_config": {"use_as_profile": true},
+        "events_column_config": {"active": ["event", "person"]},
+    });
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&changes)
+        .send()
+        .await;
+    let object = reply.user_object();
+    for (field, value) in changes.as_object().unwrap() {
+        assert_eq!(&object[field], value, "{field} in the response");
+    }
+    let stored = api.me(&user.key).await;
+    for (field, value) in changes.as_object().unwrap() {
+        assert_eq!(&stored[field], value, "{field} as stored");
+    }
+    assert_eq!(stored["email"], user.user.email);
+    // A second, partial update leaves the others as they were.
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&json!({"theme_mode": "light", "anonymize_data": false}))
+        .send()
+        .await;
+    let object = reply.user_object();
+    assert_eq!(object["theme_mode"], "light");
+    assert_eq!(object["anonymize_data"], false);
+    assert_eq!(object["first_name"], "Ada");
+    assert_eq!(object["hide_mcp_hints"], true);
+    let stored = api.me(&user.key).await;
+    assert_eq!(stored["theme_mode"], "light");
+    assert_eq!(stored["first_name"], "Ada");
+    // theme_mode may be cleared.
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&json!({"theme_mode": null}))
+        .send()
+        .await;
+    assert_eq!(reply.user_object()["theme_mode"], Value::Null);
+});
+
+both!(patch_ignores_read_only_fields, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let before = api.me(&user.key).await;
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&json!({
+            "is_staff": true,
+            "uuid": uuid::Uuid::new_v4().to_string(),
+            "distinct_id": "forged",
+            "date_joined": "2000-01-01T00:00:00Z",
+            "pending_email": "forged@example.com",
+            "is_2fa_enabled": true,
+            "is_email_verified": true,
+            "scene_personalisation": [{"scene": "x", "dashboard": 1}],
+            "is_active": false,
+            "first_name": "Changed",
+        }))
+        .send()
+        .await;
+    let object = reply.user_object();
+    assert_eq!(object["first_name"], "Changed");
+    let after = api.me(&user.key).await;
+    for field in [
+        "is_staff",
+        "uuid",
+        "distinct_id",
+        "date_joined",
+        "pending_email",
+        "is_2fa_enabled",
+        "is_email_verified",
+        "scene_personalisation",
+        "email",
+    ] {
+        assert_eq!(object[field], before[field], "{field} in the response");
+        assert_eq!(after[field], before[field], "{field} as stored");
+    }
+    assert_eq!(after["first_name"], "Changed");
+    let stored = ctx.store.user(user.uuid()).await.unwrap().unwrap();
+    assert!(!stored.is_staff);
+    assert!(stored.is_active);
+    // No email-change request was opened by `pending_email`.
+    assert!(mail_to("forged@example.com").await.is_empty());
+});
+
+both!(
+    patch_validates_choices_and_booleans,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let cases = [
+            (
+                json!({"theme_mode": "purple"}),
+                "invalid_choice",
+                "\"purple\" is not a valid choice.",
+                "theme_mode",
+            ),
+            (
+                json!({"toolbar_mode": "sometimes"}),
+                "invalid_choice",
+                "\"sometimes\" is not a valid choice.",
+                "toolbar_mode",
+            ),
+            (
+                json!({"shortcut_position": "left"}),
+                "invalid_choice",
+                "\"left\" is not a valid choice.",
+                "shortcut_position",
+            ),
+            (
+                json!({"anonymize_data": "maybe"}),
+                "invalid_input",
+                "Must be a valid boolean.",
+                "anonymize_data",
+            ),
+            (
+                json!({"allow_impersonation": [true]}),
+                "invalid_input",
+                "Must be a valid boolean.",
+                "allow_impersonation",
+            ),
+            (
+                json!({"hide_mcp_hints": null}),
+                "null",
+                "This field may not be null.",
+                "hide_mcp_hints",
+            ),
+            (
+                json!({"first_name": "x".repeat(151)}),
+                "max_length",
+                "Ensure this field has no more than 150 characters.",
+                "first_name",
+            ),
+        ];
+        for (body, code, detail, attr) in cases {
+            // Each bad field comes with a good one, which must not be applied either.
+            let mut body = body;
+            body["last_name"] = json!("ShouldNotStick");
+            let reply = api
+                .patch("/api/users/@me/")
+                .bearer(&user.key)
+                .json(&body)
+                .send()
+                .await;
+            reply.assert_error(400, "validation_error", code, detail, Some(attr));
+        }
+        let after = api.me(&user.key).await;
+        assert_eq!(after["last_name"], "User");
+        assert_eq!(after["theme_mode"], Value::Null);
+        assert_eq!(after["anonymize_data"], false);
+        assert_eq!(after["first_name"], "Test");
+    }
+);
+
+both!(
+    patch_with_empty_body_returns_the_user,
+    |api, ctx| async move {
+        let user = create_user(&ctx, false, &["*"]).await;
+        let before = api.me(&user.key).await;
+        let reply = api
+            .patch("/api/users/@me/")
+            .bearer(&user.key)
+            .json(&json!({}))
+            .send()
+            .await;
+        assert_eq!(reply.user_object(), before);
+        let reply = api.patch("/api/users/@me/").bearer(&user.key).send().await;
+        assert_eq!(reply.user_object(), before);
+    }
+);
