@@ -121,7 +121,7 @@ where
         method = req.method().as_str(),
         route,
         status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
     response
