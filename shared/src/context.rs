@@ -10,6 +10,7 @@ use crate::store::Store;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use lambda_http::Request;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -20,7 +21,7 @@ pub struct Context {
     secrets: aws_sdk_secretsmanager::Client,
     /// Loaded on first use and kept; a failed load is retried by the next request, so an
     /// outage at cold start is a 503, not a crash loop.
-    keyring: OnceCell<Keyring>,
+    keyring: Arc<OnceCell<Keyring>>,
 }
 
 /// A request that passed routing, the size limit, authentication and its scope.
@@ -57,8 +58,20 @@ impl Context {
             store,
             mailer,
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
-            keyring: OnceCell::new(),
+            keyring: Arc::new(OnceCell::new()),
             config,
+        }
+    }
+
+    /// The same context over another store (an instrumented client, in tests and benchmarks),
+    /// sharing the other clients and the loaded keys.
+    pub fn with_store(&self, store: Store) -> Self {
+        Context {
+            config: self.config.clone(),
+            store,
+            mailer: self.mailer.clone(),
+            secrets: self.secrets.clone(),
+            keyring: self.keyring.clone(),
         }
     }
 

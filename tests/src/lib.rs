@@ -10,6 +10,8 @@ use shared::users::UserRecord;
 use shared::Context;
 use std::sync::Arc;
 
+pub mod calls;
+
 /// A variable the test command sets; without it the test cannot run and says why.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -196,6 +198,14 @@ async fn dispatch(
     let function = shared::routes::resolve(&method, &path)
         .map(|m| m.route.function)
         .unwrap_or(shared::routes::FALLBACK_FUNCTION);
+    // Each invocation gets its own recorder, so the DynamoDB calls it made are known even
+    // when a test runs requests concurrently.
+    let recorder = calls::Recorder::default();
+    let scoped = ctx.with_store(shared::store::Store::new(
+        recorder.instrument(&ctx.store.db),
+        ctx.store.tables.clone(),
+    ));
+    let ctx = &scoped;
     let Ok(response) = match function {
         "push-tokens-unregister" => push_tokens_unregister::handle(ctx, request).await,
         "push-tokens-register" => push_tokens_register::handle(ctx, request).await,
@@ -213,6 +223,7 @@ async fn dispatch(
         "fallback" => fallback::handle(request).await,
         other => panic!("the route table names a function the harness does not know: {other}"),
     };
+    calls::observe(function, &recorder.take());
     let status = response.status().as_u16();
     let headers = response
         .headers()

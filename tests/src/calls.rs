@@ -1,0 +1,185 @@
+//! Counts the DynamoDB calls a request makes, with an SDK interceptor: which operation,
+//! which actions on which tables (IAM's view, so a transaction counts each of its items),
+//! and when, so the calls that ran one after another can be told from those that overlapped.
+use aws_sdk_dynamodb::config::interceptors::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One DynamoDB call.
+#[derive(Debug, Clone)]
+pub struct DynamoCall {
+    pub operation: String,
+    /// `(IAM action, table name)` for every item of the call.
+    pub actions: Vec<(String, String)>,
+    pub start: Instant,
+    pub end: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Started(Instant, String, Vec<(String, String)>);
+
+impl Storable for Started {
+    type Storer = StoreReplace<Self>;
+}
+
+/// The interceptor; clones share one log.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    calls: Arc<Mutex<Vec<DynamoCall>>>,
+}
+
+impl Recorder {
+    /// The calls recorded since the last `take`.
+    pub fn take(&self) -> Vec<DynamoCall> {
+        std::mem::take(&mut *self.calls.lock().expect("recorder lock"))
+    }
+
+    /// A DynamoDB client like `client` that records into this recorder.
+    pub fn instrument(&self, client: &aws_sdk_dynamodb::Client) -> aws_sdk_dynamodb::Client {
+        let config = client
+            .config()
+            .to_builder()
+            .interceptor(self.clone())
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+}
+
+/// How many calls ran one after another: the longest chain of calls each starting after
+/// the previous one ended.
+pub fn sequential_depth(calls: &[DynamoCall]) -> usize {
+    let mut sorted: Vec<&DynamoCall> = calls.iter().collect();
+    sorted.sort_by_key(|c| c.start);
+    let mut depth = vec![1usize; sorted.len()];
+    for i in 0..sorted.len() {
+        for j in 0..i {
+            if sorted[j].end <= sorted[i].start {
+                depth[i] = depth[i].max(depth[j] + 1);
+            }
+        }
+    }
+    depth.into_iter().max().unwrap_or(0)
+}
+
+fn actions(operation: &str, body: &Value) -> Vec<(String, String)> {
+    let table = |v: &Value| v["TableName"].as_str().unwrap_or("?").to_string();
+    match operation {
+        "BatchGetItem" | "BatchWriteItem" => body["RequestItems"]
+            .as_object()
+            .map(|m| {
+                m.keys()
+                    .map(|t| (operation.to_string(), t.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        "TransactWriteItems" | "TransactGetItems" => body["TransactItems"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .flat_map(|item| item.as_object().into_iter().flatten())
+                    .map(|(kind, spec)| {
+                        let action = match kind.as_str() {
+                            "Put" => "PutItem",
+                            "Update" => "UpdateItem",
+                            "Delete" => "DeleteItem",
+                            "ConditionCheck" => "ConditionCheckItem",
+                            "Get" => "GetItem",
+                            other => other,
+                        };
+                        (action.to_string(), table(spec))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => vec![(operation.to_string(), table(body))],
+    }
+}
+
+impl Intercept for Recorder {
+    fn name(&self) -> &'static str {
+        "DynamoCallRecorder"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request();
+        let operation = request
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("?")
+            .to_string();
+        let body: Value = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        let start = cfg
+            .load::<Started>()
+            .map(|s| s.0)
+            .unwrap_or_else(Instant::now);
+        let actions = actions(&operation, &body);
+        cfg.interceptor_state()
+            .store_put(Started(start, operation, actions));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        _context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Started(start, operation, actions)) = cfg.load::<Started>().cloned() {
+            self.calls.lock().expect("recorder lock").push(DynamoCall {
+                operation,
+                actions,
+                start,
+                end: Instant::now(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Appends what a function did to `$OBSERVED_DIR/<pid>.jsonl` (one line per action and
+/// table), where the test command compares it with the function's IAM policies.
+pub fn observe(function: &str, calls: &[DynamoCall]) {
+    let Ok(dir) = std::env::var("OBSERVED_DIR") else {
+        return;
+    };
+    use std::io::Write;
+    let path = std::path::Path::new(&dir).join(format!("{}.jsonl", std::process::id()));
+    let mut lines = String::new();
+    for call in calls {
+        for (action, table) in &call.actions {
+            lines.push_str(
+                &serde_json::json!({"function": function, "action": action, "table": table})
+                    .to_string(),
+            );
+            lines.push('\n');
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = file.write_all(lines.as_bytes());
+    }
+}

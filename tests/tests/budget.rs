@@ -1,0 +1,227 @@
+//! ARCHITECTURE.md's budget: authentication plus the work of any route costs at most 3
+//! sequential DynamoDB calls. Each route's usual successful request runs in process with an
+//! interceptor counting the calls (a count, not a timing).
+use api_tests::calls::{sequential_depth, DynamoCall, Recorder};
+use api_tests::*;
+use serde_json::json;
+use shared::store::{now_secs, Store};
+use std::sync::Arc;
+
+struct Budget {
+    api: Api,
+    recorder: Recorder,
+    report: Vec<(String, usize, usize)>,
+}
+
+impl Budget {
+    async fn new() -> (Self, Arc<shared::Context>) {
+        let base = context().await;
+        let recorder = Recorder::default();
+        let ctx = Arc::new(base.with_store(Store::new(
+            recorder.instrument(&base.store.db),
+            base.store.tables.clone(),
+        )));
+        (
+            Budget {
+                api: Api::InProcess(ctx.clone()),
+                recorder,
+                report: vec![],
+            },
+            ctx,
+        )
+    }
+
+    /// Sends one request and checks its status and its DynamoDB calls.
+    async fn check(&mut self, label: &str, call: Call<'_>, status: u16) -> Reply {
+        self.recorder.take();
+        let reply = call.send().await;
+        assert_eq!(reply.status, status, "{label}: {}", reply.body);
+        let calls: Vec<DynamoCall> = self.recorder.take();
+        let depth = sequential_depth(&calls);
+        assert!(
+            depth <= 3,
+            "{label}: {depth} sequential DynamoDB calls: {calls:#?}"
+        );
+        if label != "fallback" {
+            let first = calls
+                .iter()
+                .min_by_key(|c| c.start)
+                .expect("at least the key lookup");
+            assert_eq!(
+                first.operation, "GetItem",
+                "{label}: authentication is one GetItem of the key"
+            );
+            assert!(first.actions[0].1.ends_with("api-keys"), "{label}");
+        } else {
+            assert!(calls.is_empty(), "the fallback touches no table");
+        }
+        self.report.push((label.to_string(), calls.len(), depth));
+        reply
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_stays_within_three_sequential_dynamodb_calls() {
+    let (mut b, ctx) = Budget::new().await;
+    let user = create_user(&ctx, false, &["*"]).await;
+    let k = user.key.clone();
+    let api = b.api.clone();
+
+    b.check("get-user", api.get("/api/users/@me/").bearer(&k), 200)
+        .await;
+    b.check(
+        "update-user (profile)",
+        api.patch("/api/users/@me/")
+            .bearer(&k)
+            .json(&json!({"first_name": "Budget"})),
+        200,
+    )
+    .await;
+    let new_email = unique_email("budget");
+    b.check(
+        "update-user (email change)",
+        api.patch("/api/users/@me/")
+            .bearer(&k)
+            .json(&json!({"email": new_email})),
+        200,
+    )
+    .await;
+    b.check(
+        "cancel-email-change-request",
+        api.patch("/api/users/cancel_email_change_request/")
+            .bearer(&k),
+        200,
+    )
+    .await;
+    let newer = unique_email("budget2");
+    api.patch("/api/users/@me/")
+        .bearer(&k)
+        .json(&json!({"email": newer}))
+        .send()
+        .await;
+    let code = code_mailed_to(&newer).await;
+    b.check(
+        "verify-email",
+        api.post("/api/users/verify_email/")
+            .bearer(&k)
+            .json(&json!({"uuid": "@me", "code": code})),
+        200,
+    )
+    .await;
+    b.check(
+        "scene-personalisation",
+        api.post("/api/users/@me/scene_personalisation/")
+            .bearer(&k)
+            .json(&json!({"scene": "s", "dashboard": 1})),
+        200,
+    )
+    .await;
+    for i in 0..20 {
+        api.post("/api/users/@me/push_tokens/")
+            .bearer(&k)
+            .json(&json!({"token": format!("t{i}"), "platform": "ios"}))
+            .send()
+            .await;
+    }
+    b.check(
+        "push-tokens-register (21st, evicting)",
+        api.post("/api/users/@me/push_tokens/")
+            .bearer(&k)
+            .json(&json!({"token": "t20", "platform": "ios"})),
+        200,
+    )
+    .await;
+    b.check(
+        "push-tokens-register (refresh)",
+        api.post("/api/users/@me/push_tokens/")
+            .bearer(&k)
+            .json(&json!({"token": "t20", "platform": "web"})),
+        200,
+    )
+    .await;
+    b.check(
+        "push-tokens-unregister",
+        api.post("/api/users/@me/push_tokens/unregister/")
+            .bearer(&k)
+            .json(&json!({"token": "t20"})),
+        204,
+    )
+    .await;
+    let setup = b
+        .check(
+            "two-factor-start-setup",
+            api.get("/api/users/@me/two_factor_start_setup/").bearer(&k),
+            200,
+        )
+        .await;
+    let secret = setup.json()["secret"].as_str().unwrap().to_string();
+    let mut now = now_secs();
+    while now % 30 > 25 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        now = now_secs();
+    }
+    let code = pyotp_code(&secret, now).await;
+    b.check(
+        "two-factor-validate",
+        api.post("/api/users/@me/two_factor_validate/")
+            .bearer(&k)
+            .json(&json!({"token": code})),
+        200,
+    )
+    .await;
+    let codes = b
+        .check(
+            "two-factor-backup-codes",
+            api.post("/api/users/@me/two_factor_backup_codes/")
+                .bearer(&k),
+            200,
+        )
+        .await;
+    let backup = codes.json()["backup_codes"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.check(
+        "two-factor-status",
+        api.get("/api/users/@me/two_factor_status/").bearer(&k),
+        200,
+    )
+    .await;
+    let next = pyotp_code(&secret, now + 30).await;
+    b.check(
+        "two-factor-verify (totp)",
+        api.post("/api/users/@me/two_factor_verify/")
+            .bearer(&k)
+            .json(&json!({"token": next})),
+        200,
+    )
+    .await;
+    b.check(
+        "two-factor-verify (backup code)",
+        api.post("/api/users/@me/two_factor_verify/")
+            .bearer(&k)
+            .json(&json!({"token": backup})),
+        200,
+    )
+    .await;
+    b.check(
+        "two-factor-verify (wrong code)",
+        api.post("/api/users/@me/two_factor_verify/")
+            .bearer(&k)
+            .json(&json!({"token": "000000"})),
+        400,
+    )
+    .await;
+    b.check(
+        "two-factor-disable",
+        api.post("/api/users/@me/two_factor_disable/").bearer(&k),
+        200,
+    )
+    .await;
+    b.check("fallback", api.get("/api/users/@me/nothing/"), 404)
+        .await;
+
+    for (label, total, depth) in &b.report {
+        println!("{label:45} {total} DynamoDB calls, {depth} sequential");
+    }
+}

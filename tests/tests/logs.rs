@@ -1,0 +1,192 @@
+//! Structured logs: one JSON line per request (request id, method, route, status, latency),
+//! and nothing secret. A full flow runs over HTTP through `cargo lambda watch`, then the
+//! functions' log (`WATCH_LOG`, written by the test command) is searched for every key,
+//! secret, code, token and body value the flow used.
+use api_tests::*;
+use serde_json::{json, Value};
+use shared::store::now_secs;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_have_one_line_per_request_and_no_secret() {
+    let ctx = context().await;
+    let api = Api::http();
+    let user = create_user(&ctx, false, &["*"]).await;
+    let k = user.key.clone();
+    let marker = format!("BodyMarker{}", uuid::Uuid::new_v4().simple());
+    let push_token = format!("push-{}", uuid::Uuid::new_v4().simple());
+    let new_email = unique_email("logs");
+
+    api.patch("/api/users/@me/")
+        .bearer(&k)
+        .json(&json!({"first_name": marker}))
+        .send()
+        .await
+        .assert_status(200);
+    api.post("/api/users/@me/push_tokens/")
+        .bearer(&k)
+        .json(&json!({"token": push_token, "platform": "ios"}))
+        .send()
+        .await
+        .assert_status(200);
+    api.post("/api/users/@me/push_tokens/unregister/")
+        .bearer(&k)
+        .json(&json!({"token": push_token}))
+        .send()
+        .await
+        .assert_status(204);
+    api.patch("/api/users/@me/")
+        .bearer(&k)
+        .json(&json!({"email": new_email}))
+        .send()
+        .await
+        .assert_status(200);
+    let email_code = code_mailed_to(&new_email).await;
+    api.post("/api/users/verify_email/")
+        .bearer(&k)
+        .json(&json!({"uuid": "@me", "code": other_code(&email_code)}))
+        .send()
+        .await
+        .assert_status(400);
+    api.post("/api/users/verify_email/")
+        .bearer(&k)
+        .json(&json!({"uuid": "@me", "code": email_code}))
+        .send()
+        .await
+        .assert_status(200);
+    let setup = api
+        .get("/api/users/@me/two_factor_start_setup/")
+        .bearer(&k)
+        .send()
+        .await
+        .ok_json();
+    let secret = setup["secret"].as_str().unwrap().to_string();
+    let mut now = now_secs();
+    while now % 30 > 25 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        now = now_secs();
+    }
+    let code = pyotp_code(&secret, now).await;
+    api.post("/api/users/@me/two_factor_validate/")
+        .bearer(&k)
+        .json(&json!({"token": code}))
+        .send()
+        .await
+        .assert_status(200);
+    let codes = api
+        .post("/api/users/@me/two_factor_backup_codes/")
+        .bearer(&k)
+        .send()
+        .await
+        .ok_json();
+    let backup: Vec<String> = codes["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    api.get("/api/users/@me/two_factor_status/")
+        .bearer(&k)
+        .send()
+        .await
+        .assert_status(200);
+    let next = pyotp_code(&secret, now + 30).await;
+    api.post("/api/users/@me/two_factor_verify/")
+        .bearer(&k)
+        .json(&json!({"token": next}))
+        .send()
+        .await
+        .assert_status(200);
+    api.post("/api/users/@me/two_factor_verify/")
+        .bearer(&k)
+        .json(&json!({"token": backup[0]}))
+        .send()
+        .await
+        .assert_status(200);
+    api.post("/api/users/@me/two_factor_verify/")
+        .bearer(&k)
+        .json(&json!({"token": "zzzzzzzz"}))
+        .send()
+        .await
+        .assert_status(400);
+    // A malformed body and a bad key must not be echoed into the logs either.
+    api.post("/api/users/@me/push_tokens/")
+        .bearer(&k)
+        .raw("application/json", format!("{{\"token\": \"{marker}"))
+        .send()
+        .await
+        .assert_status(400);
+    let bad_key = format!("phx_{}", "Z".repeat(48));
+    api.get("/api/users/@me/")
+        .bearer(&bad_key)
+        .send()
+        .await
+        .assert_status(401);
+
+    let path = env("WATCH_LOG");
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        if log.contains("two_factor_verify") && log.matches("\"status\":401").count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("API key", k.clone()),
+        ("API key body", k[4..].to_string()),
+        ("bad API key", bad_key[4..].to_string()),
+        ("TOTP secret", secret.clone()),
+        ("TOTP secret (lowercase)", secret.to_lowercase()),
+        ("TOTP code", code.clone()),
+        ("TOTP code", next.clone()),
+        ("email code", email_code.clone()),
+        ("push token", push_token.clone()),
+        ("body value", marker.clone()),
+        ("new email", new_email.clone()),
+    ];
+    for b in &backup {
+        secrets.push(("backup code", b.clone()));
+    }
+    for (what, value) in &secrets {
+        assert!(
+            !log.contains(value.as_str()),
+            "the {what} appears in the functions' log"
+        );
+    }
+
+    // Every request line is JSON with the request's id, method, route, status and latency.
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .filter(|v| v["fields"]["message"] == "request")
+        .collect();
+    let verify: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["fields"]["route"] == "/api/users/{uuid}/two_factor_verify")
+        .collect();
+    assert!(
+        !verify.is_empty(),
+        "no request line for two_factor_verify in {path}"
+    );
+    for line in lines.iter().chain(verify.iter().copied()) {
+        let f = &line["fields"];
+        assert!(
+            f["request_id"]
+                .as_str()
+                .is_some_and(|id| id.len() >= 8 && id != "-"),
+            "{line}"
+        );
+        assert!(f["method"].is_string() && f["route"].is_string(), "{line}");
+        assert!(
+            f["status"]
+                .as_u64()
+                .is_some_and(|s| (100..600).contains(&s)),
+            "{line}"
+        );
+        assert!(
+            f["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{line}"
+        );
+    }
+}
