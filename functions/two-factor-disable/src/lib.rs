@@ -1,12 +1,8 @@
 //! `POST /api/users/{uuid}/two_factor_disable/`: turn 2FA off.
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
-use shared::store::two_factor;
-use shared::store::{from_item, s};
 use shared::two_factor::Notice;
-use shared::users::UserRecord;
 use shared::{http, ApiError, Context};
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
@@ -18,27 +14,10 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infal
 async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, "two-factor-disable").await?;
     let uuid = call.target.uuid.to_string();
-    let store = &ctx.store;
-    let keys = [
-        (
-            store.tables.users.as_str(),
-            HashMap::from([("uuid".to_string(), s(&uuid))]),
-        ),
-        (
-            store.tables.two_factor.as_str(),
-            two_factor::key(&uuid, two_factor::TOTP),
-        ),
-    ];
-    let mut items = store.get_many(&keys).await?.into_iter();
-    let user = items
-        .next()
-        .flatten()
-        .map(from_item::<UserRecord>)
-        .transpose()?;
-    let user = user.filter(|u| u.is_active).ok_or(ApiError::NotFound)?;
-    let had_totp = items.next().flatten().is_some();
-    store.disable_two_factor(&uuid).await?;
-    if had_totp {
+    let state = ctx.store.two_factor_state(&uuid).await?;
+    let user = state.active_user()?;
+    ctx.store.disable_two_factor(&uuid).await?;
+    if state.device.is_some() {
         shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled).await;
     }
     http::ok(&json!({"success": true}))

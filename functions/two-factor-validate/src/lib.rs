@@ -3,13 +3,10 @@
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
 use shared::store::email_changes::Commit;
-use shared::store::two_factor::{self, FailureState, PendingSetup};
-use shared::store::{from_item, now_secs, s};
+use shared::store::now_secs;
 use shared::throttle::{self, Attempt};
 use shared::two_factor::{token_invalid, Notice};
-use shared::users::UserRecord;
 use shared::{fields, http, ApiError, Context};
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
@@ -27,45 +24,23 @@ async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     let keyring = ctx.keyring().await?;
     let (store, uuid, code) = (&ctx.store, uuid.as_str(), code.as_deref());
     let user = throttle::limited(store, uuid, move || async move {
-        let keys = [
-            (
-                store.tables.two_factor.as_str(),
-                two_factor::key(uuid, two_factor::PENDING),
-            ),
-            (
-                store.tables.two_factor.as_str(),
-                two_factor::key(uuid, two_factor::FAILURES),
-            ),
-            (
-                store.tables.users.as_str(),
-                HashMap::from([("uuid".to_string(), s(uuid))]),
-            ),
-        ];
-        let mut items = store.get_many(&keys).await?.into_iter();
-        let pending = items
-            .next()
-            .flatten()
-            .map(from_item::<PendingSetup>)
-            .transpose()?;
-        let failures = FailureState::from_item(items.next().flatten())?;
-        let user = items
-            .next()
-            .flatten()
-            .map(from_item::<UserRecord>)
-            .transpose()?;
+        let state = store.two_factor_state(uuid).await?;
         let now = now_secs();
-        throttle::check(&failures, now)?;
-        let pending = pending
-            .and_then(PendingSetup::open)
+        throttle::check(&state.failures, now)?;
+        let pending = state
+            .pending
             .ok_or_else(shared::two_factor::setup_expired)?;
         let secret = shared::two_factor::pending_secret(keyring, &pending)?;
         let Some(step) = code.and_then(|c| secret.check(c, now)) else {
-            return Ok(Attempt::Failed(failures, token_invalid()));
+            return Ok(Attempt::Failed(state.failures, token_invalid()));
         };
         let device = shared::two_factor::new_device(keyring, uuid, &secret, step, now)?;
         Ok(
-            match store.confirm_setup(&device, &pending, &failures).await? {
-                Commit::Done => Attempt::Done(user),
+            match store
+                .confirm_setup(&device, &pending, &state.failures)
+                .await?
+            {
+                Commit::Done => Attempt::Done(state.user),
                 Commit::Conflict => Attempt::Conflict,
             },
         )

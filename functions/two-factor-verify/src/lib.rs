@@ -2,13 +2,11 @@
 //! backup code.
 use serde_json::{json, Value};
 use shared::lambda_http::{Body, Request, Response};
-use shared::store::two_factor::{self, BackupCodes, FailureState, StepUse, TotpDevice};
-use shared::store::{from_item, now_secs, s};
+use shared::store::now_secs;
+use shared::store::two_factor::StepUse;
 use shared::throttle::{self, Attempt};
 use shared::two_factor::{token_invalid, Notice};
-use shared::users::UserRecord;
 use shared::{fields, http, totp, ApiError, Context};
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
@@ -52,44 +50,12 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let keyring = ctx.keyring().await?;
     let (store, uuid) = (&ctx.store, uuid.as_str());
     let method = throttle::limited(store, uuid, move || async move {
-        let keys = [
-            (
-                store.tables.two_factor.as_str(),
-                two_factor::key(uuid, two_factor::TOTP),
-            ),
-            (
-                store.tables.two_factor.as_str(),
-                two_factor::key(uuid, two_factor::FAILURES),
-            ),
-            (
-                store.tables.two_factor.as_str(),
-                two_factor::key(uuid, two_factor::BACKUP_CODES),
-            ),
-            (
-                store.tables.users.as_str(),
-                HashMap::from([("uuid".to_string(), s(uuid))]),
-            ),
-        ];
-        let mut items = store.get_many(&keys).await?.into_iter();
-        let device = items
-            .next()
-            .flatten()
-            .map(from_item::<TotpDevice>)
-            .transpose()?;
-        let failures = FailureState::from_item(items.next().flatten())?;
-        let codes = items
-            .next()
-            .flatten()
-            .map(from_item::<BackupCodes>)
-            .transpose()?;
-        let user = items
-            .next()
-            .flatten()
-            .map(from_item::<UserRecord>)
-            .transpose()?;
+        let state = store.two_factor_state(uuid).await?;
+        let failures = state.failures;
         let now = now_secs();
         throttle::check(&failures, now)?;
-        let device = device.ok_or_else(shared::two_factor::not_enabled)?;
+        let device = state.device.ok_or_else(shared::two_factor::not_enabled)?;
+        let (codes, user) = (state.backup_codes, state.user);
         match token {
             Token::Totp(code) => {
                 let secret = shared::two_factor::device_secret(keyring, &device)?;

@@ -35,7 +35,79 @@ impl FailureState {
     }
 }
 
+/// The condition that the failure state is still `seen` (no item counts as zero).
+fn failures_unchanged(
+    seen: &FailureState,
+) -> (
+    &'static str,
+    HashMap<String, String>,
+    HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+) {
+    let names = HashMap::from([("#c".to_string(), "count".to_string())]);
+    if *seen == FailureState::default() {
+        let values = HashMap::from([(":zero".to_string(), n(0))]);
+        (
+            "attribute_not_exists(kind) OR (#c = :zero AND locked_until = :zero)",
+            names,
+            values,
+        )
+    } else {
+        let values = HashMap::from([
+            (":c".to_string(), n(seen.count)),
+            (":l".to_string(), n(seen.locked_until)),
+        ]);
+        ("#c = :c AND locked_until = :l", names, values)
+    }
+}
+
+/// Everything 2FA knows about a user, read in one BatchGetItem.
+#[derive(Debug, Default)]
+pub struct TwoFactorState {
+    pub user: Option<crate::users::UserRecord>,
+    pub device: Option<TotpDevice>,
+    pub pending: Option<PendingSetup>,
+    pub backup_codes: Option<BackupCodes>,
+    pub failures: FailureState,
+}
+
+impl TwoFactorState {
+    /// The user, if it exists and is active; else the 404 a staff caller gets for a bad uuid.
+    pub fn active_user(&self) -> Result<&crate::users::UserRecord, ApiError> {
+        self.user
+            .as_ref()
+            .filter(|u| u.is_active)
+            .ok_or(ApiError::NotFound)
+    }
+}
+
 impl Store {
+    /// The user and all of its 2FA items (pending setups already expired read as none).
+    pub async fn two_factor_state(&self, uuid: &str) -> Result<TwoFactorState, ApiError> {
+        let table = self.tables.two_factor.as_str();
+        let keys = [
+            (
+                self.tables.users.as_str(),
+                HashMap::from([("uuid".to_string(), s(uuid))]),
+            ),
+            (table, key(uuid, TOTP)),
+            (table, key(uuid, PENDING)),
+            (table, key(uuid, BACKUP_CODES)),
+            (table, key(uuid, FAILURES)),
+        ];
+        let mut items = self.get_many(&keys).await?.into_iter();
+        let mut next = || items.next().flatten();
+        Ok(TwoFactorState {
+            user: next().map(from_item).transpose()?,
+            device: next().map(from_item).transpose()?,
+            pending: next()
+                .map(from_item::<PendingSetup>)
+                .transpose()?
+                .and_then(PendingSetup::open),
+            backup_codes: next().map(from_item).transpose()?,
+            failures: FailureState::from_item(next())?,
+        })
+    }
+
     /// Records one more failure, if the state is still `seen` (compare-and-set, so every
     /// revealed result of a check is counted exactly once). `None` on a race: read again.
     pub async fn charge_failure(
@@ -52,20 +124,11 @@ impl Store {
             .item("kind", s(FAILURES))
             .item("count", n(next.count))
             .item("locked_until", n(next.locked_until));
-        request = if seen.count == 0 && seen.locked_until == 0 {
-            request
-                .condition_expression(
-                    "attribute_not_exists(kind) OR (#c = :zero AND locked_until = :zero)",
-                )
-                .expression_attribute_names("#c", "count")
-                .expression_attribute_values(":zero", n(0))
-        } else {
-            request
-                .condition_expression("#c = :c AND locked_until = :l")
-                .expression_attribute_names("#c", "count")
-                .expression_attribute_values(":c", n(seen.count))
-                .expression_attribute_values(":l", n(seen.locked_until))
-        };
+        let (expression, names, values) = failures_unchanged(seen);
+        request = request
+            .condition_expression(expression)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values));
         match request.send().await {
             Ok(_) => Ok(Some(*next)),
             Err(e) if is_condition_failed(&e) => Ok(None),
@@ -82,20 +145,11 @@ impl Store {
         let delete = Delete::builder()
             .table_name(&self.tables.two_factor)
             .set_key(Some(key(uuid, FAILURES)));
-        let delete = if seen.count == 0 && seen.locked_until == 0 {
-            delete
-                .condition_expression(
-                    "attribute_not_exists(kind) OR (#c = :zero AND locked_until = :zero)",
-                )
-                .expression_attribute_names("#c", "count")
-                .expression_attribute_values(":zero", n(0))
-        } else {
-            delete
-                .condition_expression("#c = :c AND locked_until = :l")
-                .expression_attribute_names("#c", "count")
-                .expression_attribute_values(":c", n(seen.count))
-                .expression_attribute_values(":l", n(seen.locked_until))
-        };
+        let (expression, names, values) = failures_unchanged(seen);
+        let delete = delete
+            .condition_expression(expression)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values));
         Ok(TransactWriteItem::builder()
             .delete(delete.build().map_err(|_| ApiError::Internal)?)
             .build())
