@@ -883,3 +883,35 @@ both!(
             .is_err());
     }
 );
+
+/// SES refusing a notification (here: an unverified sender) is logged and does not fail
+/// the request that caused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_notification_never_fails_the_request() {
+    let mut config = shared::config::Config::from_env().expect("function environment");
+    config.email_sender = Some("unverified-sender@nowhere.example".into());
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let ctx = std::sync::Arc::new(shared::Context::new(config, &sdk));
+    assert!(
+        !ctx.mailer
+            .send("someone@example.com", "probe", "probe")
+            .await,
+        "moto refuses an unverified sender"
+    );
+    let api = Api::InProcess(ctx.clone());
+    let user = create_user(&ctx, false, &["*"]).await;
+    enable(&api, &user).await;
+    let code = backup_codes(&api, &user).await.remove(0);
+    let reply = verify(&api, &user, json!(code)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = api
+        .post("/api/users/@me/two_factor_disable/")
+        .bearer(&user.key)
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        mail_to(&user.user.email).await.is_empty(),
+        "nothing was delivered"
+    );
+}
