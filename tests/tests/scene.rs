@@ -314,3 +314,51 @@ both!(
         );
     }
 );
+
+/// The number of scenes is capped, so no sequence of requests can grow the user's item past
+/// DynamoDB's limit (which would be a 500); an existing scene can still be changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenes_are_capped_at_200() {
+    let ctx = std::sync::Arc::new(context().await);
+    let api = Api::InProcess(ctx.clone());
+    let user = create_user(&ctx, false, &["*"]).await;
+    let path = "/api/users/@me/scene_personalisation/";
+    for i in 0..shared::store::users::MAX_SCENES {
+        let reply = api
+            .post(path)
+            .bearer(&user.key)
+            .json(&json!({"scene": format!("scene-{i:03}"), "dashboard": i + 1}))
+            .send()
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    api.post(path)
+        .bearer(&user.key)
+        .json(&json!({"scene": "one-too-many", "dashboard": 1}))
+        .send()
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_input",
+            "A user can personalise at most 200 scenes.",
+            Some("scene"),
+        );
+    let reply = api
+        .post(path)
+        .bearer(&user.key)
+        .json(&json!({"scene": "scene-000", "dashboard": 999}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let scenes = reply.json()["scene_personalisation"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(scenes.len(), 200);
+    assert_eq!(
+        scenes[0],
+        json!({"scene": "scene-000", "dashboard": 999}),
+        "replaced in place"
+    );
+}

@@ -10,6 +10,9 @@ use aws_sdk_dynamodb::types::{
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
+/// Scenes a user can personalise: PostHog has far fewer; the cap keeps the item small.
+pub const MAX_SCENES: usize = 200;
+
 /// The error for an address another account already has.
 pub fn email_taken() -> ApiError {
     ApiError::validation(
@@ -115,18 +118,43 @@ impl Store {
             .table_name(&self.tables.users)
             .key("uuid", s(uuid))
             .update_expression("SET scene_dashboards.#scene = :d, scene_first_set.#scene = if_not_exists(scene_first_set.#scene, :now)")
-            .condition_expression("attribute_exists(#uuid) AND is_active = :yes")
+            .condition_expression(
+                "attribute_exists(#uuid) AND is_active = :yes \
+                 AND (attribute_exists(scene_dashboards.#scene) OR size(scene_dashboards) < :max)",
+            )
             .expression_attribute_names("#scene", scene)
             .expression_attribute_names("#uuid", "uuid")
             .expression_attribute_values(":d", n(dashboard))
             .expression_attribute_values(":now", n(super::now_micros()))
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":max", n(MAX_SCENES))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
             .send()
             .await;
         match result {
             Ok(out) => out.attributes.map(from_item).transpose(),
-            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) if is_condition_failed(&e) => {
+                // The user is there and active: the only other way to fail is the cap.
+                let old = match &e {
+                    aws_sdk_dynamodb::error::SdkError::ServiceError(service) => match service.err() {
+                        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => {
+                            c.item().cloned()
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match old.map(from_item::<UserRecord>).transpose()? {
+                    Some(user) if user.is_active => Err(ApiError::invalid_input(
+                        format!("A user can personalise at most {MAX_SCENES} scenes."),
+                        Some("scene"),
+                    )),
+                    _ => Ok(None),
+                }
+            }
             Err(e) => Err(ApiError::from_sdk("users.set_scene", &e)),
         }
     }
