@@ -217,3 +217,37 @@ both!(
         assert_eq!(reply.user_object(), before);
     }
 );
+
+both!(json_settings_are_capped_at_16_kib, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    let big = json!({"accessories": "x".repeat(17 * 1024)});
+    api.patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&json!({"hedgehog_config": big, "first_name": "Nope"}))
+        .send()
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_input",
+            "Ensure this value is no larger than 16 KiB.",
+            Some("hedgehog_config"),
+        );
+    let me = api
+        .get("/api/users/@me/")
+        .bearer(&user.key)
+        .send()
+        .await
+        .json();
+    assert_eq!(me["hedgehog_config"], Value::Null, "nothing changed");
+    assert_ne!(me["first_name"], "Nope", "nothing changed");
+    let fits = json!({"accessories": "x".repeat(15 * 1024)});
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&json!({"hedgehog_config": fits}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["hedgehog_config"], fits);
+});

@@ -90,6 +90,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     http::ok(&view.to_json())
 }
 
+const MAX_SETTING_BYTES: usize = 16 * 1024;
 const TOOLBAR_MODES: &[&str] = &["disabled", "toolbar"];
 const THEME_MODES: &[&str] = &["light", "dark", "system"];
 const SHORTCUT_POSITIONS: &[&str] = &["above", "below", "hidden"];
@@ -157,15 +158,15 @@ fn profile_changes(body: &Fields) -> Result<Map<String, Value>, ApiError> {
             changes.insert(name.into(), value.unwrap_or(Value::Null));
         }
     }
-    if let Some(Value::Object(settings)) = changes.get("notification_settings") {
-        if serde_json::to_vec(settings)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX)
-            > 16 * 1024
-        {
+    // Each JSON setting is kept small, so the user's item stays far below DynamoDB's limit.
+    for (name, value) in &changes {
+        if value.is_object() && value.to_string().len() > MAX_SETTING_BYTES {
             return Err(ApiError::invalid_input(
-                "Notification settings are too large.",
-                Some("notification_settings"),
+                format!(
+                    "Ensure this value is no larger than {} KiB.",
+                    MAX_SETTING_BYTES / 1024
+                ),
+                Some(name),
             ));
         }
     }
