@@ -24,6 +24,25 @@ pub struct Context {
     keyring: Arc<OnceCell<Keyring>>,
 }
 
+/// The SDK configuration every client of a function is built from (the standard AWS
+/// environment chooses region, credentials and endpoints): explicit connect, per-attempt and
+/// per-operation timeouts and at most 3 attempts with exponential backoff, so that an
+/// unreachable, silent or throttling dependency becomes a 503 well inside the function's
+/// 10 s timeout.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(1000))
+                .operation_attempt_timeout(Duration::from_millis(2000))
+                .operation_timeout(Duration::from_millis(6000))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await
+}
+
 /// A request that passed routing, the size limit, authentication and its scope.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -37,18 +56,7 @@ impl Context {
     /// so an unreachable dependency becomes a 503 well inside the function's timeout.
     pub async fn from_env() -> Result<Self, crate::config::MissingVar> {
         let config = Config::from_env()?;
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_millis(1000))
-                    .operation_attempt_timeout(Duration::from_millis(2000))
-                    .operation_timeout(Duration::from_millis(6000))
-                    .build(),
-            )
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
-            .load()
-            .await;
-        Ok(Self::new(config, &sdk))
+        Ok(Self::new(config, &sdk_config().await))
     }
 
     pub fn new(config: Config, sdk: &aws_config::SdkConfig) -> Self {
@@ -73,6 +81,14 @@ impl Context {
             secrets: self.secrets.clone(),
             keyring: self.keyring.clone(),
         }
+    }
+
+    /// The same context reading its keys through another Secrets Manager client (one that
+    /// goes through a fault proxy, in tests), with no keys loaded yet: a cold start.
+    pub fn with_secrets(mut self, secrets: aws_sdk_secretsmanager::Client) -> Self {
+        self.secrets = secrets;
+        self.keyring = Arc::new(OnceCell::new());
+        self
     }
 
     /// Routes, size-checks, authenticates and authorises a request for `function`, and

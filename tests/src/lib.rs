@@ -30,8 +30,7 @@ pub async fn context() -> Context {
 pub async fn context_without_email() -> Context {
     let mut config = shared::config::Config::from_env().expect("function environment");
     config.email_sender = None;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    Context::new(config, &sdk)
+    Context::new(config, &shared::context::sdk_config().await)
 }
 
 /// How a scenario reaches the API.
