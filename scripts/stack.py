@@ -8,10 +8,22 @@ Run it through `scripts/dev`, which installs the tools first.
                 API on http://127.0.0.1:3000 until Ctrl-C
   test [-- ARGS]
                 start everything on free ports, run `cargo nextest run` against it (ARGS go to
-                nextest, e.g. `-- -E 'test(two_factor)'`), then the template checks; exits
-                non-zero if anything failed
+                nextest, e.g. `-- -E 'test(two_factor)'`), fuzz the API with schemathesis
+                against openapi.yaml, then the template checks (cfn-lint, sam validate --lint,
+                the router, and the policies against what each function did in the tests);
+                exits non-zero if anything failed
+  build         `sam build` for arm64 (adds the aarch64 Rust target; zig comes from .venv) and
+                check that every function has an ELF aarch64 bootstrap in .aws-sam/build
   routes        print the routes that template.yaml declares, as JSON
+  openapi-routes
+                print the operations that openapi.yaml documents, as JSON
+  check-policies
+                compare each function's policies with the DynamoDB calls it made in the last
+                test run (too narrow: it would fail in AWS; too wide: a grant never used)
   gen-router    write Cargo.toml's [workspace.metadata.lambda.watch.router] from template.yaml
+  gen-sam-local-env
+                write scripts/sam-local-env.json (`sam local start-api --env-vars`) from
+                template.yaml
   check-router  fail when Cargo.toml's router differs from what template.yaml implies
   env           print the environment the functions get locally (for a shell: eval it)
 """
@@ -42,10 +54,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
+OPENAPI = ROOT / "openapi.yaml"
+SCHEMATHESIS_CONFIG = ROOT / "scripts" / "schemathesis.toml"
 CARGO_TOML = ROOT / "Cargo.toml"
 VENV_BIN = ROOT / ".venv" / "bin"
 LOCAL_DIR = ROOT / ".local"
 LOG_DIR = LOCAL_DIR / "logs"
+# Where the in-process tests of a `scripts/dev test` run record each function's DynamoDB
+# actions: `.local/observed/<pid of the run>/<pid of the test>.jsonl`.
+OBSERVED_DIR = LOCAL_DIR / "observed"
 
 # Local values of the template's parameters (everything else takes its default).
 LOCAL_PARAMETERS = {
@@ -151,6 +168,9 @@ def fallback_function(all_routes: list[Route]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+NO_VALUE = object()  # !Ref AWS::NoValue: the property is left out
+
+
 class Resolver:
     """Resolves the few intrinsic functions the local setup needs, with local parameters."""
 
@@ -169,7 +189,30 @@ class Resolver:
             "AWS::StackName": "local",
         }
 
-    def ref(self, name: str) -> str:
+    def condition(self, name: str) -> bool:
+        conditions = self.template.get("Conditions") or {}
+        if name not in conditions:
+            raise StackError(f"condition {name} is not defined")
+        return self._truth(conditions[name])
+
+    def _truth(self, expr: Any) -> bool:
+        (key, arg), = expr.items()
+        if key == "Condition":
+            return self.condition(arg)
+        if key == "Fn::Equals":
+            a, b = (self.resolve(x) for x in arg)
+            return str(a) == str(b)
+        if key == "Fn::Not":
+            return not self._truth(arg[0])
+        if key == "Fn::And":
+            return all(self._truth(x) for x in arg)
+        if key == "Fn::Or":
+            return any(self._truth(x) for x in arg)
+        raise StackError(f"{key}: no local value in a condition")
+
+    def ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return NO_VALUE
         if name in self.params:
             return self.params[name]
         if name in self.pseudo:
@@ -187,14 +230,17 @@ class Resolver:
 
     def resolve(self, value: Any) -> Any:
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
+            return [r for r in (self.resolve(v) for v in value) if r is not NO_VALUE]
         if not isinstance(value, dict):
             return value
         if len(value) != 1:
-            return {k: self.resolve(v) for k, v in value.items()}
+            return {k: r for k, r in ((k, self.resolve(v)) for k, v in value.items()) if r is not NO_VALUE}
         (key, arg), = value.items()
         if key == "Ref":
             return self.ref(arg)
+        if key == "Fn::If":
+            name, yes, no = arg
+            return self.resolve(yes if self.condition(name) else no)
         if key == "Fn::Sub":
             text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
             variables = {k: self.resolve(v) for k, v in variables.items()}
@@ -225,15 +271,49 @@ def local_function_env(template: dict[str, Any]) -> dict[str, str]:
     env: dict[str, str] = {}
     globals_vars = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     for name, value in globals_vars.items():
-        env[name] = str(resolver.resolve(value))
+        if (resolved := resolver.resolve(value)) is not NO_VALUE:
+            env[name] = str(resolved)
     for logical_id in functions(template):
         props = template["Resources"][logical_id].get("Properties", {})
         for name, value in (props.get("Environment", {}).get("Variables", {}) or {}).items():
-            resolved = str(resolver.resolve(value))
+            if (resolved := resolver.resolve(value)) is NO_VALUE:
+                continue
+            resolved = str(resolved)
             if env.get(name, resolved) != resolved and name not in globals_vars:
                 raise StackError(f"{name} has different values in different functions; one local environment cannot hold both")
             env[name] = resolved
     return env
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/sam-local-env.json: `sam local start-api --env-vars` (for those with Docker)
+# ---------------------------------------------------------------------------------------------
+
+SAM_LOCAL_ENV = ROOT / "scripts" / "sam-local-env.json"
+# From a container, the emulators that `scripts/dev run` starts on the host.
+SAM_LOCAL_ENDPOINTS = {
+    "AWS_ENDPOINT_URL_DYNAMODB": "http://host.docker.internal:8000",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER": "http://host.docker.internal:5000",
+    "AWS_ENDPOINT_URL_SESV2": "http://host.docker.internal:5000",
+}
+
+
+def sam_local_env(template: dict[str, Any]) -> str:
+    """The env-vars file: every function variable of the template with its local value (sam
+    local resolves `!Ref` of a table to its logical id, so the names must be given), under
+    "Parameters", which applies to every function that declares the variable."""
+    env = local_function_env(template)
+    env.update(SAM_LOCAL_ENDPOINTS)
+    return json.dumps({"Parameters": dict(sorted(env.items()))}, indent=2) + "\n"
+
+
+def check_sam_local_env() -> list[str]:
+    expected = sam_local_env(load_template())
+    actual = SAM_LOCAL_ENV.read_text() if SAM_LOCAL_ENV.exists() else ""
+    if actual != expected:
+        return [f"{SAM_LOCAL_ENV.relative_to(ROOT)} differs from template.yaml's variables "
+                f"(fix: scripts/dev gen-sam-local-env)"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -855,6 +935,57 @@ def cmd_routes(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi_routes(_args: argparse.Namespace) -> int:
+    print(json.dumps(openapi_routes(), indent=2))
+    return 0
+
+
+def fresh_observed_dir() -> Path:
+    """An empty directory for this test run's record of each function's DynamoDB calls
+    (`.local/observed/<pid>`; those of finished runs are removed, running ones kept)."""
+    OBSERVED_DIR.mkdir(parents=True, exist_ok=True)
+    for old in OBSERVED_DIR.iterdir():
+        if old.is_dir() and old.name.isdigit() and _proc_stat(int(old.name)) is None:
+            shutil.rmtree(old, ignore_errors=True)
+    run = OBSERVED_DIR / str(os.getpid())
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir()
+    return run
+
+
+def latest_observed_dir() -> Path:
+    runs = [d for d in OBSERVED_DIR.glob("*") if d.is_dir()] if OBSERVED_DIR.is_dir() else []
+    return max(runs, key=lambda d: d.stat().st_mtime) if runs else OBSERVED_DIR
+
+
+def check_policies(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return [f"{directory} does not exist: run the tests first (scripts/dev test writes it)"]
+    return policy_problems(load_template(), read_observed(directory))
+
+
+def cmd_check_policies(args: argparse.Namespace) -> int:
+    directory = Path(args.observed_dir).resolve() if args.observed_dir else latest_observed_dir()
+    problems = check_policies(directory)
+    if problems:
+        print("template.yaml's policies do not match what the functions did in the tests "
+              f"({directory}):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"template.yaml: every function's policies are exactly what it used in the tests ({directory})")
+    return 0
+
+
+def cmd_gen_sam_local_env(_args: argparse.Namespace) -> int:
+    text = sam_local_env(load_template())
+    changed = not SAM_LOCAL_ENV.exists() or SAM_LOCAL_ENV.read_text() != text
+    if changed:
+        SAM_LOCAL_ENV.write_text(text)
+    print(f"{SAM_LOCAL_ENV.relative_to(ROOT)} {'written' if changed else 'already up to date'}")
+    return 0
+
+
 def cmd_gen_router(_args: argparse.Namespace) -> int:
     changed = write_router(load_template())
     print(f"{CARGO_TOML.name}: {ROUTER_HEADER} {'written' if changed else 'already up to date'}")
@@ -940,6 +1071,321 @@ def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
     raise StackError(f"cargo lambda watch exited with code {code}")
 
 
+# ---------------------------------------------------------------------------------------------
+# openapi.yaml
+# ---------------------------------------------------------------------------------------------
+
+OPENAPI_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def openapi_routes(path: Path = OPENAPI) -> list[dict[str, Any]]:
+    """Every operation of openapi.yaml: method, path, the function it names, its documented
+    statuses and whether it takes a body."""
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    out = []
+    for route, item in (doc.get("paths") or {}).items():
+        for method, op in item.items():
+            if method in OPENAPI_METHODS:
+                out.append({"method": method.upper(), "path": route,
+                            "function": str(op.get("x-lambda-function", "")),
+                            "statuses": sorted(str(code) for code in (op.get("responses") or {})),
+                            "body": "requestBody" in op})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy width: the template's grants against what the functions did in the tests
+# ---------------------------------------------------------------------------------------------
+
+DDB_READS = {"GetItem", "BatchGetItem", "Query", "Scan"}
+DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem", "BatchWriteItem"}
+SAM_DDB_TEMPLATES = ("DynamoDBReadPolicy", "DynamoDBWritePolicy", "DynamoDBCrudPolicy")
+
+
+def sam_policy_templates() -> dict[str, Any]:
+    """SAM's own policy template definitions (from the installed aws-sam-translator)."""
+    import samtranslator
+
+    path = Path(samtranslator.__file__).parent / "policy_templates_data" / "policy_templates.json"
+    return json.loads(path.read_text())["Templates"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One permission of a function: which policy gave it, an action and its resource."""
+    source: str      # "DynamoDBReadPolicy", ..., or "inline"
+    service: str     # "dynamodb", "secretsmanager", "ses", ...
+    action: str      # without the service prefix
+    resource: str    # a table name for DynamoDB, else the resolved resource text
+
+
+def _policy_items(policies: Any) -> list[Any]:
+    """The policies of a function, with `!If` expanded to both branches."""
+    out: list[Any] = []
+    for item in policies if isinstance(policies, list) else [policies]:
+        if isinstance(item, dict) and set(item) == {"Fn::If"}:
+            _cond, yes, no = item["Fn::If"]
+            out += [b for b in (yes, no) if b != {"Ref": "AWS::NoValue"}]
+        else:
+            out.append(item)
+    return out
+
+
+def _table_of_resource(resolver: Resolver, template: dict[str, Any], resource: Any) -> str | None:
+    """The table name an IAM resource denotes (`!GetAtt T.Arn` or a table ARN), or None."""
+    if isinstance(resource, dict) and "Fn::GetAtt" in resource:
+        logical, attr = resource["Fn::GetAtt"]
+        res = template["Resources"].get(logical, {})
+        if res.get("Type") == "AWS::DynamoDB::Table" and attr == "Arn":
+            return str(resolver.ref(logical))
+        return None
+    try:
+        text = str(resolver.resolve(resource))
+    except StackError:
+        return None
+    m = re.fullmatch(r"arn:[^:]+:dynamodb:[^:]*:[^:]*:table/([^/]+)", text)
+    return m.group(1) if m else None
+
+
+def function_grants(template: dict[str, Any], logical_id: str, sam: dict[str, Any]) -> list[Grant]:
+    resolver = Resolver(template)
+    props = template["Resources"][logical_id].get("Properties", {})
+    grants: list[Grant] = []
+    for item in _policy_items(props.get("Policies") or []):
+        if isinstance(item, str):
+            grants.append(Grant(item, "managed", "*", item))
+            continue
+        if "Statement" in item:
+            statements = item["Statement"] if isinstance(item["Statement"], list) else [item["Statement"]]
+            for st in statements:
+                if st.get("Effect") != "Allow":
+                    continue
+                actions = st.get("Action", [])
+                resources = st.get("Resource", [])
+                for action in actions if isinstance(actions, list) else [actions]:
+                    service, _, name = str(action).partition(":")
+                    for resource in resources if isinstance(resources, list) else [resources]:
+                        if service == "dynamodb":
+                            table = _table_of_resource(resolver, template, resource)
+                            grants.append(Grant("inline", service, name, table or f"?{resource}"))
+                        else:
+                            grants.append(Grant("inline", service, name, json.dumps(resource, sort_keys=True)))
+            continue
+        (name, params), = item.items()
+        if name not in sam:
+            raise StackError(f"{logical_id}: unknown policy template {name}")
+        definition = sam[name]["Definition"]
+        for st in definition["Statement"]:
+            for action in st["Action"]:
+                service, _, act = action.partition(":")
+                if service == "dynamodb":
+                    table = str(resolver.resolve(params["TableName"]))
+                    grants.append(Grant(name, service, act, table))
+                else:
+                    grants.append(Grant(name, service, act, json.dumps(params, sort_keys=True)))
+    return grants
+
+
+def read_observed(directory: Path) -> dict[str, set[tuple[str, str]]]:
+    """function -> {(action, table)} from the `<pid>.jsonl` files the in-process tests wrote."""
+    observed: dict[str, set[tuple[str, str]]] = {}
+    for path in sorted(directory.glob("*.jsonl")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                observed.setdefault(str(rec["function"]), set()).add((str(rec["action"]), str(rec["table"])))
+            except (ValueError, KeyError, TypeError) as e:
+                raise StackError(f"{path.name}:{n}: not an observation ({e}): {line[:200]}") from e
+    return observed
+
+
+def functions_using(pattern: str) -> set[str]:
+    """Binaries whose handler source matches `pattern` (what the code needs, independently of
+    the template)."""
+    found = set()
+    for lib in sorted((ROOT / "functions").glob("*/src/*.rs")):
+        if re.search(pattern, lib.read_text()):
+            found.add(lib.parent.parent.name)
+    return found
+
+
+def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str, str]]]) -> list[str]:
+    sam = sam_policy_templates()
+    binaries = functions(template)
+    by_binary = {b: lid for lid, b in binaries.items()}
+    problems: list[str] = []
+    all_routes = routes(template)
+    routed = {r.function for r in all_routes}
+    for lid, binary in binaries.items():
+        if binary not in routed:
+            problems.append(f"{lid}: no HttpApi route")
+    for binary in sorted(set(observed) - set(by_binary)):
+        problems.append(f"observed calls of {binary}, which template.yaml does not define")
+
+    needs_secret = functions_using(r"\bctx\s*\.\s*keyring\s*\(")
+    sends_email = functions_using(r"&\s*ctx\s*\.\s*mailer\b")
+    fallback = fallback_function(all_routes)
+
+    for lid, binary in binaries.items():
+        grants = function_grants(template, lid, sam)
+        props = template["Resources"][lid].get("Properties", {})
+        env = (props.get("Environment") or {}).get("Variables") or {}
+        used = observed.get(binary, set())
+        if binary == fallback:
+            if grants:
+                problems.append(f"{lid}: the fallback needs no AWS access but is granted {sorted({g.source for g in grants})}")
+            if used:
+                problems.append(f"{lid}: the fallback called DynamoDB: {sorted(used)}")
+            continue
+        # (a) Too narrow: every observed action on a table must be granted.
+        allowed = {(g.action, g.resource) for g in grants if g.service == "dynamodb"}
+        for action, table in sorted(used):
+            if (action, table) not in allowed:
+                problems.append(f"{lid}: used dynamodb:{action} on {table}, which its policies do not grant "
+                                f"(it would fail in AWS)")
+        if not used:
+            problems.append(f"{lid}: no DynamoDB call of {binary} was observed (did its in-process tests run?)")
+            continue
+        # (b) Too wide: every grant must have been exercised, by the narrowest template.
+        templates: dict[tuple[str, str], str] = {}
+        for g in grants:
+            if g.service == "dynamodb" and g.source in SAM_DDB_TEMPLATES:
+                key = (g.source, g.resource)
+                templates[key] = g.source
+        for (source, table) in sorted(templates):
+            actions = {a for a, t in used if t == table}
+            reads, writes = actions & DDB_READS, actions & DDB_WRITES
+            if source == "DynamoDBReadPolicy" and not reads:
+                problems.append(f"{lid}: DynamoDBReadPolicy on {table}, but no read of it was observed")
+            if source == "DynamoDBWritePolicy" and not (actions & {"PutItem", "UpdateItem", "BatchWriteItem"}):
+                problems.append(f"{lid}: DynamoDBWritePolicy on {table}, but no PutItem/UpdateItem was observed")
+            if source == "DynamoDBCrudPolicy":
+                # CRUD is the narrowest only when the function reads, and writes both with what
+                # DynamoDBWritePolicy grants and with DeleteItem/ConditionCheckItem (which it
+                # does not).
+                put_update = writes & {"PutItem", "UpdateItem", "BatchWriteItem"}
+                seen = ", ".join(sorted(actions)) or "none"
+                if not reads or not writes:
+                    problems.append(f"{lid}: DynamoDBCrudPolicy on {table}, but only "
+                                    f"{'reads' if reads else 'writes'} were observed ({seen}): "
+                                    f"a narrower policy would do")
+                elif not writes - put_update:
+                    problems.append(f"{lid}: DynamoDBCrudPolicy on {table}, but DynamoDBReadPolicy + "
+                                    f"DynamoDBWritePolicy cover what was observed ({seen})")
+                elif not put_update:
+                    problems.append(f"{lid}: DynamoDBCrudPolicy on {table}, but DynamoDBReadPolicy + an inline "
+                                    f"{'/'.join(sorted(writes))} cover what was observed ({seen})")
+            if source != "DynamoDBCrudPolicy" and ("DynamoDBCrudPolicy", table) in templates:
+                problems.append(f"{lid}: {source} on {table} is redundant beside DynamoDBCrudPolicy")
+        for g in grants:
+            if g.service == "dynamodb" and g.source == "inline" and (g.action, g.resource) not in used:
+                problems.append(f"{lid}: inline dynamodb:{g.action} on {g.resource} was never observed")
+        other = {g.service for g in grants} - {"dynamodb", "secretsmanager", "ses"}
+        if other:
+            problems.append(f"{lid}: grants for {sorted(other)}, which no function needs")
+        # Secrets Manager and SES cannot be observed in process: check them against the code.
+        has_secret = any(g.service == "secretsmanager" for g in grants)
+        secret_actions = {g.action for g in grants if g.service == "secretsmanager"}
+        wants_secret = binary in needs_secret
+        if wants_secret != has_secret:
+            problems.append(f"{lid}: {'needs' if wants_secret else 'does not use'} the encryption keys but "
+                            f"{'has no' if wants_secret else 'has a'} Secrets Manager policy")
+        if has_secret and secret_actions != {"GetSecretValue"}:
+            problems.append(f"{lid}: Secrets Manager actions {sorted(secret_actions)}; only GetSecretValue is needed")
+        if wants_secret != ("ENCRYPTION_SECRET_ID" in env):
+            problems.append(f"{lid}: ENCRYPTION_SECRET_ID is {'missing' if wants_secret else 'set but unused'}")
+        ses_actions = {g.action for g in grants if g.service == "ses"}
+        if (binary in sends_email) != bool(ses_actions):
+            problems.append(f"{lid}: {'sends' if binary in sends_email else 'sends no'} email but "
+                            f"{'has no' if binary in sends_email else 'has an'} SES policy")
+        if ses_actions - {"SendEmail"}:
+            problems.append(f"{lid}: SES actions {sorted(ses_actions)}; only SendEmail is needed")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# sam build (arm64)
+# ---------------------------------------------------------------------------------------------
+
+ARM64_TARGET = "aarch64-unknown-linux-gnu"
+SAM_BUILD_DIR = ROOT / ".aws-sam" / "build"
+EM_AARCH64 = 183
+
+
+def elf_machine(path: Path) -> str:
+    """'aarch64', 'x86_64', another e_machine number, or why the file is not a 64-bit ELF."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return "not an ELF file"
+    if header[4] != 2:
+        return "not a 64-bit ELF file"
+    machine = int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
+    return {EM_AARCH64: "aarch64", 62: "x86_64"}.get(machine, f"e_machine {machine}")
+
+
+def check_sam_artifacts(template: dict[str, Any], build_dir: Path = SAM_BUILD_DIR) -> list[str]:
+    """Every function of the template has an aarch64 `bootstrap` in the build directory."""
+    problems = []
+    for logical_id in functions(template):
+        bootstrap = build_dir / logical_id / "bootstrap"
+        if not bootstrap.is_file():
+            problems.append(f"{bootstrap.relative_to(ROOT)} is missing")
+            continue
+        machine = elf_machine(bootstrap)
+        if machine != "aarch64":
+            problems.append(f"{bootstrap.relative_to(ROOT)} is {machine}, not aarch64")
+        elif not os.access(bootstrap, os.X_OK):
+            problems.append(f"{bootstrap.relative_to(ROOT)} is not executable")
+    return problems
+
+
+def ensure_arm64_toolchain(sup: Supervisor, env: dict[str, str]) -> None:
+    """The aarch64 Rust target (rustup) and zig (the `ziglang` package in .venv, which cargo
+    lambda runs as `python3 -m ziglang` when the venv is first on PATH)."""
+    rustup = require_tool("rustup", "install Rust with rustup (https://rustup.rs)")
+    installed = subprocess.run([rustup, "target", "list", "--installed"], env=env, cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.split()
+    if ARM64_TARGET not in installed:
+        print(f"stack: rustup target add {ARM64_TARGET}", flush=True)
+        if sup.run("rustup target add", [rustup, "target", "add", ARM64_TARGET], env=env) != 0:
+            raise StackError(f"rustup target add {ARM64_TARGET} failed")
+    zig = subprocess.run([str(VENV_BIN / "python"), "-m", "ziglang", "version"], env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    if zig.returncode != 0:
+        raise StackError("zig is not available (`.venv/bin/python -m ziglang version` failed): "
+                         "scripts/dev installs it from requirements.txt (ziglang, a dependency of cargo-lambda)")
+    if not (VENV_BIN / "cargo-lambda").exists():
+        raise StackError("cargo-lambda is not installed in .venv: run scripts/dev, which installs requirements.txt")
+    print(f"stack: Rust target {ARM64_TARGET} installed; zig {zig.stdout.strip()} (.venv, ziglang); "
+          f"cargo-lambda {VENV_BIN / 'cargo-lambda'}", flush=True)
+
+
+def cmd_build(args: argparse.Namespace, sup: Supervisor) -> int:
+    template = load_template()
+    require_tool("cargo", "install Rust with rustup")
+    env = process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})
+    ensure_arm64_toolchain(sup, env)
+    started = time.monotonic()
+    argv = [str(VENV_BIN / "sam"), "build", "--template-file", str(TEMPLATE), "--build-dir", str(SAM_BUILD_DIR)]
+    print(f"stack: sam build (template.yaml -> {SAM_BUILD_DIR.relative_to(ROOT)}): each function is compiled "
+          "and linked in turn, release, thin LTO; sam shows no compiler progress, and a cold build takes long",
+          flush=True)
+    if sup.run("sam build", argv, env=env) != 0:
+        raise StackError("sam build failed")
+    problems = check_sam_artifacts(template)
+    if problems:
+        raise StackError("sam build's output is incomplete:\n  " + "\n  ".join(problems))
+    n = len(functions(template))
+    print(f"stack: {n} functions built for arm64 in {time.monotonic() - started:.0f} s: "
+          f"{SAM_BUILD_DIR.relative_to(ROOT)}/<Function>/bootstrap (ELF aarch64). Deploy with "
+          f"`.venv/bin/sam deploy --guided`.", flush=True)
+    return 0
+
+
 class NextestCounts:
     SUMMARY = re.compile(r"Summary \[.*?\]\s+(\d+) tests? run: (\d+) passed(.*)$")
 
@@ -956,6 +1402,85 @@ class NextestCounts:
             self.failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|timed out|leaky-failed)", rest))
 
 
+def call_api(url: str, method: str, path: str, key: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    return status, json.loads(raw) if raw else None
+
+
+def enable_two_factor(url: str, key: str) -> None:
+    """Turns 2FA on for the key's user, with backup codes, through the API (so the fuzzer also
+    reaches the 2FA routes' paths past "2FA must be enabled first")."""
+    import pyotp
+
+    status, setup = call_api(url, "GET", "/api/users/@me/two_factor_start_setup/", key)
+    if status != 200:
+        raise StackError(f"two_factor_start_setup: HTTP {status} {setup}")
+    code = pyotp.TOTP(setup["secret"]).now()
+    status, body = call_api(url, "POST", "/api/users/@me/two_factor_validate/", key, {"token": code})
+    if status != 200:
+        raise StackError(f"two_factor_validate: HTTP {status} {body}")
+    status, body = call_api(url, "POST", "/api/users/@me/two_factor_backup_codes/", key)
+    if status != 200:
+        raise StackError(f"two_factor_backup_codes: HTTP {status} {body}")
+
+
+def run_schemathesis(sup: Supervisor, env: dict[str, str], url: str, *, seed: int, examples: int,
+                     timeout: float) -> bool:
+    """Fuzzes the local API against openapi.yaml with every schemathesis check, as a fresh staff
+    user with a `*` key and 2FA on (so the other tests' users are untouched)."""
+    target = cargo_target_dir()
+    email = f"fuzz-{secrets.token_hex(6)}@example.com"
+    try:
+        user = users_admin(target, env, "create-user", "--email", email, "--first-name", "Fuzz", "--staff")
+        key = users_admin(target, env, "create-key", "--user", user["uuid"], "--scopes", "*",
+                          "--label", "schemathesis")["api_key"]
+    except StackError as e:
+        print(f"  {e}", file=sys.stderr)
+        return False
+    try:
+        enable_two_factor(url, key)
+    except (StackError, OSError, ValueError, KeyError) as e:
+        print(f"  could not enable 2FA for the schemathesis user: {e}", file=sys.stderr)
+        return False
+    report = LOCAL_DIR / "schemathesis"
+    shutil.rmtree(report, ignore_errors=True)
+    argv = [
+        str(VENV_BIN / "st"), "--config-file", str(SCHEMATHESIS_CONFIG), "run", str(OPENAPI),
+        "--url", url,
+        "--header", f"Authorization: Bearer {key}",
+        "--checks", "all",
+        "--phases", "examples,coverage,fuzzing,stateful",
+        "--max-examples", str(examples),
+        "--seed", str(seed),
+        "--generation-database", "none",
+        "--workers", "1",
+        "--request-timeout", "30",
+        "--report", "junit,ndjson", "--report-dir", str(report),
+    ]
+    if not sys.stdout.isatty():
+        argv.append("--no-color")
+    print(f"stack: schemathesis against {url} as {email} (staff, scope *, 2FA on): seed {seed}, "
+          f"at most {examples} examples per operation and phase", flush=True)
+    child = sup.start("schemathesis", argv, env=process_env({**env, "SCHEMATHESIS_TELEMETRY": "false"}))
+    try:
+        code = child.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  schemathesis did not finish within {timeout:.0f} s", file=sys.stderr)
+        code = -1
+    finally:
+        sup.stop(child)
+    if code != 0:
+        print(f"stack: schemathesis reports: {report.relative_to(ROOT)}", file=sys.stderr)
+    return code == 0
+
+
 def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
     template = load_template()
     require_tool("cargo", "install Rust with rustup")
@@ -967,6 +1492,8 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
         print(f"stack: {name}: {'ok' if ok else 'FAILED'}", flush=True)
         return ok
 
+    observed_dir = fresh_observed_dir()
+    filtered = bool(args.nextest_args)
     services = start_services(sup, "test", free_port(), free_port())
     env = stack_env(template, services)
     penv = process_env(env)
@@ -993,12 +1520,21 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
                 "MOTO_URL": services.moto_url,
                 "TEST_PYTHON": str(VENV_BIN / "python"),
                 "TEMPLATE_PATH": str(TEMPLATE),
+                "OBSERVED_DIR": str(observed_dir),
+                "WATCH_LOG": str(watch_log.resolve()),
             })
             require_tool("cargo-nextest", "install it with `cargo install cargo-nextest --locked`")
             color = ["--color", "always"] if sys.stdout.isatty() else ["--color", "never"]
             code = sup.run("cargo nextest", ["cargo", "nextest", "run", "--workspace", "--no-fail-fast", *color,
                                              *args.nextest_args], env=test_env, on_line=counts.feed)
             step("cargo nextest run", code == 0)
+            if args.no_fuzz or filtered:
+                print("stack: schemathesis: skipped (--no-fuzz, or arguments for nextest were given)", flush=True)
+            else:
+                started = time.monotonic()
+                ok = run_schemathesis(sup, penv, url, seed=args.fuzz_seed, examples=args.fuzz_examples,
+                                      timeout=args.fuzz_timeout)
+                step(f"schemathesis openapi.yaml ({time.monotonic() - started:.0f} s)", ok)
         else:
             print(f"stack: cargo lambda watch log: {watch_log.relative_to(ROOT)}", file=sys.stderr)
             step("cargo nextest run (not run)", False)
@@ -1010,10 +1546,18 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
     step("sam validate --lint",
          sup.run("sam validate", [str(VENV_BIN / "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)],
                  env=process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})) == 0)
-    problems = check_router()
+    problems = check_router() + check_sam_local_env()
     for p in problems:
         print(f"  {p}", file=sys.stderr)
-    step("check-router", not problems)
+    step("check-router (Cargo.toml's router and scripts/sam-local-env.json match template.yaml)", not problems)
+    if filtered:
+        print("stack: check-policies: skipped (arguments for nextest were given: the tests that ran may not "
+              "exercise every function)", flush=True)
+    elif built:
+        problems = check_policies(observed_dir)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        step("check-policies (template.yaml grants exactly what the tests used)", not problems)
 
     failed_steps = [name for name, ok in steps if not ok]
     print("stack: " + "; ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in steps), flush=True)
@@ -1039,10 +1583,23 @@ def main(argv: list[str]) -> int:
                    help="processes per function, so that concurrent requests really race (default 2)")
     p.add_argument("--watch-timeout", type=float, default=1800,
                    help="seconds to wait for a function's first answer, which may compile it (default 1800)")
+    p.add_argument("--no-fuzz", action="store_true", help="skip the schemathesis step")
+    p.add_argument("--fuzz-seed", type=int, default=20261127, help="schemathesis seed (default 20261127)")
+    p.add_argument("--fuzz-examples", type=int, default=25,
+                   help="schemathesis examples per operation in the fuzzing and stateful phases (default 25)")
+    p.add_argument("--fuzz-timeout", type=float, default=420,
+                   help="seconds before the schemathesis step is stopped and failed (default 420)")
     p.add_argument("nextest_args", nargs=argparse.REMAINDER, help="arguments for cargo nextest run")
     sub.add_parser("routes", help="print the routes of template.yaml as JSON")
+    sub.add_parser("openapi-routes", help="print the operations of openapi.yaml as JSON")
+    p = sub.add_parser("check-policies",
+                       help="fail when a function's policies are narrower or wider than what it did in the tests")
+    p.add_argument("--observed-dir", default=None,
+                   help=f"the tests' observations (default: the latest run's, in {OBSERVED_DIR.relative_to(ROOT)}/<pid>)")
     sub.add_parser("gen-router", help="write Cargo.toml's cargo lambda watch router from template.yaml")
+    sub.add_parser("gen-sam-local-env", help="write scripts/sam-local-env.json from template.yaml")
     sub.add_parser("check-router", help="fail when Cargo.toml's router differs from template.yaml")
+    sub.add_parser("build", help="sam build for arm64: one bootstrap per function in .aws-sam/build")
     p = sub.add_parser("env", help="print the local environment of the functions as shell exports")
     p.add_argument("--dynamodb-port", type=int, default=8000)
     p.add_argument("--moto-port", type=int, default=5000)
@@ -1050,7 +1607,9 @@ def main(argv: list[str]) -> int:
     if getattr(args, "nextest_args", None) and args.nextest_args[0] == "--":
         args.nextest_args = args.nextest_args[1:]
 
-    simple = {"routes": cmd_routes, "gen-router": cmd_gen_router, "check-router": cmd_check_router, "env": cmd_env}
+    simple = {"routes": cmd_routes, "gen-router": cmd_gen_router, "check-router": cmd_check_router, "env": cmd_env,
+              "openapi-routes": cmd_openapi_routes, "check-policies": cmd_check_policies,
+              "gen-sam-local-env": cmd_gen_sam_local_env}
     if args.command in simple:
         try:
             return simple[args.command](args)
@@ -1063,7 +1622,8 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
     try:
-        return cmd_run(args, sup) if args.command == "run" else cmd_test(args, sup)
+        commands = {"run": cmd_run, "test": cmd_test, "build": cmd_build}
+        return commands[args.command](args, sup)
     except Interrupted as e:
         print(f"\nstack: {e}, stopping", file=sys.stderr, flush=True)
         return 128 + e.signum

@@ -31,6 +31,7 @@ pub struct Context {
 /// 10 s timeout.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https::client())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_millis(1000))
@@ -41,6 +42,108 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .load()
         .await
+}
+
+/// The HTTPS client all the AWS clients of a function share: the SDK's own (hyper 1, rustls on
+/// aws-lc), with two changes that take most of the SDK's cost out of a cold start
+/// (`scripts/dev bench` measures it):
+/// - it trusts Mozilla's root certificates compiled in (webpki-root-certs, the set rustls
+///   projects ship) instead of reading the system's certificate store, which on Debian means
+///   opening and parsing some 300 files;
+/// - it builds its connector (and so its TLS configuration) once, when the first request needs
+///   it, where the SDK's default builds one per client at start-up to load that store early.
+mod https {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+    use aws_smithy_runtime_api::client::http::{
+        HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+
+    /// Connectors are built on demand and cached per connector settings by the inner client;
+    /// `validate_base_client_config` keeps the trait's default (nothing), so constructing a
+    /// client no longer builds and throws away a connector.
+    #[derive(Debug)]
+    struct OnFirstRequest(SharedHttpClient);
+
+    impl HttpClient for OnFirstRequest {
+        fn http_connector(
+            &self,
+            settings: &HttpConnectorSettings,
+            components: &RuntimeComponents,
+        ) -> SharedHttpConnector {
+            self.0.http_connector(settings, components)
+        }
+
+        fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+            self.0.connector_metadata()
+        }
+    }
+
+    pub fn client() -> SharedHttpClient {
+        let mut roots = TrustStore::empty();
+        for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+            roots.add_pem_certificate(pem(cert));
+        }
+        let context = TlsContext::builder()
+            .with_trust_store(roots)
+            .build()
+            .expect("a TLS context with only a trust store");
+        let inner = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context)
+            .build_https();
+        SharedHttpClient::new(OnFirstRequest(inner))
+    }
+
+    /// A DER certificate as PEM, the form the SDK's trust store takes.
+    fn pem(der: &[u8]) -> Vec<u8> {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+        for (i, chunk) in der.chunks(3).enumerate() {
+            if i > 0 && i % 16 == 0 {
+                out.push(b'\n');
+            }
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for k in 0..4 {
+                out.push(if k <= chunk.len() {
+                    ALPHABET[((n >> (18 - 6 * k)) & 63) as usize]
+                } else {
+                    b'='
+                });
+            }
+        }
+        out.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn pem_encodes_base64_in_64_character_lines() {
+            let pem = String::from_utf8(super::pem(b"Man is distinguished")).unwrap();
+            assert_eq!(
+                pem,
+                "-----BEGIN CERTIFICATE-----\nTWFuIGlzIGRpc3Rpbmd1aXNoZWQ=\n-----END CERTIFICATE-----\n"
+            );
+            let long = String::from_utf8(super::pem(&[0u8; 100])).unwrap();
+            let body: Vec<&str> = long
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.starts_with("-----"))
+                .collect();
+            assert_eq!(
+                body.iter().map(|l| l.len()).collect::<Vec<_>>(),
+                vec![64, 64, 8]
+            );
+        }
+    }
 }
 
 /// A request that passed routing, the size limit, authentication and its scope.

@@ -1,0 +1,1299 @@
+#!/usr/bin/env python3
+"""`scripts/dev bench`: measures every function against the budgets of ARCHITECTURE.md and
+writes BENCHMARKS.md (tables) and BENCHMARKS.json (every figure) at the repository root.
+
+It starts its own DynamoDB Local and moto on free ports (scripts/stack.py: tables, secret
+and SES sender from template.yaml, the functions' local environment), builds the workspace
+with the release profile, and then, in one run:
+
+- cold start: each function binary is spawned against a minimal Lambda Runtime API served
+  here on 127.0.0.1 (the invocation is already queued), and the time from spawn to its first
+  response is taken; then a few warm requests on the same process give the cold-start
+  penalty (first response minus the median warm one). Every run also does this for an empty
+  `lambda_runtime` function (scripts/bench/empty-function, same profile) and for a Python
+  function doing get-user's DynamoDB work on `awslambdaric` + boto3
+  (scripts/bench/python-function). Runs are interleaved across functions and repeated;
+  medians are reported.
+- DynamoDB calls per request: the representative request runs in process (bench-calls,
+  scripts/bench/calls) with the tests' SDK interceptor (tests/src/calls.rs), which counts the
+  calls and how many ran one after another.
+- warm latency: p50/p99 over N requests through the Runtime API (event written to the
+  function -> response received), against the same AWS calls replayed directly with the SDK
+  by bench-calls (same inputs, same grouping, same DynamoDB Local).
+- stripped binary size (x86_64; arm64 with cargo lambda + zig when available), and peak RSS
+  (VmHWM) after the warm requests and under load.
+- requests per second at concurrency 1, 8 and 32 for a read route (get-user) and a write
+  route (scene-personalisation): that many function processes behind one Runtime API, as
+  Lambda runs that many execution environments, each client with its own user; errors are
+  non-2xx answers, function errors and time-outs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import queue
+import re
+import select
+import shutil
+import socket
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stack  # noqa: E402  (the local stack: services, tables, environment)
+
+ROOT = stack.ROOT
+BENCH_DIR = ROOT / "scripts" / "bench"
+PY_FUNCTION_DIR = BENCH_DIR / "python-function"
+PY_VENV = stack.LOCAL_DIR / "bench-python"
+OUT_MD = ROOT / "BENCHMARKS.md"
+OUT_JSON = ROOT / "BENCHMARKS.json"
+
+EMPTY = "empty-function"
+PYTHON = "python-get-user"
+READ_ROUTE = "get-user"
+WRITE_ROUTE = "scene-personalisation"
+
+# Budgets (ARCHITECTURE.md, quality bars).
+MAX_PENALTY_VS_EMPTY = 2.0
+MIN_PYTHON_COLD_RATIO = 20.0
+MAX_SEQUENTIAL = 3
+MAX_LATENCY_RATIO = 1.3
+MAX_BINARY_BYTES = 8 * 1024 * 1024
+MAX_RSS_BYTES = 32 * 1024 * 1024
+
+NEXT_PATH = "/2018-06-01/runtime/invocation/next"
+RESULT_PATH = re.compile(r"^/2018-06-01/runtime/invocation/([^/]+)/(response|error)$")
+INIT_ERROR_PATH = "/2018-06-01/runtime/init/error"
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A minimal Lambda Runtime API
+# ---------------------------------------------------------------------------------------------
+
+
+class Invocation:
+    def __init__(self, event: bytes, function_name: str):
+        self.id = str(uuid.uuid4())
+        self.event = event
+        self.function_name = function_name
+        self.done = threading.Event()
+        self.queued = 0.0  # when the invocation became available
+        self.sent = 0.0  # when its event had been written to the function
+        self.finished = 0.0  # when the function's answer had been read
+        self.outcome = ""  # "response" or "error"
+        self.body = b""
+
+    @property
+    def latency(self) -> float:
+        """Event delivered -> answer received (what Lambda bills as duration)."""
+        return self.finished - self.sent
+
+    @property
+    def turnaround(self) -> float:
+        """Invocation available -> answer received."""
+        return self.finished - self.queued
+
+    def response(self) -> tuple[int, dict[str, Any]]:
+        """(statusCode, the API Gateway response) or (0, {}) for a function error."""
+        if self.outcome != "response":
+            return 0, {}
+        try:
+            doc = json.loads(self.body)
+        except ValueError:
+            return 0, {}
+        return int(doc.get("statusCode", 0)), doc
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A function process stopped while it long-polled: expected, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, OSError)):
+            super().handle_error(request, client_address)
+
+
+class RuntimeApi:
+    """The Runtime API of one or more function processes: `next` hands out queued
+    invocations (long-polling), `response` and `error` complete them. HTTP/1.1 keep-alive,
+    one thread per connection, answers written in one piece."""
+
+    def __init__(self, function_name: str):
+        self.function_name = function_name
+        self.queue: queue.Queue[Invocation] = queue.Queue()
+        self.pending: dict[str, Invocation] = {}
+        self.lock = threading.Lock()
+        self.init_errors: list[bytes] = []
+        self.closing = False
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def handle_one_request(self) -> None:
+                # As the base class, but noting when the request's first line arrived: a
+                # function's answer counts from then, not after Python has parsed it.
+                self.raw_requestline = self.rfile.readline(65537)
+                self.arrived = time.perf_counter()
+                if not self.raw_requestline:
+                    self.close_connection = True
+                    return
+                if not self.parse_request():
+                    return
+                handler = getattr(self, "do_" + self.command, None)
+                if handler is None:
+                    self.reply(501, b'{"errorMessage":"unsupported method"}')
+                    return
+                handler()
+                self.wfile.flush()
+
+            def reply(self, code: int, body: bytes, extra: list[tuple[str, str]] = ()) -> None:
+                head = [f"HTTP/1.1 {code} {'OK' if code < 300 else 'Error'}",
+                        "Content-Type: application/json", f"Content-Length: {len(body)}"]
+                head += [f"{k}: {v}" for k, v in extra]
+                self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+                self.wfile.flush()
+
+            def read_body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def peer_alive(self) -> bool:
+                try:
+                    readable, _, _ = select.select([self.connection], [], [], 0)
+                    return not readable or self.connection.recv(1, socket.MSG_PEEK) != b""
+                except OSError:
+                    return False
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path != NEXT_PATH:
+                    self.reply(404, b'{"errorMessage":"not found"}')
+                    return
+                # A handler left waiting by a process that was stopped must not take the next
+                # invocation: check the connection while waiting and before answering.
+                while True:
+                    try:
+                        inv = api.queue.get(timeout=0.2)
+                    except queue.Empty:
+                        if api.closing or not self.peer_alive():
+                            self.close_connection = True
+                            return
+                        continue
+                    if not self.peer_alive():
+                        api.queue.put(inv)
+                        self.close_connection = True
+                        return
+                    break
+                deadline = int(time.time() * 1000) + 30_000
+                self.reply(200, inv.event, [
+                    ("Lambda-Runtime-Aws-Request-Id", inv.id),
+                    ("Lambda-Runtime-Deadline-Ms", str(deadline)),
+                    ("Lambda-Runtime-Invoked-Function-Arn",
+                     f"arn:aws:lambda:{stack.REGION}:{stack.ACCOUNT_ID}:function:{api.function_name}"),
+                    ("Lambda-Runtime-Trace-Id",
+                     f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0"),
+                ])
+                inv.sent = time.perf_counter()
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.read_body()
+                now = self.arrived
+                m = RESULT_PATH.match(self.path)
+                if m:
+                    with api.lock:
+                        inv = api.pending.pop(m.group(1), None)
+                    if inv is None:
+                        self.reply(400, b'{"errorMessage":"unknown request id"}')
+                        return
+                    inv.finished, inv.outcome, inv.body = now, m.group(2), body
+                    self.reply(202, b'{"status":"OK"}')
+                    inv.done.set()
+                elif self.path == INIT_ERROR_PATH:
+                    api.init_errors.append(body)
+                    self.reply(202, b'{"status":"OK"}')
+                else:
+                    self.reply(404, b'{"errorMessage":"not found"}')
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, event: dict[str, Any]) -> Invocation:
+        inv = Invocation(json.dumps(event).encode(), self.function_name)
+        with self.lock:
+            self.pending[inv.id] = inv
+        inv.queued = time.perf_counter()
+        self.queue.put(inv)
+        return inv
+
+    def close(self) -> None:
+        self.closing = True
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    key: str | None
+    body: str | None = None
+    expect: int = 200
+
+
+def api_event(req: Request) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, as API Gateway sends it to a function."""
+    headers = {"host": "127.0.0.1", "user-agent": "bench", "accept": "*/*"}
+    if req.key:
+        headers["authorization"] = f"Bearer {req.key}"
+    if req.body is not None:
+        headers["content-type"] = "application/json"
+        headers["content-length"] = str(len(req.body.encode()))
+    now = time.time()
+    request_id = uuid.uuid4().hex[:16]
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": req.path,
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": {
+            "accountId": stack.ACCOUNT_ID,
+            "apiId": "bench",
+            "domainName": "127.0.0.1",
+            "domainPrefix": "bench",
+            "http": {"method": req.method, "path": req.path, "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "bench"},
+            "requestId": request_id,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now * 1000),
+        },
+        "isBase64Encoded": False,
+    }
+    if req.body is not None:
+        event["body"] = req.body
+    return event
+
+
+class Driver:
+    """bench-calls: requests straight into the handlers, users, and the direct replay."""
+
+    def __init__(self, exe: Path, env: dict[str, str], log_path: Path):
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen([str(exe)], env=env, cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+        first = self._read()
+        if not first.get("ready"):
+            raise stack.StackError(f"bench-calls did not start: {first}")
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise stack.StackError(f"bench-calls exited ({self.proc.poll()}); see {self.log.name}")
+        return json.loads(line)
+
+    def call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        self.proc.stdin.flush()
+        return self._read()
+
+    def user(self) -> dict[str, Any]:
+        return self.call({"op": "user", "scopes": ["*"]})
+
+    def invoke(self, req: Request, measured: bool = False) -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {req.key}"} if req.key else {}
+        out = self.call({"op": "invoke", "method": req.method, "path": req.path, "headers": headers,
+                         "body": req.body, "measured": measured})
+        if out["status"] != req.expect:
+            raise stack.StackError(f"{req.method} {req.path} answered {out['status']} in process, "
+                                   f"expected {req.expect}: {out['body'][:300]}")
+        return out
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        self.log.close()
+
+
+def totp_now(secret: str) -> str:
+    import pyotp  # the tests' independent TOTP implementation (requirements.txt)
+
+    return pyotp.TOTP(secret).now()
+
+
+class Scenario:
+    """A function's representative request: `prepare(i)` sets up what the i-th request needs
+    (through bench-calls, outside any measurement) and returns it."""
+
+    name = ""
+    case = ""
+
+    def __init__(self, driver: Driver):
+        self.d = driver
+
+    def setup(self) -> None:
+        self.user = self.d.user()
+
+    @property
+    def key(self) -> str:
+        return self.user["key"]
+
+    def prepare(self, i: int) -> Request:
+        raise NotImplementedError
+
+    # Helpers shared by the 2FA scenarios.
+    def enable_2fa(self, user: dict[str, Any]) -> None:
+        r = self.d.invoke(Request("GET", "/api/users/@me/two_factor_start_setup/", user["key"]))
+        secret = json.loads(r["body"])["secret"]
+        self.d.invoke(Request("POST", "/api/users/@me/two_factor_validate/", user["key"],
+                              json.dumps({"token": totp_now(secret)})))
+
+    def backup_codes(self, user: dict[str, Any]) -> list[str]:
+        r = self.d.invoke(Request("POST", "/api/users/@me/two_factor_backup_codes/", user["key"]))
+        return list(json.loads(r["body"])["backup_codes"])
+
+
+class GetUser(Scenario):
+    name = "get-user"
+    case = "GET /api/users/@me/ → 200 user object"
+
+    def prepare(self, i: int) -> Request:
+        return Request("GET", "/api/users/@me/", self.key)
+
+
+class UpdateUser(Scenario):
+    name = "update-user"
+    case = "PATCH /api/users/@me/ first_name + theme_mode → 200 (no email change)"
+
+    def prepare(self, i: int) -> Request:
+        return Request("PATCH", "/api/users/@me/", self.key,
+                       json.dumps({"first_name": f"Ada{i % 10}", "theme_mode": "dark"}))
+
+
+class ScenePersonalisation(Scenario):
+    name = "scene-personalisation"
+    case = "POST scene_personalisation/ {scene, dashboard} → 200 user object"
+
+    def prepare(self, i: int) -> Request:
+        return Request("POST", "/api/users/@me/scene_personalisation/", self.key,
+                       json.dumps({"scene": "ProductAnalytics", "dashboard": i % 1000 + 1}))
+
+
+class PushTokensRegister(Scenario):
+    name = "push-tokens-register"
+    case = "POST push_tokens/ with a fresh token each time → 200 (past 20 tokens each one evicts the oldest)"
+
+    def prepare(self, i: int) -> Request:
+        return Request("POST", "/api/users/@me/push_tokens/", self.key,
+                       json.dumps({"token": f"fcm-{uuid.uuid4().hex}", "platform": "android"}))
+
+
+class PushTokensUnregister(Scenario):
+    name = "push-tokens-unregister"
+    case = "POST push_tokens/unregister/ of a token registered just before → 204"
+
+    def prepare(self, i: int) -> Request:
+        token = f"fcm-{uuid.uuid4().hex}"
+        self.d.invoke(Request("POST", "/api/users/@me/push_tokens/", self.key,
+                              json.dumps({"token": token, "platform": "ios"})))
+        return Request("POST", "/api/users/@me/push_tokens/unregister/", self.key,
+                       json.dumps({"token": token}), expect=204)
+
+
+class TwoFactorStartSetup(Scenario):
+    name = "two-factor-start-setup"
+    case = "GET two_factor_start_setup/ → 200 secret + otpauth URI"
+
+    def prepare(self, i: int) -> Request:
+        return Request("GET", "/api/users/@me/two_factor_start_setup/", self.key)
+
+
+class TwoFactorValidate(Scenario):
+    name = "two-factor-validate"
+    case = "POST two_factor_validate/ with a pyotp code after a fresh setup → 200 (mails a notice)"
+
+    def prepare(self, i: int) -> Request:
+        r = self.d.invoke(Request("GET", "/api/users/@me/two_factor_start_setup/", self.key))
+        secret = json.loads(r["body"])["secret"]
+        return Request("POST", "/api/users/@me/two_factor_validate/", self.key,
+                       json.dumps({"token": totp_now(secret)}))
+
+
+class TwoFactorStatus(Scenario):
+    name = "two-factor-status"
+    case = "GET two_factor_status/ with 2FA on and 10 backup codes → 200 (decrypts the codes)"
+
+    def setup(self) -> None:
+        super().setup()
+        self.enable_2fa(self.user)
+        self.backup_codes(self.user)
+
+    def prepare(self, i: int) -> Request:
+        return Request("GET", "/api/users/@me/two_factor_status/", self.key)
+
+
+class TwoFactorBackupCodes(Scenario):
+    name = "two-factor-backup-codes"
+    case = "POST two_factor_backup_codes/ with 2FA on → 200, 10 new codes"
+
+    def setup(self) -> None:
+        super().setup()
+        self.enable_2fa(self.user)
+
+    def prepare(self, i: int) -> Request:
+        return Request("POST", "/api/users/@me/two_factor_backup_codes/", self.key)
+
+
+class TwoFactorVerify(Scenario):
+    name = "two-factor-verify"
+    case = "POST two_factor_verify/ with an unused backup code → 200 method backup_code (mails a notice)"
+
+    def setup(self) -> None:
+        super().setup()
+        self.enable_2fa(self.user)
+        self.codes: list[str] = []
+
+    def prepare(self, i: int) -> Request:
+        if not self.codes:
+            self.codes = self.backup_codes(self.user)
+        return Request("POST", "/api/users/@me/two_factor_verify/", self.key,
+                       json.dumps({"token": self.codes.pop()}))
+
+
+class TwoFactorDisable(Scenario):
+    name = "two-factor-disable"
+    case = "POST two_factor_disable/ with 2FA on (enabled just before) → 200 (mails a notice)"
+
+    def prepare(self, i: int) -> Request:
+        self.enable_2fa(self.user)
+        return Request("POST", "/api/users/@me/two_factor_disable/", self.key)
+
+
+class CancelEmailChange(Scenario):
+    name = "cancel-email-change-request"
+    case = "PATCH cancel_email_change_request/ after a PATCH of the email → 200 user object"
+
+    def prepare(self, i: int) -> Request:
+        self.d.invoke(Request("PATCH", "/api/users/@me/", self.key,
+                              json.dumps({"email": f"new-{uuid.uuid4().hex[:12]}@example.com"})))
+        return Request("PATCH", "/api/users/cancel_email_change_request/", self.key)
+
+
+class VerifyEmail(Scenario):
+    name = "verify-email"
+    case = "POST verify_email/ with the mailed code after a PATCH of the email → 200"
+
+    def prepare(self, i: int) -> Request:
+        r = self.d.invoke(Request("PATCH", "/api/users/@me/", self.key,
+                                  json.dumps({"email": f"moved-{uuid.uuid4().hex[:12]}@example.com"})))
+        codes = [c for m in r["mail"] for c in re.findall(r"(?<!\d)\d{6}(?!\d)", m["text"])]
+        if len(codes) != 1:
+            raise stack.StackError(f"verify-email: expected one mailed code, got {r['mail']}")
+        return Request("POST", "/api/users/verify_email/", self.key,
+                       json.dumps({"uuid": "@me", "code": codes[0]}))
+
+
+class Fallback(Scenario):
+    name = "fallback"
+    case = "GET /api/users/@me/nope (unknown path) → 404 envelope"
+
+    def setup(self) -> None:
+        self.user = {"key": None}
+
+    def prepare(self, i: int) -> Request:
+        return Request("GET", "/api/users/@me/nope", None, expect=404)
+
+
+class Empty(GetUser):
+    name = EMPTY
+    case = "any event → fixed 200 (baseline: lambda_runtime, no clients)"
+
+
+class PythonGetUser(GetUser):
+    name = PYTHON
+    case = "GET /api/users/@me/ → 200 (awslambdaric + boto3: GetItem, BatchGetItem)"
+
+
+SCENARIOS: list[type[Scenario]] = [
+    PushTokensUnregister, PushTokensRegister, ScenePersonalisation, TwoFactorStartSetup,
+    TwoFactorValidate, TwoFactorVerify, TwoFactorStatus, TwoFactorBackupCodes, TwoFactorDisable,
+    CancelEmailChange, VerifyEmail, GetUser, UpdateUser, Fallback,
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Function processes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """How to start one function as a Lambda process."""
+
+    name: str
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    binary: Path | None
+
+
+class Processes:
+    """Function processes started by the benchmark; all of them are stopped at the end."""
+
+    def __init__(self, log_dir: Path):
+        self.live: list[subprocess.Popen] = []
+        self.log_dir = log_dir
+
+    def spawn(self, target: Target, api: RuntimeApi) -> subprocess.Popen:
+        env = dict(target.env)
+        env.update({
+            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api.port}",
+            "AWS_LAMBDA_FUNCTION_NAME": target.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{target.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"{dt.date.today():%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}",
+        })
+        out = open(self.log_dir / f"bench-{target.name}.log", "ab")
+        try:
+            proc = subprocess.Popen(target.argv, cwd=target.cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            out.close()
+        self.live.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        if proc in self.live:
+            self.live.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.live):
+            self.stop(proc)
+
+
+def peak_rss(pid: int) -> int | None:
+    """VmHWM of a process, in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def wait_for(inv: Invocation, proc: subprocess.Popen | None, api: RuntimeApi, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while not inv.done.wait(0.05):
+        if proc is not None and proc.poll() is not None:
+            raise stack.StackError(f"{api.function_name} exited with code {proc.returncode} before answering "
+                                   f"(init errors: {[e[:300] for e in api.init_errors]}); see .local/logs/bench-{api.function_name}.log")
+        if time.perf_counter() > deadline:
+            raise stack.StackError(f"{api.function_name} did not answer within {timeout:.0f} s")
+
+
+def check_answer(inv: Invocation, req: Request) -> None:
+    status, doc = inv.response()
+    if status != req.expect:
+        raise stack.StackError(f"{inv.function_name}: {req.method} {req.path} answered "
+                               f"{status or inv.outcome} (expected {req.expect}): {inv.body[:300]!r}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+@dataclass
+class Result:
+    name: str
+    case: str
+    cold: list[float] = field(default_factory=list)
+    warm: list[float] = field(default_factory=list)  # medians of the warm turnarounds per cold run
+    penalty: list[float] = field(default_factory=list)
+    cpu_cold: list[float] = field(default_factory=list)  # CPU time to the first response
+    cpu_penalty: list[float] = field(default_factory=list)  # that minus a warm request's
+    latency: list[float] = field(default_factory=list)
+    rss_after_warm: int | None = None
+    calls: dict[str, Any] | None = None  # the in-process run with the most sequential calls
+    call_counts: set[tuple[int, int]] = field(default_factory=set)  # (calls, sequential) seen
+    direct: list[float] = field(default_factory=list)
+    size_x86_64: int | None = None
+    size_arm64: int | None = None
+
+    def observe_calls(self, out: dict[str, Any]) -> None:
+        if out["dynamodb_calls"] != out["captured_dynamodb_calls"]:
+            raise stack.StackError(f"{self.name}: the tests' recorder and the capture disagree: {out}")
+        self.call_counts.add((out["dynamodb_calls"], out["sequential"]))
+        if self.calls is None or (out["sequential"], out["dynamodb_calls"]) > (
+                self.calls["sequential"], self.calls["dynamodb_calls"]):
+            self.calls = out
+
+
+def cpu_time(pid: int) -> float:
+    """Seconds the process has run on a CPU (/proc/<pid>/schedstat, nanoseconds)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def cold_run(procs: Processes, target: Target, scenario: Scenario, api: RuntimeApi, i: int,
+             warm_requests: int) -> tuple[float, float, float, float]:
+    """One cold start: spawn with the invocation queued, then `warm_requests` warm ones;
+    returns (cold, median warm turnaround, CPU time to the first response, median CPU time
+    of a warm request)."""
+    req = scenario.prepare(i)
+    inv = api.submit(api_event(req))
+    t0 = time.perf_counter()
+    proc = procs.spawn(target, api)
+    try:
+        wait_for(inv, proc, api, 60)
+        cold = inv.finished - t0
+        cpu_cold = cpu_time(proc.pid)
+        check_answer(inv, req)
+        warm, cpu_warm = [], []
+        for n in range(warm_requests):
+            req = scenario.prepare(i * 100 + n + 1)
+            c0 = cpu_time(proc.pid)
+            w = api.submit(api_event(req))
+            wait_for(w, proc, api, 30)
+            cpu_warm.append(cpu_time(proc.pid) - c0)
+            check_answer(w, req)
+            warm.append(w.turnaround)
+        return cold, statistics.median(warm), cpu_cold, statistics.median(cpu_warm)
+    finally:
+        procs.stop(proc)
+
+
+def warm_loop(procs: Processes, target: Target, scenario: Scenario, driver: Driver | None, n: int,
+              res: Result) -> None:
+    """n warm requests through the Runtime API, each paired with the same request run in process
+    (bench-calls), whose AWS calls give the direct baseline; the two alternate, so both see the
+    same machine and the same state of DynamoDB Local."""
+    api = RuntimeApi(target.name)
+    try:
+        proc = procs.spawn(target, api)
+        warmup = 20  # the first ones open connections and fill caches on both sides
+        for i in range(n + warmup):
+            if driver is not None:
+                out = driver.invoke(scenario.prepare(20_000 + i), measured=True)
+                if i >= warmup:
+                    res.direct.append(out["aws_us"] / 1e6)
+                res.observe_calls(out)
+            req = scenario.prepare(10_000 + i)
+            inv = api.submit(api_event(req))
+            wait_for(inv, proc, api, 30)
+            check_answer(inv, req)
+            if i >= warmup:
+                res.latency.append(inv.latency)
+        res.rss_after_warm = peak_rss(proc.pid)
+        procs.stop(proc)
+    finally:
+        api.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+# ---------------------------------------------------------------------------------------------
+
+
+def throughput(procs: Processes, target: Target, driver: Driver, scenario_cls: type[Scenario],
+               concurrency: int, seconds: float) -> dict[str, Any]:
+    api = RuntimeApi(target.name)
+    clients = []
+    for _ in range(concurrency):
+        s = scenario_cls(driver)
+        s.setup()
+        clients.append(s)
+    started = [procs.spawn(target, api) for _ in range(concurrency)]
+    try:
+        # Every process answers once before the clock starts (their cold starts).
+        warmups = [api.submit(api_event(c.prepare(0))) for c in clients for _ in range(2)]
+        for inv in warmups:
+            wait_for(inv, None, api, 60)
+        stop_at = time.perf_counter() + seconds
+        lock = threading.Lock()
+        ok, errors, latencies = [0], [0], []
+
+        def client(s: Scenario) -> None:
+            i = 0
+            while time.perf_counter() < stop_at:
+                i += 1
+                req = s.prepare(i)
+                inv = api.submit(api_event(req))
+                if not inv.done.wait(10):
+                    with lock:
+                        errors[0] += 1
+                    continue
+                status, _ = inv.response()
+                with lock:
+                    if 200 <= status < 300:
+                        ok[0] += 1
+                        latencies.append(inv.turnaround)
+                    else:
+                        errors[0] += 1
+
+        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in clients]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds + 30)
+        elapsed = time.perf_counter() - t0
+        rss = [r for p in started if (r := peak_rss(p.pid)) is not None]
+        exited = sum(1 for p in started if p.poll() is not None)
+        return {
+            "function": target.name,
+            "concurrency": concurrency,
+            "processes": concurrency,
+            "seconds": round(elapsed, 2),
+            "requests": ok[0] + errors[0],
+            "ok": ok[0],
+            "errors": errors[0],
+            "exited_processes": exited,
+            "rps": round(ok[0] / elapsed, 1),
+            "p50_ms": ms(percentile(latencies, 50)) if latencies else None,
+            "p99_ms": ms(percentile(latencies, 99)) if latencies else None,
+            "peak_rss_bytes": max(rss) if rss else None,
+        }
+    finally:
+        for p in started:
+            procs.stop(p)
+        api.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Build, sizes, the Python peer
+# ---------------------------------------------------------------------------------------------
+
+
+def run_checked(sup: stack.Supervisor, name: str, argv: list[str], env: dict[str, str]) -> None:
+    if sup.run(name, argv, env=env) != 0:
+        raise stack.StackError(f"{name} failed")
+
+
+def zig_available(env: dict[str, str]) -> bool:
+    if shutil.which("zig", path=env.get("PATH")):
+        return True
+    return subprocess.run([str(stack.VENV_BIN / "python"), "-c", "import ziglang"],
+                          capture_output=True).returncode == 0
+
+
+def arm64_sizes(sup: stack.Supervisor, env: dict[str, str], binaries: list[str]) -> dict[str, int]:
+    """Builds the functions for arm64 as `sam build` does (cargo lambda, zig) and returns the
+    size of each bootstrap."""
+    installed = subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True, text=True)
+    if "aarch64-unknown-linux-gnu" not in installed.stdout:
+        log("adding the aarch64-unknown-linux-gnu target (rustup)")
+        run_checked(sup, "rustup target add", ["rustup", "target", "add", "aarch64-unknown-linux-gnu"], env)
+    argv = [str(stack.VENV_BIN / "cargo-lambda"), "lambda", "build", "--release", "--arm64"]
+    for b in binaries:
+        argv += ["--bin", b]
+    log("building for arm64 (cargo lambda build --release --arm64)")
+    run_checked(sup, "cargo lambda build --arm64", argv, env)
+    target_dir = stack.cargo_target_dir()
+    out = {}
+    for b in binaries:
+        p = target_dir / "lambda" / b / "bootstrap"
+        if p.exists():
+            out[b] = p.stat().st_size
+    return out
+
+
+def python_peer(sup: stack.Supervisor) -> Path:
+    """The peer's own environment (.local/bench-python), from its pinned requirements."""
+    req = PY_FUNCTION_DIR / "requirements.txt"
+    digest = hashlib.sha256(req.read_bytes()).hexdigest()
+    stamp = PY_VENV / ".requirements.sha256"
+    py = PY_VENV / "bin" / "python"
+    if not py.exists() or not stamp.exists() or stamp.read_text().strip() != digest:
+        log(f"installing the Python peer into {PY_VENV.relative_to(ROOT)} (awslambdaric, boto3)")
+        if PY_VENV.exists():
+            shutil.rmtree(PY_VENV)
+        base = getattr(sys, "_base_executable", sys.executable)
+        run_checked(sup, "python -m venv", [base, "-m", "venv", str(PY_VENV)], dict(os.environ))
+        run_checked(sup, "pip install", [str(py), "-m", "pip", "install", "--disable-pip-version-check",
+                                         "--no-input", "-q", "-r", str(req)], dict(os.environ))
+        stamp.write_text(digest + "\n")
+    return py
+
+
+def lambda_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """A Lambda-like environment: the template's variables and the local endpoints, little
+    else (nothing of the caller's shell, such as SSL_CERT_DIR, leaks into the functions)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC",
+           "LAMBDA_RUNTIME_DIR": "/var/runtime"}
+    env.update(stack_env)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+
+    def out(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = out(["git", "rev-parse", "--short=12", "HEAD"])
+    dirty = bool(out(["git", "status", "--porcelain", "--untracked-files=no"]))
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
+        "kernel": platform.release(), "rustc": out(["rustc", "--version"]),
+        "python": platform.python_version(),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def mib(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1048576:.2f}"
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def summarize(results: dict[str, Result], rps: list[dict[str, Any]], info: dict[str, Any],
+              args: argparse.Namespace) -> dict[str, Any]:
+    empty, py = results[EMPTY], results[PYTHON]
+    empty_penalty = statistics.median(empty.penalty)
+    empty_cpu_penalty = statistics.median(empty.cpu_penalty)
+    py_cold = statistics.median(py.cold)
+    functions = {}
+    for name, r in results.items():
+        cold = statistics.median(r.cold)
+        warm = statistics.median(r.warm)
+        penalty = statistics.median(r.penalty)
+        entry: dict[str, Any] = {
+            "request": r.case,
+            "cold_ms": ms(cold), "cold_runs_ms": [ms(x) for x in r.cold],
+            "warm_ms": ms(warm), "penalty_ms": ms(penalty),
+            "penalty_vs_empty": round(penalty / empty_penalty, 2) if empty_penalty > 0 else None,
+            "python_cold_vs_cold": round(py_cold / cold, 1),
+            "cpu_to_first_response_ms": ms(statistics.median(r.cpu_cold)),
+            "cpu_penalty_ms": ms(statistics.median(r.cpu_penalty)),
+            "cpu_penalty_vs_empty": round(statistics.median(r.cpu_penalty) / empty_cpu_penalty, 2),
+            "warm_p50_ms": ms(percentile(r.latency, 50)) if r.latency else None,
+            "warm_p99_ms": ms(percentile(r.latency, 99)) if r.latency else None,
+            "warm_requests": len(r.latency),
+            "peak_rss_bytes": r.rss_after_warm,
+            "size_x86_64_bytes": r.size_x86_64,
+            "size_arm64_bytes": r.size_arm64,
+        }
+        if r.calls is not None:
+            entry.update({
+                # The most seen over every in-process run of the representative request.
+                "dynamodb_calls": max(c for c, _ in r.call_counts),
+                "sequential_dynamodb_calls": max(s for _, s in r.call_counts),
+                "dynamodb_calls_seen": sorted([c, s] for c, s in r.call_counts),
+                "dynamodb_operations": [c["operation"] for c in r.calls["recorded"]],
+                "dynamodb_actions": [c["actions"] for c in r.calls["recorded"]],
+                "other_aws_calls": r.calls["other_calls"],
+                "stages": r.calls["stages"],
+            })
+        if r.direct and r.calls and (r.calls["dynamodb_calls"] or r.calls["other_calls"]):
+            d50, d99 = percentile(r.direct, 50), percentile(r.direct, 99)
+            entry.update({
+                "direct_p50_ms": ms(d50), "direct_p99_ms": ms(d99), "direct_requests": len(r.direct),
+                "latency_ratio_p50": round(percentile(r.latency, 50) / d50, 2),
+                "latency_ratio_p99": round(percentile(r.latency, 99) / d99, 2),
+            })
+        functions[name] = entry
+    rust = {k: v for k, v in functions.items() if k not in (EMPTY, PYTHON)}
+    load_rss = [x["peak_rss_bytes"] for x in rps if x.get("peak_rss_bytes")]
+
+    def budget(name: str, limit: str, worst: tuple[str, Any], ok: bool, shown: str) -> dict[str, Any]:
+        return {"budget": name, "limit": limit, "worst_function": worst[0], "worst": worst[1],
+                "shown": shown, "pass": ok}
+
+    def worst(key: str, high: bool = True) -> tuple[str, Any]:
+        items = [(k, v[key]) for k, v in rust.items() if v.get(key) is not None]
+        if not items:
+            return ("–", None)
+        return max(items, key=lambda kv: kv[1]) if high else min(items, key=lambda kv: kv[1])
+
+    budgets = []
+    w = worst("penalty_vs_empty")
+    budgets.append(budget("cold-start penalty vs the empty function", f"≤ {MAX_PENALTY_VS_EMPTY}×", w,
+                          w[1] is not None and w[1] <= MAX_PENALTY_VS_EMPTY,
+                          f"{w[1]}× ({w[0]}: {rust[w[0]]['penalty_ms']} ms vs {ms(empty_penalty)} ms)"))
+    w = worst("python_cold_vs_cold", high=False)
+    budgets.append(budget("cold start vs the Python function", f"≥ {MIN_PYTHON_COLD_RATIO}× faster", w,
+                          w[1] >= MIN_PYTHON_COLD_RATIO,
+                          f"{w[1]}× ({w[0]}: {rust[w[0]]['cold_ms']} ms vs {ms(py_cold)} ms)"))
+    w = worst("sequential_dynamodb_calls")
+    budgets.append(budget("sequential DynamoDB calls per request", f"≤ {MAX_SEQUENTIAL}", w,
+                          w[1] is not None and w[1] <= MAX_SEQUENTIAL, f"{w[1]} ({w[0]})"))
+    w = worst("latency_ratio_p50")
+    budgets.append(budget("warm latency p50 vs the same calls made directly", f"≤ {MAX_LATENCY_RATIO}×", w,
+                          w[1] is not None and w[1] <= MAX_LATENCY_RATIO,
+                          f"{w[1]}× ({w[0]}: {rust[w[0]]['warm_p50_ms']} ms vs {rust[w[0]]['direct_p50_ms']} ms)"))
+    w = worst("latency_ratio_p99")
+    budgets.append(budget("warm latency p99 vs the same calls made directly (reported)", f"≤ {MAX_LATENCY_RATIO}×",
+                          w, w[1] is not None and w[1] <= MAX_LATENCY_RATIO,
+                          f"{w[1]}× ({w[0]}: {rust[w[0]]['warm_p99_ms']} ms vs {rust[w[0]]['direct_p99_ms']} ms)"))
+    w = worst("size_x86_64_bytes")
+    budgets.append(budget("stripped binary, x86_64", "≤ 8 MiB", w,
+                          w[1] is not None and w[1] <= MAX_BINARY_BYTES, f"{mib(w[1])} MiB ({w[0]})"))
+    w = worst("size_arm64_bytes")
+    budgets.append(budget("stripped binary, arm64 (cargo lambda)", "≤ 8 MiB", w,
+                          w[1] is None or w[1] <= MAX_BINARY_BYTES,
+                          f"{mib(w[1])} MiB ({w[0]})" if w[1] is not None else "not measured"))
+    w = worst("peak_rss_bytes")
+    peak_load = max(load_rss) if load_rss else None
+    peak = max(x for x in (w[1], peak_load) if x is not None)
+    budgets.append(budget("peak RSS (after the warm requests; under load)", "≤ 32 MiB", w,
+                          peak <= MAX_RSS_BYTES,
+                          f"{mib(w[1])} MiB ({w[0]}); {mib(peak_load)} MiB under load"))
+    return {
+        "machine": info,
+        "settings": {"cold_runs": args.cold_runs, "warm_per_cold_run": args.warm_per_cold,
+                     "warm_requests": args.requests, "rps_seconds": args.rps_seconds,
+                     "concurrency": args.concurrency},
+        "budgets": budgets,
+        "functions": functions,
+        "throughput": rps,
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    m, s = doc["machine"], doc["settings"]
+    f = doc["functions"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `scripts/dev bench` (scripts/bench.py); the figures of one run, all of them also in",
+        "`BENCHMARKS.json`. Local only: DynamoDB Local and moto on loopback, functions as Lambda",
+        "processes behind a minimal Runtime API in the harness — ratios matter, not absolute times.",
+        "",
+        f"- **Run:** {m['date']}, commit `{m['commit']}`",
+        f"- **Machine:** {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB, Linux {m['kernel']}, "
+        f"{m['rustc']}, Python {m['python']}; load average {m['load_average_start']} at the start, "
+        f"{m.get('load_average_end')} at the end (other work on the machine adds noise)",
+        f"- **Settings:** {s['cold_runs']} cold starts per function (median; one unmeasured start first), "
+        f"{s['warm_per_cold_run']} warm requests after each; {s['warm_requests']} warm requests for the latencies; "
+        f"{s['rps_seconds']} s per throughput point",
+        "",
+        "## Budgets",
+        "",
+        "| Budget | Limit | Measured (worst function) | Result |",
+        "|---|---|---|---|",
+    ]
+    for b in doc["budgets"]:
+        lines.append(f"| {b['budget']} | {b['limit']} | {b['shown']} | {'pass' if b['pass'] else '**FAIL**'} |")
+    lines += [
+        "",
+        "## Per function",
+        "",
+        "Cold: process spawn → first response through the Runtime API. Warm: a queued invocation → its",
+        "response, same process. Penalty: cold − warm. ×empty: penalty ÷ the empty function's penalty.",
+        "Python ÷: the Python function's cold start ÷ this one's. CPU: the process's CPU time up to its",
+        "first response, and its CPU penalty (that minus a warm request's) ÷ the empty function's — the",
+        "same comparison without the waiting, so less sensitive to a busy machine. Calls: DynamoDB calls per request",
+        "(sequential), the most seen. Latency: event delivered → response, p50 / p99. Direct: the time",
+        "the same request spends in its AWS calls (SES included where the route mails) when run in",
+        "process with the same SDK clients, stage by stage; each function request alternates with one.",
+        "",
+        "| Function | Cold ms | Warm ms | Penalty ms | ×empty | Python ÷ | CPU ms, penalty ×empty | Calls (seq.) | Latency p50 / p99 ms | Direct p50 / p99 ms | Ratio p50 / p99 | x86_64 / arm64 MiB | Peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, label: str) -> str:
+        e = f[name]
+        calls = "–" if e.get("dynamodb_calls") is None else f"{e['dynamodb_calls']} ({e['sequential_dynamodb_calls']})"
+        if e.get("other_aws_calls"):
+            calls += " + " + ", ".join(x.replace("sesv2.", "SES ") for x in e["other_aws_calls"])
+        direct = "–" if e.get("direct_p50_ms") is None else f"{fmt(e['direct_p50_ms'], 2)} / {fmt(e['direct_p99_ms'], 2)}"
+        ratio = "–" if e.get("latency_ratio_p50") is None else f"{e['latency_ratio_p50']:.2f} / {e['latency_ratio_p99']:.2f}"
+        size = f"{mib(e['size_x86_64_bytes'])} / {mib(e['size_arm64_bytes'])}"
+        return (f"| {label} | {fmt(e['cold_ms'])} | {fmt(e['warm_ms'], 2)} | {fmt(e['penalty_ms'])} | "
+                f"{fmt(e['penalty_vs_empty'], 2)} | {fmt(e['python_cold_vs_cold'])} | "
+                f"{fmt(e['cpu_to_first_response_ms'], 2)}, {fmt(e['cpu_penalty_vs_empty'], 2)} | {calls} | "
+                f"{fmt(e['warm_p50_ms'], 2)} / {fmt(e['warm_p99_ms'], 2)} | {direct} | {ratio} | {size} | "
+                f"{mib(e['peak_rss_bytes'])} |")
+
+    for name in f:
+        if name not in (EMPTY, PYTHON):
+            lines.append(row(name, name))
+    lines.append(row(EMPTY, f"*{EMPTY} (baseline)*"))
+    lines.append(row(PYTHON, f"*{PYTHON} (Python peer)*"))
+    lines += [
+        "",
+        "Representative requests (each measured request is a successful one, set up just before it",
+        "outside the measurement):",
+        "",
+    ]
+    for name, e in f.items():
+        lines.append(f"- `{name}`: {e['request']}")
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        "N function processes behind one Runtime API (as Lambda runs N execution environments) and N",
+        "clients in a closed loop, each with its own user; errors are non-2xx answers, function errors",
+        "and time-outs (10 s).",
+        "",
+        "| Function | Concurrency | Requests/s | Requests | Errors | p50 ms | p99 ms | Peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in doc["throughput"]:
+        lines.append(f"| {t['function']} | {t['concurrency']} | {t['rps']} | {t['requests']} | {t['errors']} | "
+                     f"{fmt(t['p50_ms'], 2)} | {fmt(t['p99_ms'], 2)} | {mib(t['peak_rss_bytes'])} |")
+    lines += [
+        "",
+        "## How it is measured",
+        "",
+        "- Binaries: `cargo build --release --workspace` (opt-level s, thin LTO, one codegen unit,",
+        "  stripped); arm64 sizes from `cargo lambda build --release --arm64`, what `sam build` deploys",
+        "  (it cannot run here).",
+        "- Each process gets a Lambda-like environment: the template's variables, the local endpoints,",
+        "  `AWS_LAMBDA_*`, and nothing else from the caller's shell.",
+        "- The Python peer (scripts/bench/python-function) does get-user's work with boto3 on",
+        "  `awslambdaric` (`python -m awslambdaric handler.handler`), from its own pinned environment;",
+        "  every function's cold start is compared with it.",
+        "- DynamoDB calls and the direct baseline come from bench-calls (scripts/bench/calls), which runs",
+        "  the same request, prepared the same way, straight into the handler with the functions' SDK",
+        "  configuration: the tests' interceptor (tests/src/calls.rs) counts the calls and the sequential",
+        "  ones; a second one times every AWS call. The direct time is the sum over the request's",
+        "  stages (calls that overlapped count once) of the time from the first call's start to the last",
+        "  one's end: what the calls take when made directly, without the function around them. Every",
+        "  function request alternates with one such run, so both see the same load and data.",
+        "- Peak RSS is VmHWM from /proc after the warm requests, and the highest of the processes under",
+        "  load.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
+    template = stack.load_template()
+    info = machine()
+    stack.require_tool("cargo", "install Rust with rustup")
+    services = stack.start_services(sup, "bench", stack.free_port(), stack.free_port())
+    env = stack.stack_env(template, services)
+    penv = stack.process_env(env)
+    if not args.no_build:
+        log("building (cargo build --release --workspace)")
+        run_checked(sup, "cargo build --release", ["cargo", "build", "--release", "--workspace"], penv)
+    py = python_peer(sup)
+    stack.wait_services(services)
+    stack.setup_services(template, services, env)
+    target_dir = stack.cargo_target_dir()
+    release = Path(args.binaries) if args.binaries else target_dir / "release"
+    binaries = [b for b in stack.functions(template).values()]
+    fenv = lambda_env(env)
+    targets = {b: Target(b, [str(release / b)], ROOT, fenv, release / b) for b in binaries}
+    targets[EMPTY] = Target(EMPTY, [str(release / EMPTY)], ROOT, fenv, release / EMPTY)
+    targets[PYTHON] = Target(PYTHON, [str(py), "-m", "awslambdaric", "handler.handler"], PY_FUNCTION_DIR,
+                             {**fenv, "LAMBDA_TASK_ROOT": str(PY_FUNCTION_DIR), "_HANDLER": "handler.handler"},
+                             None)
+    for t in targets.values():
+        if t.binary is not None and not t.binary.exists():
+            raise stack.StackError(f"{t.binary} is missing (build with cargo build --release --workspace)")
+
+    driver = Driver(release / "bench-calls", penv, stack.LOG_DIR / "bench-calls.log")
+    procs = Processes(stack.LOG_DIR)
+    try:
+        scenario_of: dict[str, Scenario] = {}
+        for cls in [*SCENARIOS, Empty, PythonGetUser]:
+            s = cls(driver)
+            s.setup()
+            scenario_of[s.name] = s
+        missing = set(binaries) - set(scenario_of)
+        if missing:
+            raise stack.StackError(f"no benchmark request for {sorted(missing)}: add a Scenario")
+        names = [n for n in scenario_of if n in targets and (not args.only or n in args.only or n in (EMPTY, PYTHON))]
+        results = {n: Result(n, scenario_of[n].case) for n in names}
+
+        # Cold starts, interleaved across functions.
+        apis = {n: RuntimeApi(n) for n in names}
+        try:
+            log(f"cold starts: {len(names)} functions × {args.cold_runs} (+1 unmeasured)")
+            for rep in range(args.cold_runs + 1):
+                for n in names:
+                    cold, warm, cpu_cold, cpu_warm = cold_run(procs, targets[n], scenario_of[n], apis[n], rep,
+                                                              args.warm_per_cold)
+                    if rep > 0:
+                        results[n].cold.append(cold)
+                        results[n].warm.append(warm)
+                        results[n].penalty.append(cold - warm)
+                        results[n].cpu_cold.append(cpu_cold)
+                        results[n].cpu_penalty.append(cpu_cold - cpu_warm)
+        finally:
+            for a in apis.values():
+                a.close()
+
+        # Warm latencies, each request paired with its in-process run (DynamoDB calls and the
+        # direct baseline), function by function.
+        for n in names:
+            log(f"warm latency: {n} ({args.requests} requests)")
+            in_process = driver if n not in (EMPTY, PYTHON) else None
+            warm_loop(procs, targets[n], scenario_of[n], in_process, args.requests, results[n])
+
+        # Sizes.
+        for n in names:
+            if targets[n].binary is not None:
+                results[n].size_x86_64 = targets[n].binary.stat().st_size
+        if not args.no_arm64 and zig_available(penv):
+            sizes = arm64_sizes(sup, penv, [n for n in names if targets[n].binary is not None])
+            for n, size in sizes.items():
+                results[n].size_arm64 = size
+        elif not args.no_arm64:
+            log("zig is not available: no arm64 sizes")
+
+        # Throughput.
+        rps = []
+        for name, cls in ((READ_ROUTE, GetUser), (WRITE_ROUTE, ScenePersonalisation)):
+            if name not in targets:
+                continue
+            for c in args.concurrency:
+                log(f"throughput: {name} at concurrency {c} ({args.rps_seconds} s)")
+                rps.append(throughput(procs, targets[name], driver, cls, c, args.rps_seconds))
+    finally:
+        procs.stop_all()
+        driver.close()
+
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc = summarize(results, rps, info, args)
+    out_json = Path(args.out_json)
+    out_md = Path(args.out_md)
+    out_json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    out_md.write_text(render(doc), encoding="utf-8")
+    print(render(doc))
+    log(f"wrote {out_md} and {out_json}")
+    failed = [b["budget"] for b in doc["budgets"] if not b["pass"]]
+    print(f"summary: {len(doc['budgets']) - len(failed)} passed, {len(failed)} failed", flush=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/dev bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cold-runs", type=int, default=10, help="cold starts per function (default 10)")
+    parser.add_argument("--warm-per-cold", type=int, default=5,
+                        help="warm requests after each cold start, for the penalty (default 5)")
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="warm requests per function for p50/p99, and direct repetitions (default 1000)")
+    parser.add_argument("--rps-seconds", type=float, default=10, help="seconds per throughput point (default 10)")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32],
+                        help="throughput concurrencies (default 1,8,32)")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=None,
+                        help="only these functions (comma-separated; the baselines always run)")
+    parser.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    parser.add_argument("--binaries", default=None,
+                        help="folder of the binaries to measure (default target/release; for trying the harness)")
+    parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 build and its sizes")
+    parser.add_argument("--out-md", default=str(OUT_MD))
+    parser.add_argument("--out-json", default=str(OUT_JSON))
+    args = parser.parse_args(argv)
+
+    stack.LOG_DIR.mkdir(parents=True, exist_ok=True)
+    sup = stack.Supervisor()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stack._raise_interrupted)
+    try:
+        return bench(args, sup)
+    except stack.Interrupted as e:
+        print(f"\nbench: {e}, stopping", file=sys.stderr, flush=True)
+        return 128 + e.signum
+    except stack.StackError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        sup.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,315 @@
+//! The in-process half of `scripts/dev bench` (scripts/bench.py drives it over stdin/stdout,
+//! one JSON object a line each way).
+//!
+//! - `{"op":"user"}` creates a user and a `*` key the way the tests do (`api_tests::create_user`).
+//! - `{"op":"invoke", "method", "path", "headers", "body"}` runs one request straight into the
+//!   handler that API Gateway would invoke (the tests' in-process dispatch), with DynamoDB and
+//!   SES clients that record every call: the tests' `Recorder` gives the DynamoDB call count
+//!   and how many ran one after another; a second interceptor keeps each AWS call's start and
+//!   end (and the mail sent, so the harness can read an emailed code). `aws_us` is the time
+//!   the request spent in its AWS calls, stage by stage (calls that overlapped count once):
+//!   the same calls, with the same inputs, against the same services, made directly with the
+//!   SDK, which is the baseline of the warm-latency ratio.
+use api_tests::calls::{sequential_depth, Recorder};
+use aws_sdk_dynamodb::config::interceptors::{
+    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use aws_sdk_dynamodb::operation::{
+    batch_get_item::BatchGetItemInput, batch_write_item::BatchWriteItemInput,
+    delete_item::DeleteItemInput, get_item::GetItemInput, put_item::PutItemInput,
+    query::QueryInput, scan::ScanInput, transact_get_items::TransactGetItemsInput,
+    transact_write_items::TransactWriteItemsInput, update_item::UpdateItemInput,
+};
+use aws_sdk_sesv2::operation::send_email::SendEmailInput;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+use serde_json::{json, Map, Value};
+use shared::email::Mailer;
+use shared::store::Store;
+use shared::Context;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// One AWS call a request made.
+#[derive(Debug, Clone)]
+struct Captured {
+    /// `GetItem`, ..., or `sesv2.SendEmail`.
+    operation: &'static str,
+    dynamodb: bool,
+    mail: Option<SendEmailInput>,
+    start: Instant,
+    end: Option<Instant>,
+}
+
+/// Keeps every call's operation and timing (one log for the DynamoDB and the SES client).
+#[derive(Debug, Clone, Default)]
+struct Capture {
+    calls: Arc<Mutex<Vec<Captured>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot(usize);
+
+impl Storable for Slot {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Capture {
+    fn take(&self) -> Vec<Captured> {
+        std::mem::take(&mut *self.calls.lock().expect("capture lock"))
+    }
+}
+
+/// The DynamoDB operation of an SDK input, by its type.
+macro_rules! dynamodb_operation {
+    ($input:expr, $($ty:ty => $name:literal),* $(,)?) => {
+        if false { None } $(else if $input.downcast_ref::<$ty>().is_some() { Some($name) })* else { None }
+    };
+}
+
+impl Intercept for Capture {
+    fn name(&self) -> &'static str {
+        "BenchCapture"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let input = context.input();
+        let mail = input.downcast_ref::<SendEmailInput>().cloned();
+        let operation = dynamodb_operation!(input,
+            GetItemInput => "GetItem", BatchGetItemInput => "BatchGetItem", PutItemInput => "PutItem",
+            UpdateItemInput => "UpdateItem", DeleteItemInput => "DeleteItem", QueryInput => "Query",
+            ScanInput => "Scan", TransactWriteItemsInput => "TransactWriteItems",
+            TransactGetItemsInput => "TransactGetItems", BatchWriteItemInput => "BatchWriteItem");
+        let (operation, dynamodb) = match (operation, &mail) {
+            (Some(op), _) => (op, true),
+            (None, Some(_)) => ("sesv2.SendEmail", false),
+            (None, None) => ("unknown", false),
+        };
+        let mut calls = self.calls.lock().expect("capture lock");
+        calls.push(Captured {
+            operation,
+            dynamodb,
+            mail,
+            start: Instant::now(),
+            end: None,
+        });
+        cfg.interceptor_state().store_put(Slot(calls.len() - 1));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        _context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Slot(index)) = cfg.load::<Slot>() {
+            if let Some(call) = self.calls.lock().expect("capture lock").get_mut(*index) {
+                call.end = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The calls grouped as they ran: stage n holds the calls whose longest chain of earlier,
+/// finished calls has length n (so the number of stages is the sequential depth).
+fn stages(calls: &[Captured]) -> Vec<Vec<&Captured>> {
+    let mut order: Vec<usize> = (0..calls.len()).collect();
+    order.sort_by_key(|&i| calls[i].start);
+    let mut level = vec![0usize; calls.len()];
+    for (n, &i) in order.iter().enumerate() {
+        for &j in &order[..n] {
+            if calls[j].end.is_some_and(|end| end <= calls[i].start) {
+                level[i] = level[i].max(level[j] + 1);
+            }
+        }
+    }
+    let depth = level.iter().max().map(|m| m + 1).unwrap_or(0);
+    let mut out = vec![Vec::new(); depth];
+    for &i in &order {
+        out[level[i]].push(&calls[i]);
+    }
+    out
+}
+
+/// Time spent in the calls, stage by stage: from the first start to the last end of each
+/// stage, so overlapping calls count once and the handler's own work between them not at all.
+fn aws_time_us(stages: &[Vec<&Captured>]) -> u64 {
+    stages
+        .iter()
+        .filter_map(|stage| {
+            let start = stage.iter().map(|c| c.start).min()?;
+            let end = stage.iter().filter_map(|c| c.end).max()?;
+            Some(micros(start, end))
+        })
+        .sum()
+}
+
+fn micros(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_micros() as u64
+}
+
+struct Driver {
+    /// For the requests that set the scene up (users, setups, codes).
+    prep: Arc<Context>,
+    /// For the measured requests: the same clients' configuration, but its own HTTP client,
+    /// so its connection to DynamoDB Local sits idle during the set-up, as a function's does.
+    measured: Arc<Context>,
+    recorder: Recorder,
+    capture: Capture,
+}
+
+impl Driver {
+    async fn new() -> Driver {
+        let capture = Capture::default();
+        let recorder = Recorder::default();
+        let prep = Self::context(&capture, &recorder).await;
+        let measured = Self::context(&capture, &recorder).await;
+        Driver {
+            prep: Arc::new(prep),
+            measured: Arc::new(measured),
+            recorder,
+            capture,
+        }
+    }
+
+    /// A context as a function builds it (`Context::from_env`: same SDK configuration), its
+    /// DynamoDB and SES clients with the two interceptors.
+    async fn context(capture: &Capture, recorder: &Recorder) -> Context {
+        let base = Context::from_env()
+            .await
+            .expect("the function environment (scripts/bench.py sets it)");
+        // The keys are read once per cold start; read them now, outside any measured request.
+        base.keyring().await.expect("the encryption secret is readable");
+        let db = &base.store.db;
+        let db = aws_sdk_dynamodb::Client::from_conf(
+            db.config().to_builder().interceptor(capture.clone()).build(),
+        );
+        let db = recorder.instrument(&db);
+        let ses = aws_sdk_sesv2::config::Builder::from(&shared::context::sdk_config().await)
+            .interceptor(capture.clone())
+            .build();
+        let mut ctx = base.with_store(Store::new(db, base.store.tables.clone()));
+        ctx.mailer = Mailer::new(
+            aws_sdk_sesv2::Client::from_conf(ses),
+            base.config.email_sender.clone(),
+        );
+        ctx
+    }
+
+    async fn user(&self, req: &Value) -> Value {
+        let staff = req["staff"].as_bool().unwrap_or(false);
+        let scopes: Vec<String> = req["scopes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["*".into()]);
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        let user = api_tests::create_user(&self.prep, staff, &scopes).await;
+        json!({"uuid": user.user.uuid, "email": user.user.email, "key": user.key})
+    }
+
+    async fn invoke(&mut self, req: &Value) -> Value {
+        self.recorder.take();
+        self.capture.take();
+        let ctx = if req["measured"].as_bool().unwrap_or(false) {
+            &self.measured
+        } else {
+            &self.prep
+        };
+        let api = api_tests::Api::InProcess(ctx.clone());
+        let mut call = api.call(
+            req["method"].as_str().unwrap_or("GET"),
+            req["path"].as_str().unwrap_or("/"),
+        );
+        if let Some(headers) = req["headers"].as_object() {
+            for (k, v) in headers {
+                call = call.header(k, v.as_str().unwrap_or(""));
+            }
+        }
+        if let Some(body) = req["body"].as_str() {
+            let content_type = req["content_type"].as_str().unwrap_or("application/json");
+            call = call.raw(content_type, body.as_bytes().to_vec());
+        }
+        let started = Instant::now();
+        let reply = call.send().await;
+        let handler_us = micros(started, Instant::now());
+        let recorded = self.recorder.take();
+        let captured = self.capture.take();
+        let stages = stages(&captured);
+        let mail: Vec<Value> = captured
+            .iter()
+            .filter_map(|c| c.mail.as_ref())
+            .map(|i| {
+                let message = i.content.as_ref().and_then(|c| c.simple());
+                json!({
+                    "to": i.destination.as_ref().map(|d| d.to_addresses().to_vec()).unwrap_or_default(),
+                    "subject": message.and_then(|m| m.subject()).map(|s| s.data()).unwrap_or(""),
+                    "text": message.and_then(|m| m.body()).and_then(|b| b.text()).map(|t| t.data()).unwrap_or(""),
+                })
+            })
+            .collect();
+        let headers: Map<String, Value> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        json!({
+            "status": reply.status,
+            "body": reply.body,
+            "headers": headers,
+            // The tests' Recorder: every DynamoDB call and how many ran one after another.
+            "dynamodb_calls": recorded.len(),
+            "sequential": sequential_depth(&recorded),
+            "recorded": recorded.iter().map(|c| json!({"operation": c.operation, "actions": c.actions})).collect::<Vec<_>>(),
+            // The capture agrees on the DynamoDB calls and adds the other AWS calls (SES).
+            "captured_dynamodb_calls": captured.iter().filter(|c| c.dynamodb).count(),
+            "other_calls": captured.iter().filter(|c| !c.dynamodb).map(|c| c.operation).collect::<Vec<_>>(),
+            "stages": stages.iter().map(|s| s.iter().map(|c| c.operation).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "aws_us": aws_time_us(&stages),
+            "handler_us": handler_us,
+            "mail": mail,
+        })
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut driver = Driver::new().await;
+    let mut stdout = tokio::io::stdout();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    stdout
+        .write_all(b"{\"ready\":true}\n")
+        .await
+        .expect("stdout");
+    stdout.flush().await.expect("stdout");
+    while let Ok(Some(line)) = lines.next_line().await {
+        let req: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("bench-calls: bad request line: {e}");
+                std::process::exit(2);
+            }
+        };
+        let answer = match req["op"].as_str() {
+            Some("user") => driver.user(&req).await,
+            Some("invoke") => driver.invoke(&req).await,
+            Some("quit") | None => break,
+            Some(other) => json!({"error": format!("unknown op {other}")}),
+        };
+        let mut out = answer.to_string();
+        out.push('\n');
+        stdout.write_all(out.as_bytes()).await.expect("stdout");
+        stdout.flush().await.expect("stdout");
+    }
+}
