@@ -1585,8 +1585,8 @@ def main(argv: list[str]) -> int:
                    help="seconds to wait for a function's first answer, which may compile it (default 1800)")
     p.add_argument("--no-fuzz", action="store_true", help="skip the schemathesis step")
     p.add_argument("--fuzz-seed", type=int, default=20261127, help="schemathesis seed (default 20261127)")
-    p.add_argument("--fuzz-examples", type=int, default=25,
-                   help="schemathesis examples per operation in the fuzzing and stateful phases (default 25)")
+    p.add_argument("--fuzz-examples", type=int, default=50,
+                   help="schemathesis examples per operation in the fuzzing and stateful phases (default 50)")
     p.add_argument("--fuzz-timeout", type=float, default=420,
                    help="seconds before the schemathesis step is stopped and failed (default 420)")
     p.add_argument("nextest_args", nargs=argparse.REMAINDER, help="arguments for cargo nextest run")

@@ -2,7 +2,8 @@
 //! which actions on which tables (IAM's view, so a transaction counts each of its items),
 //! and when, so the calls that ran one after another can be told from those that overlapped.
 use aws_sdk_dynamodb::config::interceptors::{
-    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    FinalizerInterceptorContextRef,
 };
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
@@ -105,6 +106,18 @@ fn actions(operation: &str, body: &Value) -> Vec<(String, String)> {
 impl Intercept for Recorder {
     fn name(&self) -> &'static str {
         "DynamoCallRecorder"
+    }
+
+    /// The call starts when the operation is issued (not when its bytes leave), so two calls
+    /// issued together count as concurrent however the scheduler orders their sending.
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(Started(Instant::now(), "?".into(), vec![]));
+        Ok(())
     }
 
     fn read_before_transmit(

@@ -187,10 +187,15 @@ impl Driver {
             .await
             .expect("the function environment (scripts/bench.py sets it)");
         // The keys are read once per cold start; read them now, outside any measured request.
-        base.keyring().await.expect("the encryption secret is readable");
+        base.keyring()
+            .await
+            .expect("the encryption secret is readable");
         let db = &base.store.db;
         let db = aws_sdk_dynamodb::Client::from_conf(
-            db.config().to_builder().interceptor(capture.clone()).build(),
+            db.config()
+                .to_builder()
+                .interceptor(capture.clone())
+                .build(),
         );
         let db = recorder.instrument(&db);
         let ses = aws_sdk_sesv2::config::Builder::from(&shared::context::sdk_config().await)
