@@ -29,7 +29,7 @@ impl Keyring {
     /// random alphanumerics); its SHA-256 is the AES key.
     pub fn from_secret(secret: &str) -> Result<Self, ApiError> {
         let broken = |why: &str| {
-            tracing::error!(why, "encryption secret is malformed");
+            tracing::error!(why, "encryption key material is malformed");
             ApiError::Internal
         };
         let value: serde_json::Value =

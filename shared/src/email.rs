@@ -44,7 +44,7 @@ impl Mailer {
             Err(err) => {
                 let code =
                     aws_sdk_sesv2::error::ProvideErrorMetadata::code(&err).unwrap_or("transport");
-                tracing::warn!(error_code = code, "email could not be sent");
+                tracing::warn!(aws_error = code, "email could not be sent");
                 false
             }
         }
