@@ -42,9 +42,9 @@ impl Mailer {
         match result {
             Ok(_) => true,
             Err(err) => {
-                let code =
+                let aws_error =
                     aws_sdk_sesv2::error::ProvideErrorMetadata::code(&err).unwrap_or("transport");
-                tracing::warn!(aws_error = code, "email could not be sent");
+                tracing::warn!(aws_error, "email could not be sent");
                 false
             }
         }
