@@ -1055,7 +1055,7 @@ def render(doc: dict[str, Any]) -> str:
         f"- **Run:** {m['date']}, commit `{m['commit']}`",
         f"- **Machine:** {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB, Linux {m['kernel']}, "
         f"{m['rustc']}, Python {m['python']}; load average {m['load_average_start']} at the start, "
-        f"{m.get('load_average_end')} at the end (other work on the machine adds noise)",
+        f"{m.get('load_average_end')} at the end of the measurements (other work on the machine adds noise)",
         f"- **Settings:** {s['cold_runs']} cold starts per function (median; one unmeasured start first), "
         f"{s['warm_per_cold_run']} warm requests after each; {s['warm_requests']} warm requests for the latencies; "
         f"{s['rps_seconds']} s per throughput point",
@@ -1220,16 +1220,9 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
             in_process = driver if n not in (EMPTY, PYTHON) else None
             warm_loop(procs, targets[n], scenario_of[n], in_process, args.requests, results[n])
 
-        # Sizes.
         for n in names:
             if targets[n].binary is not None:
                 results[n].size_x86_64 = targets[n].binary.stat().st_size
-        if not args.no_arm64 and zig_available(penv):
-            sizes = arm64_sizes(sup, penv, [n for n in names if targets[n].binary is not None])
-            for n, size in sizes.items():
-                results[n].size_arm64 = size
-        elif not args.no_arm64:
-            log("zig is not available: no arm64 sizes")
 
         # Throughput.
         rps = []
@@ -1243,7 +1236,17 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
         procs.stop_all()
         driver.close()
 
+    # arm64 sizes last: the build would disturb the measurements.
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    sup.stop(services.dynamodb)
+    sup.stop(services.moto)
+    if not args.no_arm64 and zig_available(penv):
+        sizes = arm64_sizes(sup, penv, [n for n in names if targets[n].binary is not None])
+        for n, size in sizes.items():
+            results[n].size_arm64 = size
+    elif not args.no_arm64:
+        log("zig is not available: no arm64 sizes")
+
     doc = summarize(results, rps, info, args)
     out_json = Path(args.out_json)
     out_md = Path(args.out_md)
