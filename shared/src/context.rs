@@ -98,26 +98,13 @@ mod https {
 
     /// A DER certificate as PEM, the form the SDK's trust store takes.
     fn pem(der: &[u8]) -> Vec<u8> {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let body = aws_smithy_types::base64::encode(der);
         let mut out = b"-----BEGIN CERTIFICATE-----\n".to_vec();
-        for (i, chunk) in der.chunks(3).enumerate() {
-            if i > 0 && i % 16 == 0 {
+        for (i, line) in body.as_bytes().chunks(64).enumerate() {
+            if i > 0 {
                 out.push(b'\n');
             }
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for k in 0..4 {
-                out.push(if k <= chunk.len() {
-                    ALPHABET[((n >> (18 - 6 * k)) & 63) as usize]
-                } else {
-                    b'='
-                });
-            }
+            out.extend_from_slice(line);
         }
         out.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
         out
