@@ -25,7 +25,11 @@ pub enum ApiError {
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
-    MethodNotAllowed(String),
+    /// A known path with another method; `allow` lists the path's methods (the `Allow` header).
+    MethodNotAllowed {
+        method: String,
+        allow: Vec<&'static str>,
+    },
     #[error("request too large")]
     TooLarge,
     #[error("throttled")]
@@ -62,7 +66,7 @@ impl ApiError {
             ApiError::NotAuthenticated | ApiError::AuthenticationFailed => StatusCode::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,7 +106,7 @@ impl ApiError {
                 None,
             ),
             ApiError::NotFound => ("invalid_request", "not_found", "Not found.".into(), None),
-            ApiError::MethodNotAllowed(method) => (
+            ApiError::MethodNotAllowed { method, .. } => (
                 "invalid_request",
                 "method_not_allowed",
                 format!("Method \"{method}\" not allowed."),
@@ -151,6 +155,9 @@ impl ApiError {
             }
             ApiError::Throttled { retry_after_secs } => {
                 builder = builder.header("retry-after", retry_after_secs.to_string());
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                builder = builder.header("allow", allow.join(", "));
             }
             _ => {}
         }

@@ -181,7 +181,14 @@ pub fn resolve(method: &str, path: &str) -> Result<Matched, ApiError> {
     let route = ROUTES
         .iter()
         .find(|r| r.path == pattern && r.method.eq_ignore_ascii_case(method))
-        .ok_or_else(|| ApiError::MethodNotAllowed(method.to_ascii_uppercase()))?;
+        .ok_or_else(|| ApiError::MethodNotAllowed {
+            method: method.to_ascii_uppercase(),
+            allow: ROUTES
+                .iter()
+                .filter(|r| r.path == pattern)
+                .map(|r| r.method)
+                .collect(),
+        })?;
     let uuid = split(route.path)
         .into_iter()
         .flatten()
@@ -248,8 +255,21 @@ mod tests {
         assert_eq!(m.uuid, None);
         assert!(matches!(
             resolve("GET", "/api/users/cancel_email_change_request/"),
-            Err(ApiError::MethodNotAllowed(m)) if m == "GET"
+            Err(ApiError::MethodNotAllowed { method, allow }) if method == "GET" && allow == vec!["PATCH"]
         ));
+    }
+
+    #[test]
+    fn a_405_names_every_method_of_the_path() {
+        assert!(matches!(
+            resolve("DELETE", "/api/users/@me/"),
+            Err(ApiError::MethodNotAllowed { allow, .. }) if allow == vec!["GET", "PATCH"]
+        ));
+        let response = resolve("GET", "/api/users/@me/two_factor_disable")
+            .unwrap_err()
+            .into_response();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()["allow"], "POST");
     }
 
     #[test]
