@@ -18,7 +18,8 @@ pub struct Context {
     pub config: Config,
     pub store: Store,
     pub mailer: Mailer,
-    secrets: aws_sdk_secretsmanager::Client,
+    /// Only the functions that hold the encryption keys' secret id build this client.
+    secrets: Option<aws_sdk_secretsmanager::Client>,
     /// Loaded on first use and kept; a failed load is retried by the next request, so an
     /// outage at cold start is a 503, not a crash loop.
     keyring: Arc<OnceCell<Keyring>>,
@@ -30,6 +31,22 @@ pub struct Context {
 /// unreachable, silent or throttling dependency becomes a 503 well inside the function's
 /// 10 s timeout.
 pub async fn sdk_config() -> aws_config::SdkConfig {
+    loader().load().await
+}
+
+/// [`sdk_config`] as a Lambda function needs it: Lambda always hands the function its
+/// credentials in the environment, so the rest of the default chain (profiles, SSO, web
+/// identity with its STS client, container and instance metadata) is not built at all.
+pub async fn lambda_sdk_config() -> aws_config::SdkConfig {
+    loader()
+        .credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        )
+        .load()
+        .await
+}
+
+fn loader() -> aws_config::ConfigLoader {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https::client())
         .timeout_config(
@@ -40,25 +57,32 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
                 .build(),
         )
         .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await
 }
 
 /// The HTTPS client all the AWS clients of a function share: the SDK's own (hyper 1, rustls on
-/// aws-lc), with two changes that take most of the SDK's cost out of a cold start
-/// (`scripts/dev bench` measures it):
-/// - it trusts Mozilla's root certificates compiled in (webpki-root-certs, the set rustls
-///   projects ship) instead of reading the system's certificate store, which on Debian means
-///   opening and parsing some 300 files;
+/// aws-lc), with changes that take most of the SDK's cost out of a cold start (`scripts/dev
+/// bench` measures it):
+/// - it trusts the roots of Amazon Trust Services, the authority behind every AWS endpoint
+///   these functions call (DynamoDB, Secrets Manager, SES, their FIPS and VPC endpoints),
+///   taken from Mozilla's set compiled in (webpki-root-certs), instead of reading and parsing
+///   the system's store of some 300 files at start-up; `AWS_CA_BUNDLE` (the SDKs' standard
+///   setting) adds more, for an endpoint behind another authority;
 /// - it builds its connector (and so its TLS configuration) once, when the first request needs
 ///   it, where the SDK's default builds one per client at start-up to load that store early.
-mod https {
+pub mod https {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
     use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
     use aws_smithy_runtime_api::client::http::{
         HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
     };
     use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+
+    /// The subject names of the Amazon Trust Services roots (Amazon Root CA 1 to 4, and the
+    /// Starfield Services root that cross-signs them).
+    const AMAZON_ROOTS: [&[u8]; 2] = [
+        b"Amazon Root CA ",
+        b"Starfield Services Root Certificate Authority - G2",
+    ];
 
     /// Connectors are built on demand and cached per connector settings by the inner client;
     /// `validate_base_client_config` keeps the trait's default (nothing), so constructing a
@@ -80,10 +104,60 @@ mod https {
         }
     }
 
+    /// The DER roots trusted without `AWS_CA_BUNDLE`.
+    pub fn amazon_roots() -> impl Iterator<Item = &'static [u8]> {
+        webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|cert| cert.as_ref())
+            .filter(|der| {
+                AMAZON_ROOTS
+                    .iter()
+                    .any(|name| der.windows(name.len()).any(|w| w == *name))
+            })
+    }
+
+    /// The certificates of a PEM bundle, if every one of them is one the TLS stack accepts as
+    /// a root (the SDK would panic at the first request on one it cannot parse).
+    pub fn parse_ca_bundle(pem: &[u8]) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let mut check = rustls::RootCertStore::empty();
+        for cert in &certs {
+            check.add(cert.clone()).ok()?;
+        }
+        (!certs.is_empty()).then_some(certs)
+    }
+
+    /// The roots `AWS_CA_BUNDLE` names, if it is set; one that cannot be read or parsed is
+    /// logged and left out, so requests to an endpoint that needs it fail (503), not the
+    /// process.
+    fn ca_bundle() -> Vec<Vec<u8>> {
+        let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
+            return Vec::new();
+        };
+        let certs = std::fs::read(&path)
+            .ok()
+            .and_then(|pem| parse_ca_bundle(&pem));
+        match certs {
+            Some(certs) => certs.into_iter().map(|c| c.as_ref().to_vec()).collect(),
+            None => {
+                tracing::error!(
+                    "AWS_CA_BUNDLE is not a readable PEM file of certificates: not used"
+                );
+                Vec::new()
+            }
+        }
+    }
+
     pub fn client() -> SharedHttpClient {
         let mut roots = TrustStore::empty();
-        for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-            roots.add_pem_certificate(pem(cert));
+        for der in amazon_roots() {
+            roots.add_pem_certificate(pem(der));
+        }
+        for der in ca_bundle() {
+            roots.add_pem_certificate(pem(&der));
         }
         let context = TlsContext::builder()
             .with_trust_store(roots)
@@ -112,6 +186,51 @@ mod https {
 
     #[cfg(test)]
     mod tests {
+        #[test]
+        fn trusts_the_five_amazon_trust_services_roots_only() {
+            let names: Vec<String> = super::amazon_roots()
+                .map(|der| {
+                    let names = [
+                        "Amazon Root CA 1",
+                        "Amazon Root CA 2",
+                        "Amazon Root CA 3",
+                        "Amazon Root CA 4",
+                        "Starfield Services Root Certificate Authority - G2",
+                    ];
+                    let found: Vec<&str> = names
+                        .into_iter()
+                        .filter(|n| der.windows(n.len()).any(|w| w == n.as_bytes()))
+                        .collect();
+                    assert_eq!(found.len(), 1, "one name per root");
+                    found[0].to_string()
+                })
+                .collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                [
+                    "Amazon Root CA 1",
+                    "Amazon Root CA 2",
+                    "Amazon Root CA 3",
+                    "Amazon Root CA 4",
+                    "Starfield Services Root Certificate Authority - G2"
+                ]
+            );
+            // Each one parses as a trust anchor.
+            for der in super::amazon_roots() {
+                assert!(super::parse_ca_bundle(&super::pem(der)).is_some());
+            }
+        }
+
+        #[test]
+        fn a_ca_bundle_that_is_not_pem_certificates_is_refused() {
+            assert!(super::parse_ca_bundle(b"").is_none());
+            assert!(super::parse_ca_bundle(b"not a certificate").is_none());
+            let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+            assert!(super::parse_ca_bundle(junk.as_bytes()).is_none());
+        }
+
         #[test]
         fn pem_encodes_base64_in_64_character_lines() {
             let pem = String::from_utf8(super::pem(b"Man is distinguished")).unwrap();
@@ -144,21 +263,44 @@ pub struct Call {
 impl Context {
     /// Builds the clients from the environment, with explicit timeouts and bounded retries
     /// so an unreachable dependency becomes a 503 well inside the function's timeout.
+    ///
+    /// A function that holds the encryption keys starts reading them here, in the
+    /// background, so the read overlaps the wait for the first event and the first request's
+    /// own calls instead of following them.
     pub async fn from_env() -> Result<Self, crate::config::MissingVar> {
         let config = Config::from_env()?;
-        Ok(Self::new(config, &sdk_config().await))
+        let ctx = Self::new(config, &lambda_sdk_config().await);
+        ctx.preload_keyring();
+        Ok(ctx)
     }
 
     pub fn new(config: Config, sdk: &aws_config::SdkConfig) -> Self {
         let store = Store::new(aws_sdk_dynamodb::Client::new(sdk), config.tables.clone());
-        let mailer = Mailer::new(aws_sdk_sesv2::Client::new(sdk), config.email_sender.clone());
+        let mailer = Mailer::lazy(sdk, config.email_sender.clone());
+        let secrets = config
+            .encryption_secret_id
+            .as_ref()
+            .map(|_| aws_sdk_secretsmanager::Client::new(sdk));
         Context {
             store,
             mailer,
-            secrets: aws_sdk_secretsmanager::Client::new(sdk),
+            secrets,
             keyring: Arc::new(OnceCell::new()),
             config,
         }
+    }
+
+    /// Starts reading the encryption keys on the current runtime, if this function has them.
+    /// A request that needs them waits for this read rather than starting its own; if it
+    /// fails, the request reads them again.
+    fn preload_keyring(&self) {
+        let (Some(id), Some(secrets)) = (&self.config.encryption_secret_id, &self.secrets) else {
+            return;
+        };
+        let (cell, id, secrets) = (self.keyring.clone(), id.clone(), secrets.clone());
+        tokio::spawn(async move {
+            let _ = cell.get_or_try_init(|| read_keyring(&secrets, &id)).await;
+        });
     }
 
     /// The same context over another store (an instrumented client, in tests and benchmarks),
@@ -176,7 +318,7 @@ impl Context {
     /// The same context reading its keys through another Secrets Manager client (one that
     /// goes through a fault proxy, in tests), with no keys loaded yet: a cold start.
     pub fn with_secrets(mut self, secrets: aws_sdk_secretsmanager::Client) -> Self {
-        self.secrets = secrets;
+        self.secrets = Some(secrets);
         self.keyring = Arc::new(OnceCell::new());
         self
     }
@@ -203,19 +345,26 @@ impl Context {
     pub async fn keyring(&self) -> Result<&Keyring, ApiError> {
         self.keyring
             .get_or_try_init(|| async {
-                let id = self.config.encryption_secret_id.as_deref().ok_or_else(|| {
+                let (Some(id), Some(secrets)) = (&self.config.encryption_secret_id, &self.secrets)
+                else {
                     tracing::error!("ENCRYPTION_SECRET_ID is not set for a function that needs it");
-                    ApiError::Internal
-                })?;
-                let out = self
-                    .secrets
-                    .get_secret_value()
-                    .secret_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| ApiError::from_sdk("secrets.get", &e))?;
-                Keyring::from_secret(out.secret_string().unwrap_or_default())
+                    return Err(ApiError::Internal);
+                };
+                read_keyring(secrets, id).await
             })
             .await
     }
+}
+
+async fn read_keyring(
+    secrets: &aws_sdk_secretsmanager::Client,
+    id: &str,
+) -> Result<Keyring, ApiError> {
+    let out = secrets
+        .get_secret_value()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| ApiError::from_sdk("secrets.get", &e))?;
+    Keyring::from_secret(out.secret_string().unwrap_or_default())
 }

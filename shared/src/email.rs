@@ -1,16 +1,38 @@
 //! Outgoing email through Amazon SES. A failed send is logged (never its content) and never
 //! fails the request that caused it.
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone)]
 pub struct Mailer {
-    client: aws_sdk_sesv2::Client,
+    /// Built when the first message goes out: most requests of most functions send none, and
+    /// building a client adds to a cold start.
+    client: OnceLock<aws_sdk_sesv2::Client>,
+    conf: aws_sdk_sesv2::Config,
     sender: Option<String>,
 }
 
 impl Mailer {
     pub fn new(client: aws_sdk_sesv2::Client, sender: Option<String>) -> Self {
-        Mailer { client, sender }
+        Mailer {
+            conf: client.config().clone(),
+            client: OnceLock::from(client),
+            sender,
+        }
+    }
+
+    /// A mailer whose SES client is built from `sdk` when it first sends.
+    pub fn lazy(sdk: &aws_config::SdkConfig, sender: Option<String>) -> Self {
+        Mailer {
+            client: OnceLock::new(),
+            conf: aws_sdk_sesv2::Config::from(sdk),
+            sender,
+        }
+    }
+
+    fn client(&self) -> &aws_sdk_sesv2::Client {
+        self.client
+            .get_or_init(|| aws_sdk_sesv2::Client::from_conf(self.conf.clone()))
     }
 
     /// Whether the deployment sends email at all.
@@ -32,7 +54,7 @@ impl Mailer {
             .body(Body::builder().text(text).build())
             .build();
         let result = self
-            .client
+            .client()
             .send_email()
             .from_email_address(sender)
             .destination(Destination::builder().to_addresses(to).build())

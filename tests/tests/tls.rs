@@ -1,0 +1,200 @@
+//! The functions' HTTPS client against a real TLS endpoint: DynamoDB Local behind a
+//! TLS-terminating proxy (scripts/tls-proxy.py) whose certificate comes from a certificate
+//! authority made here with openssl. The compiled-in roots (Amazon Trust Services only) must
+//! refuse it, `AWS_CA_BUNDLE` naming that authority must make the same call succeed, and a
+//! bundle that is not certificates must be ignored without a panic.
+//!
+//! This test sets `AWS_CA_BUNDLE` in its own process: nextest runs every test in a process of
+//! its own.
+use api_tests::env;
+use shared::error::ApiError;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is on the PATH (the test command checks it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority and a server certificate for localhost signed by it.
+fn make_certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=api-tests CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+}
+
+/// Starts the proxy in front of DynamoDB Local; returns it and its port.
+async fn start_proxy(dir: &Path) -> (tokio::process::Child, u16) {
+    let upstream = env("AWS_ENDPOINT_URL_DYNAMODB");
+    let upstream_port = upstream.rsplit(':').next().unwrap().trim_end_matches('/');
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-proxy.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(dir.join("server.pem"))
+        .arg(dir.join("server.key"))
+        .arg(upstream_port)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the TLS proxy");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the TLS proxy starts")
+        .unwrap()
+        .expect("the TLS proxy prints its port")
+        .trim()
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+/// One GetItem through the proxy with a fresh SDK configuration built the way a function
+/// builds its own (so it reads `AWS_CA_BUNDLE` as it is now).
+async fn get_item_over_tls(port: u16) -> Result<(), ApiError> {
+    get_item_over(&format!("https://localhost:{port}")).await
+}
+
+async fn get_item_over(endpoint: &str) -> Result<(), ApiError> {
+    let sdk = shared::context::lambda_sdk_config().await;
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .endpoint_url(endpoint)
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(conf);
+    client
+        .get_item()
+        .table_name(env("API_KEYS_TABLE"))
+        .key(
+            "secure_value",
+            aws_sdk_dynamodb::types::AttributeValue::S("sha256$tls-test".into()),
+        )
+        .send()
+        .await
+        .map(|out| assert!(out.item.is_none()))
+        .map_err(|e| ApiError::from_sdk("tls.get", &e))
+}
+
+fn set_ca_bundle(path: Option<&Path>) {
+    match path {
+        Some(p) => std::env::set_var("AWS_CA_BUNDLE", p),
+        None => std::env::remove_var("AWS_CA_BUNDLE"),
+    }
+}
+
+#[tokio::test]
+async fn https_trusts_amazon_roots_and_aws_ca_bundle_only() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("api-tests-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    let (_proxy, port) = start_proxy(&dir).await;
+
+    // Negative control: the compiled-in roots do not include this authority.
+    set_ca_bundle(None);
+    let refused = get_item_over_tls(port).await;
+    assert!(
+        matches!(refused, Err(ApiError::Unavailable)),
+        "an unknown authority must fail the TLS handshake (a 503), got {refused:?}"
+    );
+
+    // The same call with the authority in AWS_CA_BUNDLE reaches DynamoDB Local over TLS.
+    set_ca_bundle(Some(&dir.join("ca.pem")));
+    let accepted = get_item_over_tls(port).await;
+    assert!(accepted.is_ok(), "with AWS_CA_BUNDLE: {accepted:?}");
+
+    // A bundle that is not certificates is left out (logged), never a panic.
+    std::fs::write(
+        dir.join("junk.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    set_ca_bundle(Some(&dir.join("junk.pem")));
+    let junk = get_item_over_tls(port).await;
+    assert!(
+        matches!(junk, Err(ApiError::Unavailable)),
+        "junk bundle: {junk:?}"
+    );
+
+    // A certificate from the trusted authority but for another name is refused too: it
+    // names localhost only, and this call goes to 127.0.0.1.
+    set_ca_bundle(Some(&dir.join("ca.pem")));
+    let wrong_name = get_item_over(&format!("https://127.0.0.1:{port}")).await;
+    assert!(
+        matches!(wrong_name, Err(ApiError::Unavailable)),
+        "a certificate for another name: {wrong_name:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
