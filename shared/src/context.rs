@@ -35,15 +35,18 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 }
 
 /// [`sdk_config`] as a Lambda function needs it: Lambda always hands the function its
-/// credentials in the environment, so the rest of the default chain (profiles, SSO, web
-/// identity with its STS client, container and instance metadata) is not built at all.
+/// credentials and region in the environment, so the rest of the default chains (profiles,
+/// SSO, web identity with its STS client, container and instance metadata) is not built.
 pub async fn lambda_sdk_config() -> aws_config::SdkConfig {
-    loader()
-        .credentials_provider(
-            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
-        )
-        .load()
-        .await
+    let mut loader = loader().credentials_provider(
+        aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+    );
+    // Lambda sets AWS_REGION too; the region chain (profiles, instance metadata) is only built
+    // without it.
+    if let Some(region) = std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()) {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    loader.load().await
 }
 
 fn loader() -> aws_config::ConfigLoader {
@@ -77,12 +80,11 @@ pub mod https {
     };
     use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
-    /// The subject names of the Amazon Trust Services roots (Amazon Root CA 1 to 4, and the
-    /// Starfield Services root that cross-signs them).
-    const AMAZON_ROOTS: [&[u8]; 2] = [
-        b"Amazon Root CA ",
-        b"Starfield Services Root Certificate Authority - G2",
-    ];
+    /// The Amazon Trust Services roots (Amazon Root CA 1 to 4, and the Starfield Services
+    /// root that cross-signs them) as PEM, taken from webpki-root-certs: a unit test checks
+    /// this file against that crate (and rewrites it with `UPDATE_AMAZON_ROOTS=1`), so
+    /// start-up neither searches nor encodes the whole set.
+    const AMAZON_ROOTS_PEM: &[u8] = include_bytes!("amazon-roots.pem");
 
     /// Connectors are built on demand and cached per connector settings by the inner client;
     /// `validate_base_client_config` keeps the trait's default (nothing), so constructing a
@@ -104,18 +106,6 @@ pub mod https {
         }
     }
 
-    /// The DER roots trusted without `AWS_CA_BUNDLE`.
-    pub fn amazon_roots() -> impl Iterator<Item = &'static [u8]> {
-        webpki_root_certs::TLS_SERVER_ROOT_CERTS
-            .iter()
-            .map(|cert| cert.as_ref())
-            .filter(|der| {
-                AMAZON_ROOTS
-                    .iter()
-                    .any(|name| der.windows(name.len()).any(|w| w == *name))
-            })
-    }
-
     /// The certificates of a PEM bundle, if every one of them is one the TLS stack accepts as
     /// a root (the SDK would panic at the first request on one it cannot parse).
     pub fn parse_ca_bundle(pem: &[u8]) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
@@ -133,31 +123,22 @@ pub mod https {
     /// The roots `AWS_CA_BUNDLE` names, if it is set; one that cannot be read or parsed is
     /// logged and left out, so requests to an endpoint that needs it fail (503), not the
     /// process.
-    fn ca_bundle() -> Vec<Vec<u8>> {
-        let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
-            return Vec::new();
-        };
-        let certs = std::fs::read(&path)
+    fn ca_bundle() -> Option<Vec<u8>> {
+        let path = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty())?;
+        let pem = std::fs::read(&path)
             .ok()
-            .and_then(|pem| parse_ca_bundle(&pem));
-        match certs {
-            Some(certs) => certs.into_iter().map(|c| c.as_ref().to_vec()).collect(),
-            None => {
-                tracing::error!(
-                    "AWS_CA_BUNDLE is not a readable PEM file of certificates: not used"
-                );
-                Vec::new()
-            }
+            .filter(|pem| parse_ca_bundle(pem).is_some());
+        if pem.is_none() {
+            tracing::error!("AWS_CA_BUNDLE is not a readable PEM file of certificates: not used");
         }
+        pem
     }
 
     pub fn client() -> SharedHttpClient {
         let mut roots = TrustStore::empty();
-        for der in amazon_roots() {
-            roots.add_pem_certificate(pem(der));
-        }
-        for der in ca_bundle() {
-            roots.add_pem_certificate(pem(&der));
+        roots.add_pem_certificate(AMAZON_ROOTS_PEM);
+        if let Some(pem) = ca_bundle() {
+            roots.add_pem_certificate(pem);
         }
         let context = TlsContext::builder()
             .with_trust_store(roots)
@@ -171,6 +152,7 @@ pub mod https {
     }
 
     /// A DER certificate as PEM, the form the SDK's trust store takes.
+    #[cfg(test)]
     fn pem(der: &[u8]) -> Vec<u8> {
         let body = aws_smithy_types::base64::encode(der);
         let mut out = b"-----BEGIN CERTIFICATE-----\n".to_vec();
@@ -186,9 +168,40 @@ pub mod https {
 
     #[cfg(test)]
     mod tests {
+        /// The roots in Mozilla's set (webpki-root-certs) whose subject is one of Amazon Trust
+        /// Services'.
+        fn amazon_roots() -> Vec<&'static [u8]> {
+            let names: [&[u8]; 2] = [
+                b"Amazon Root CA ",
+                b"Starfield Services Root Certificate Authority - G2",
+            ];
+            webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|cert| cert.as_ref())
+                .filter(|der| names.iter().any(|n| der.windows(n.len()).any(|w| w == *n)))
+                .collect()
+        }
+
+        #[test]
+        fn the_compiled_in_roots_are_webpki_root_certs_amazon_ones() {
+            let expected: Vec<u8> = amazon_roots().into_iter().flat_map(super::pem).collect();
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/amazon-roots.pem");
+            if std::env::var_os("UPDATE_AMAZON_ROOTS").is_some() {
+                std::fs::write(path, &expected).unwrap();
+            }
+            assert_eq!(
+                String::from_utf8_lossy(super::AMAZON_ROOTS_PEM),
+                String::from_utf8_lossy(&expected),
+                "shared/src/amazon-roots.pem differs from webpki-root-certs: rerun this test with UPDATE_AMAZON_ROOTS=1"
+            );
+            let certs = super::parse_ca_bundle(super::AMAZON_ROOTS_PEM).expect("parses");
+            assert_eq!(certs.len(), 5);
+        }
+
         #[test]
         fn trusts_the_five_amazon_trust_services_roots_only() {
-            let names: Vec<String> = super::amazon_roots()
+            let names: Vec<String> = amazon_roots()
+                .into_iter()
                 .map(|der| {
                     let names = [
                         "Amazon Root CA 1",
@@ -218,7 +231,7 @@ pub mod https {
                 ]
             );
             // Each one parses as a trust anchor.
-            for der in super::amazon_roots() {
+            for der in amazon_roots() {
                 assert!(super::parse_ca_bundle(&super::pem(der)).is_some());
             }
         }

@@ -9,10 +9,12 @@
 //!   end (and the mail sent, so the harness can read an emailed code). `aws_us` is the time
 //!   the request spent in its AWS calls, stage by stage (calls that overlapped count once):
 //!   the same calls, with the same inputs, against the same services, made directly with the
-//!   SDK, which is the baseline of the warm-latency ratio.
+//!   SDK, which is the baseline of the warm-latency ratio. `replay` holds every call's request
+//!   body, stage by stage, for the Python peers (scripts/bench/python-function/replay.py).
 use api_tests::calls::{sequential_depth, Recorder};
 use aws_sdk_dynamodb::config::interceptors::{
-    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    FinalizerInterceptorContextRef,
 };
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
@@ -39,6 +41,8 @@ struct Captured {
     operation: &'static str,
     dynamodb: bool,
     mail: Option<SendEmailInput>,
+    /// The request body as sent (the Python peer replays it).
+    body: Option<String>,
     start: Instant,
     end: Option<Instant>,
 }
@@ -96,10 +100,29 @@ impl Intercept for Capture {
             operation,
             dynamodb,
             mail,
+            body: None,
             start: Instant::now(),
             end: None,
         });
         cfg.interceptor_state().store_put(Slot(calls.len() - 1));
+        Ok(())
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Slot(index)) = cfg.load::<Slot>() {
+            if let Some(call) = self.calls.lock().expect("capture lock").get_mut(*index) {
+                call.body = context
+                    .request()
+                    .body()
+                    .bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned());
+            }
+        }
         Ok(())
     }
 
@@ -281,6 +304,13 @@ impl Driver {
             "captured_dynamodb_calls": captured.iter().filter(|c| c.dynamodb).count(),
             "other_calls": captured.iter().filter(|c| !c.dynamodb).map(|c| c.operation).collect::<Vec<_>>(),
             "stages": stages.iter().map(|s| s.iter().map(|c| c.operation).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            // Every call's request body, stage by stage: what the Python peer replays.
+            "replay": stages.iter().enumerate().flat_map(|(n, stage)| stage.iter().map(move |c| json!({
+                "stage": n,
+                "service": if c.dynamodb { "dynamodb" } else { "sesv2" },
+                "operation": c.operation.trim_start_matches("sesv2."),
+                "input": c.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()).unwrap_or(Value::Null),
+            }))).collect::<Vec<_>>(),
             "aws_us": aws_time_us(&stages),
             "handler_us": handler_us,
             "mail": mail,
