@@ -312,6 +312,9 @@ impl Context {
         };
         let (cell, id, secrets) = (self.keyring.clone(), id.clone(), secrets.clone());
         tokio::spawn(async move {
+            // Let the runtime ask for the first event first: this task's own work (building
+            // and signing the request) then overlaps that wait instead of delaying it.
+            tokio::task::yield_now().await;
             let _ = cell.get_or_try_init(|| read_keyring(&secrets, &id)).await;
         });
     }

@@ -101,7 +101,8 @@ pub fn no_content() -> Result<Response<Body>, ApiError> {
 }
 
 /// Runs a handler, turns its error into the envelope, and writes the one log line of the
-/// request: request id, method, route, status and latency. Never the body or headers.
+/// request: request and X-Ray trace ids, method, route, status and latency. Never the body or
+/// headers.
 pub async fn serve<'r, F, Fut>(req: &'r Request, handler: F) -> Response<Body>
 where
     F: FnOnce(&'r Request) -> Fut,
@@ -112,12 +113,14 @@ where
     let route = crate::routes::resolve(req.method().as_str(), req.uri().path())
         .map(|m| m.route.path)
         .unwrap_or("$default");
-    let request_id = req
-        .lambda_context_ref()
-        .map(|c| c.request_id.as_str())
+    let lambda = req.lambda_context_ref();
+    let request_id = lambda.map(|c| c.request_id.as_str()).unwrap_or("-");
+    let xray_trace_id = lambda
+        .and_then(|c| c.xray_trace_id.as_deref())
         .unwrap_or("-");
     tracing::info!(
         request_id,
+        xray_trace_id,
         method = req.method().as_str(),
         route,
         status = response.status().as_u16(),

@@ -26,15 +26,23 @@ pub use lambda_http;
 pub fn init_tracing() {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
-    let filter = std::env::var("RUST_LOG")
+    let directives = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = directives
+        .parse::<Targets>()
         .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
+        .filter(|_| !directives.is_empty())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    // The runtime's span per invocation only repeats the request and trace ids the request's
+    // own line carries, at a cost on every request; RUST_LOG naming lambda_runtime keeps it.
+    if !directives.contains("lambda_runtime") {
+        filter = filter.with_target("lambda_runtime", tracing::Level::WARN);
+    }
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_current_span(false)
+                .with_span_list(false)
                 .with_target(false)
                 .with_filter(filter),
         )
