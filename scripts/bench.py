@@ -28,6 +28,9 @@ with the release profile, and then, in one run:
   route (scene-personalisation): that many function processes behind one Runtime API, as
   Lambda runs that many execution environments, each client with its own user; errors are
   non-2xx answers, function errors and time-outs.
+
+BENCH_WRAP="cmd args --" runs every Rust function process under a command (a profiler; `{name}`
+in it is the function) and stops it with SIGINT first, so the command can write its output.
 """
 
 from __future__ import annotations
@@ -724,6 +727,7 @@ class Result:
     calls: dict[str, Any] | None = None  # the in-process run with the most sequential calls
     call_counts: set[tuple[int, int]] = field(default_factory=set)  # (calls, sequential) seen
     direct: list[float] = field(default_factory=list)
+    direct_sources: set[str] = field(default_factory=set)  # how bench-calls timed the calls
     size_x86_64: int | None = None
     size_arm64: int | None = None
 
@@ -787,6 +791,7 @@ def warm_loop(procs: Processes, target: Target, scenario: Scenario, driver: Driv
                 out = driver.invoke(scenario.prepare(20_000 + i), measured=True)
                 if i >= warmup:
                     res.direct.append(out["aws_us"] / 1e6)
+                    res.direct_sources.add(out["direct_source"])
                 res.observe_calls(out)
             req = scenario.prepare(10_000 + i)
             inv = api.submit(api_event(req))
@@ -1050,6 +1055,7 @@ def summarize(results: dict[str, Result], rps: list[dict[str, Any]], info: dict[
             d50, d99 = percentile(r.direct, 50), percentile(r.direct, 99)
             entry.update({
                 "direct_p50_ms": ms(d50), "direct_p99_ms": ms(d99), "direct_requests": len(r.direct),
+                "direct_timed_by": sorted(r.direct_sources),
                 "latency_ratio_p50": round(percentile(r.latency, 50) / d50, 2),
                 "latency_ratio_p99": round(percentile(r.latency, 99) / d99, 2),
             })
@@ -1223,7 +1229,9 @@ def render(doc: dict[str, Any]) -> str:
         "- DynamoDB calls and the direct baseline come from bench-calls (scripts/bench/calls), which runs",
         "  the same request, prepared the same way, straight into the handler with the functions' SDK",
         "  configuration: the tests' interceptor (tests/src/calls.rs) counts the calls and the sequential",
-        "  ones; a second one times every AWS call. The direct time is the sum over the request's",
+        "  ones; the SDK's own span around each operation (`DynamoDB.GetItem`, …) times it, from the",
+        "  operation's start to its output, as a caller of the SDK waits for it (`direct_timed_by` in",
+        "  the JSON; the interceptors' narrower window if a span was missing). The direct time is the sum over the request's",
         "  stages (calls that overlapped count once) of the time from the first call's start to the last",
         "  one's end: what the calls take when made directly, without the function around them. Every",
         "  function request alternates with one such run, so both see the same load and data.",

@@ -9,7 +9,9 @@
 //!   end (and the mail sent, so the harness can read an emailed code). `aws_us` is the time
 //!   the request spent in its AWS calls, stage by stage (calls that overlapped count once):
 //!   the same calls, with the same inputs, against the same services, made directly with the
-//!   SDK, which is the baseline of the warm-latency ratio. `replay` holds every call's request
+//!   SDK, which is the baseline of the warm-latency ratio. A call's time is its SDK operation
+//!   span's (`DynamoDB.GetItem`, …: the whole operation, as a direct caller waits for it), or
+//!   the interceptors' window when the spans cannot be matched (`direct_source` says which). `replay` holds every call's request
 //!   body, stage by stage, for the Python peers (scripts/bench/python-function/replay.py).
 use api_tests::calls::{sequential_depth, Recorder};
 use aws_sdk_dynamodb::config::interceptors::{
@@ -33,6 +35,8 @@ use shared::Context;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tracing_subscriber::layer::{Context as LayerContext, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 
 /// One AWS call a request made.
 #[derive(Debug, Clone)]
@@ -45,6 +49,9 @@ struct Captured {
     body: Option<String>,
     start: Instant,
     end: Option<Instant>,
+    /// The SDK operation's own span (see `SdkSpans`), when it was seen.
+    op_start: Option<Instant>,
+    op_end: Option<Instant>,
 }
 
 /// Keeps every call's operation and timing (one log for the DynamoDB and the SES client).
@@ -103,6 +110,8 @@ impl Intercept for Capture {
             body: None,
             start: Instant::now(),
             end: None,
+            op_start: None,
+            op_end: None,
         });
         cfg.interceptor_state().store_put(Slot(calls.len() - 1));
         Ok(())
@@ -141,6 +150,52 @@ impl Intercept for Capture {
     }
 }
 
+/// The SDK's own span around each operation (`DynamoDB.GetItem`, `SESv2.SendEmail`, …): from
+/// the operation's start, before its runtime plugins, to its output. That is what a call made
+/// directly with the SDK takes, a little more than the interceptors' window (which opens only
+/// after the plugins).
+#[derive(Debug, Clone, Default)]
+struct SdkSpans {
+    done: Arc<Mutex<Vec<(Instant, Instant)>>>,
+}
+
+struct SpanStart(Instant);
+
+impl SdkSpans {
+    fn take(&self) -> Vec<(Instant, Instant)> {
+        let mut spans = std::mem::take(&mut *self.done.lock().expect("span lock"));
+        spans.sort_by_key(|(start, _)| *start);
+        spans
+    }
+}
+
+impl<S> Layer<S> for SdkSpans
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: LayerContext<'_, S>,
+    ) {
+        if attrs.metadata().fields().field("rpc.method").is_some() {
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(SpanStart(Instant::now()));
+            }
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: LayerContext<'_, S>) {
+        let end = Instant::now();
+        if let Some(span) = ctx.span(&id) {
+            if let Some(SpanStart(start)) = span.extensions().get::<SpanStart>() {
+                self.done.lock().expect("span lock").push((*start, end));
+            }
+        }
+    }
+}
+
 /// The calls grouped as they ran: stage n holds the calls whose longest chain of earlier,
 /// finished calls has length n (so the number of stages is the sequential depth).
 fn stages(calls: &[Captured]) -> Vec<Vec<&Captured>> {
@@ -168,8 +223,8 @@ fn aws_time_us(stages: &[Vec<&Captured>]) -> u64 {
     stages
         .iter()
         .filter_map(|stage| {
-            let start = stage.iter().map(|c| c.start).min()?;
-            let end = stage.iter().filter_map(|c| c.end).max()?;
+            let start = stage.iter().map(|c| c.op_start.unwrap_or(c.start)).min()?;
+            let end = stage.iter().filter_map(|c| c.op_end.or(c.end)).max()?;
             Some(micros(start, end))
         })
         .sum()
@@ -187,10 +242,11 @@ struct Driver {
     measured: Arc<Context>,
     recorder: Recorder,
     capture: Capture,
+    spans: SdkSpans,
 }
 
 impl Driver {
-    async fn new() -> Driver {
+    async fn new(spans: SdkSpans) -> Driver {
         let capture = Capture::default();
         let recorder = Recorder::default();
         let prep = Self::context(&capture, &recorder).await;
@@ -200,6 +256,7 @@ impl Driver {
             measured: Arc::new(measured),
             recorder,
             capture,
+            spans,
         }
     }
 
@@ -250,6 +307,7 @@ impl Driver {
     async fn invoke(&mut self, req: &Value) -> Value {
         self.recorder.take();
         self.capture.take();
+        self.spans.take();
         let ctx = if req["measured"].as_bool().unwrap_or(false) {
             &self.measured
         } else {
@@ -273,7 +331,19 @@ impl Driver {
         let reply = call.send().await;
         let handler_us = micros(started, Instant::now());
         let recorded = self.recorder.take();
-        let captured = self.capture.take();
+        let mut captured = self.capture.take();
+        // Each call's operation span, matched by order of start (a call's span opens just
+        // before its interceptors run, with no await between them).
+        let spans = self.spans.take();
+        let direct_source = if spans.len() == captured.len() {
+            for (call, (start, end)) in captured.iter_mut().zip(spans) {
+                call.op_start = Some(start);
+                call.op_end = Some(end);
+            }
+            "sdk_operation_span"
+        } else {
+            "interceptors"
+        };
         let stages = stages(&captured);
         let mail: Vec<Value> = captured
             .iter()
@@ -312,6 +382,7 @@ impl Driver {
                 "input": c.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()).unwrap_or(Value::Null),
             }))).collect::<Vec<_>>(),
             "aws_us": aws_time_us(&stages),
+            "direct_source": direct_source,
             "handler_us": handler_us,
             "mail": mail,
         })
@@ -320,7 +391,16 @@ impl Driver {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let mut driver = Driver::new().await;
+    // Only the SDK's operation spans are enabled, for the direct time; nothing is printed.
+    let spans = SdkSpans::default();
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_target("aws_sdk_dynamodb", tracing::Level::DEBUG)
+        .with_target("aws_sdk_sesv2", tracing::Level::DEBUG);
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(spans.clone().with_filter(targets)),
+    )
+    .expect("the only subscriber");
+    let mut driver = Driver::new(spans).await;
     let mut stdout = tokio::io::stdout();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     stdout
