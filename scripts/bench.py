@@ -1388,23 +1388,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out-json", default=str(OUT_JSON))
     args = parser.parse_args(argv)
 
-    stack.LOG_DIR.mkdir(parents=True, exist_ok=True)
-    sup = stack.Supervisor()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stack._raise_interrupted)
-    try:
-        return bench(args, sup)
-    except stack.Interrupted as e:
-        print(f"\nbench: {e}, stopping", file=sys.stderr, flush=True)
-        return 128 + e.signum
-    except stack.StackError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        sup.stop_all()
-
+    return stack.supervised("bench", lambda sup: bench(args, sup))
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

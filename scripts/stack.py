@@ -1524,6 +1524,7 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
                 "WATCH_LOG": str(watch_log.resolve()),
             })
             require_tool("cargo-nextest", "install it with `cargo install cargo-nextest --locked`")
+            require_tool("openssl", "the TLS test makes its certificates with it (apt-get install openssl)")
             color = ["--color", "always"] if sys.stdout.isatty() else ["--color", "never"]
             code = sup.run("cargo nextest", ["cargo", "nextest", "run", "--workspace", "--no-fail-fast", *color,
                                              *args.nextest_args], env=test_env, on_line=counts.feed)
@@ -1571,6 +1572,27 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
     return 1 if failed_steps else 0
 
 
+
+def supervised(name: str, body: Callable[[Supervisor], int]) -> int:
+    """Runs `body` with a Supervisor that stops every service and child it started however
+    `body` ends (Ctrl-C and SIGTERM included); errors become an exit code."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    sup = Supervisor()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    try:
+        return body(sup)
+    except Interrupted as e:
+        print(f"\n{name}: {e}, stopping", file=sys.stderr, flush=True)
+        return 128 + e.signum
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        sup.stop_all()
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/dev", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1617,24 +1639,8 @@ def main(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
 
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    sup = Supervisor()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupted)
-    try:
-        commands = {"run": cmd_run, "test": cmd_test, "build": cmd_build}
-        return commands[args.command](args, sup)
-    except Interrupted as e:
-        print(f"\nstack: {e}, stopping", file=sys.stderr, flush=True)
-        return 128 + e.signum
-    except StackError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        sup.stop_all()
-
+    commands = {"run": cmd_run, "test": cmd_test, "build": cmd_build}
+    return supervised("stack", lambda sup: commands[args.command](args, sup))
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -303,14 +303,22 @@ impl Context {
         }
     }
 
+    /// Where this function reads its keys from, if it has them.
+    fn key_source(&self) -> Option<(&aws_sdk_secretsmanager::Client, &str)> {
+        Some((
+            self.secrets.as_ref()?,
+            self.config.encryption_secret_id.as_deref()?,
+        ))
+    }
+
     /// Starts reading the encryption keys on the current runtime, if this function has them.
     /// A request that needs them waits for this read rather than starting its own; if it
     /// fails, the request reads them again.
     fn preload_keyring(&self) {
-        let (Some(id), Some(secrets)) = (&self.config.encryption_secret_id, &self.secrets) else {
+        let Some((secrets, id)) = self.key_source() else {
             return;
         };
-        let (cell, id, secrets) = (self.keyring.clone(), id.clone(), secrets.clone());
+        let (cell, secrets, id) = (self.keyring.clone(), secrets.clone(), id.to_string());
         tokio::spawn(async move {
             // Let the runtime ask for the first event first: this task's own work (building
             // and signing the request) then overlaps that wait instead of delaying it.
@@ -361,8 +369,7 @@ impl Context {
     pub async fn keyring(&self) -> Result<&Keyring, ApiError> {
         self.keyring
             .get_or_try_init(|| async {
-                let (Some(id), Some(secrets)) = (&self.config.encryption_secret_id, &self.secrets)
-                else {
+                let Some((secrets, id)) = self.key_source() else {
                     tracing::error!("ENCRYPTION_SECRET_ID is not set for a function that needs it");
                     return Err(ApiError::Internal);
                 };

@@ -610,6 +610,26 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// `scripts/stack.py <command>`'s JSON list.
+pub async fn stack_json(command: &str) -> Vec<serde_json::Value> {
+    let root = workspace_root();
+    let out = tokio::process::Command::new(env("TEST_PYTHON"))
+        .arg(root.join("scripts").join("stack.py"))
+        .arg(command)
+        .current_dir(&root)
+        .output()
+        .await
+        .expect("scripts/stack.py runs");
+    assert!(
+        out.status.success(),
+        "stack.py {command} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stack.py prints JSON");
+    value.as_array().expect("a JSON list").clone()
+}
+
 /// The folder of the built binaries (`target/debug`): the test binary lives in its `deps/`.
 pub fn binaries_dir() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

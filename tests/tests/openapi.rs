@@ -6,25 +6,6 @@ use api_tests::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// `scripts/stack.py <command>`'s JSON list.
-async fn stack_json(command: &str) -> Vec<Value> {
-    let root = workspace_root();
-    let out = tokio::process::Command::new(env("TEST_PYTHON"))
-        .arg(root.join("scripts").join("stack.py"))
-        .arg(command)
-        .current_dir(&root)
-        .output()
-        .await
-        .expect("scripts/stack.py runs");
-    assert!(
-        out.status.success(),
-        "stack.py {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: Value = serde_json::from_slice(&out.stdout).expect("stack.py prints JSON");
-    value.as_array().expect("a JSON list").clone()
-}
-
 fn field(r: &Value, name: &str) -> String {
     r[name]
         .as_str()

@@ -1,26 +1,10 @@
 //! template.yaml's routes (as `scripts/stack.py routes` reads them) are the route table.
 use api_tests::*;
-use serde_json::Value;
 use std::collections::BTreeSet;
 
 async fn template_routes() -> Vec<(String, String, String)> {
-    let root = workspace_root();
-    let out = tokio::process::Command::new(env("TEST_PYTHON"))
-        .arg(root.join("scripts").join("stack.py"))
-        .arg("routes")
-        .current_dir(&root)
-        .output()
+    stack_json("routes")
         .await
-        .expect("scripts/stack.py runs");
-    assert!(
-        out.status.success(),
-        "stack.py routes failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let routes: Value = serde_json::from_slice(&out.stdout).expect("stack.py routes prints JSON");
-    routes
-        .as_array()
-        .expect("a JSON list")
         .iter()
         .map(|r| {
             let field = |name: &str| {

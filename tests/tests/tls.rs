@@ -13,38 +13,32 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs openssl in `dir`: `command` split on spaces, then `more` as they are (values with
+/// spaces).
+fn openssl(dir: &Path, command: &str, more: &[&str]) {
     let out = Command::new("openssl")
-        .args(args)
+        .args(command.split_whitespace())
+        .args(more)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
         .expect("openssl is on the PATH (the test command checks it)");
     assert!(
         out.status.success(),
-        "openssl {args:?}: {}",
+        "openssl {command} {more:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A new P-256 key, unencrypted.
+const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
 
 /// A certificate authority and a server certificate for localhost signed by it.
 fn make_certificates(dir: &Path) {
     openssl(
         dir,
+        &format!("req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 2"),
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
             "-subj",
             "/CN=api-tests CA",
             "-addext",
@@ -55,20 +49,8 @@ fn make_certificates(dir: &Path) {
     );
     openssl(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
+        &format!("req {NEW_KEY} -keyout server.key -out server.csr -subj /CN=localhost"),
+        &[],
     );
     std::fs::write(
         dir.join("server.ext"),
@@ -77,23 +59,8 @@ fn make_certificates(dir: &Path) {
     .unwrap();
     openssl(
         dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext",
+        &[],
     );
 }
 

@@ -71,6 +71,15 @@ impl Capture {
     fn take(&self) -> Vec<Captured> {
         std::mem::take(&mut *self.calls.lock().expect("capture lock"))
     }
+
+    /// Changes the call this operation recorded in `read_before_execution`.
+    fn update(&self, cfg: &ConfigBag, change: impl FnOnce(&mut Captured)) {
+        if let Some(Slot(index)) = cfg.load::<Slot>() {
+            if let Some(call) = self.calls.lock().expect("capture lock").get_mut(*index) {
+                change(call);
+            }
+        }
+    }
 }
 
 /// The DynamoDB operation of an SDK input, by its type.
@@ -123,15 +132,10 @@ impl Intercept for Capture {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(Slot(index)) = cfg.load::<Slot>() {
-            if let Some(call) = self.calls.lock().expect("capture lock").get_mut(*index) {
-                call.body = context
-                    .request()
-                    .body()
-                    .bytes()
-                    .map(|b| String::from_utf8_lossy(b).into_owned());
-            }
-        }
+        let body = context.request().body().bytes();
+        self.update(cfg, |call| {
+            call.body = body.map(|b| String::from_utf8_lossy(b).into_owned())
+        });
         Ok(())
     }
 
@@ -141,11 +145,7 @@ impl Intercept for Capture {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(Slot(index)) = cfg.load::<Slot>() {
-            if let Some(call) = self.calls.lock().expect("capture lock").get_mut(*index) {
-                call.end = Some(Instant::now());
-            }
-        }
+        self.update(cfg, |call| call.end = Some(Instant::now()));
         Ok(())
     }
 }
