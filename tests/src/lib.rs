@@ -549,10 +549,6 @@ pub async fn deactivate(ctx: &Context, uuid: &str) {
             .expect("deactivate user"),
         "the user exists"
     );
-    ctx.store
-        .deactivate_api_keys_of(uuid)
-        .await
-        .expect("deactivate keys");
 }
 
 /// Mail moto's SES accepted for this address: (subject, body).

@@ -409,3 +409,107 @@ both!(own_uuid_works_like_me, |api, ctx| async move {
         .await;
     assert_eq!(reply.user_object()["first_name"], "Own");
 });
+
+/// The keys of a user as stored: (secure_value, user_is_active).
+async fn stored_keys(ctx: &shared::Context, uuid: &str) -> Vec<(String, bool)> {
+    let mut keys: Vec<(String, bool)> = ctx
+        .store
+        .api_keys_of(uuid)
+        .await
+        .expect("query keys")
+        .into_iter()
+        .map(|k| (k.secure_value, k.user_is_active))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// More keys than one transaction takes with the user: the user and the first 99 change
+/// together, the rest after, and every one of them ends inactive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivation_reaches_every_key_past_one_transaction() {
+    let ctx = context().await;
+    let user = create_user(&ctx, false, &["*"]).await;
+    let mut keys = vec![user.key.clone()];
+    for _ in 0..104 {
+        keys.push(create_key(&ctx, &user.user, &["user:read"]).await);
+    }
+    assert_eq!(stored_keys(&ctx, user.uuid()).await.len(), 105);
+    assert!(ctx
+        .store
+        .deactivate_user(user.uuid())
+        .await
+        .expect("deactivate"));
+
+    let stored = stored_keys(&ctx, user.uuid()).await;
+    assert_eq!(stored.len(), 105, "no key was added or lost");
+    assert!(
+        stored.iter().all(|(_, active)| !active),
+        "every key is inactive"
+    );
+    let record = ctx
+        .store
+        .user(user.uuid())
+        .await
+        .expect("read")
+        .expect("user");
+    assert!(!record.is_active);
+    let api = Api::in_process().await;
+    for key in [&keys[0], &keys[50], &keys[104]] {
+        api.get("/api/users/@me/")
+            .bearer(key)
+            .send()
+            .await
+            .assert_unauthorized("authentication_failed");
+    }
+}
+
+/// A deactivation that stopped half-way (the user inactive, the keys still live, as an
+/// interrupted run of an older tool left it) is finished by running it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_again_finishes_a_partial_deactivation() {
+    let ctx = context().await;
+    let user = create_user(&ctx, false, &["*"]).await;
+    let second = create_key(&ctx, &user.user, &["user:read"]).await;
+    ctx.store
+        .db
+        .update_item()
+        .table_name(&ctx.store.tables.users)
+        .key("uuid", shared::store::s(user.uuid()))
+        .update_expression("SET is_active = :no")
+        .expression_attribute_values(":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
+        .send()
+        .await
+        .expect("user inactive");
+    let stored = stored_keys(&ctx, user.uuid()).await;
+    assert!(
+        stored.iter().all(|(_, active)| *active),
+        "the keys are still live"
+    );
+
+    assert!(ctx
+        .store
+        .deactivate_user(user.uuid())
+        .await
+        .expect("deactivate"));
+    let stored = stored_keys(&ctx, user.uuid()).await;
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|(_, active)| !active));
+    let api = Api::in_process().await;
+    for key in [&user.key, &second] {
+        api.get("/api/users/@me/")
+            .bearer(key)
+            .send()
+            .await
+            .assert_unauthorized("authentication_failed");
+    }
+}
+
+/// An unknown user: false, and nothing is written (no user item appears).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_an_unknown_user_changes_nothing() {
+    let ctx = context().await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    assert!(!ctx.store.deactivate_user(&uuid).await.expect("deactivate"));
+    assert!(ctx.store.user(&uuid).await.expect("read").is_none());
+}

@@ -157,10 +157,6 @@ async fn run(command: Command) -> Result<Value, String> {
             if !store.deactivate_user(&uuid).await.map_err(describe)? {
                 return Err(format!("no user {uuid}"));
             }
-            store
-                .deactivate_api_keys_of(&uuid)
-                .await
-                .map_err(describe)?;
             Ok(json!({"ok": true}))
         }
     }

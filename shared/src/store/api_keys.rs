@@ -2,6 +2,7 @@
 use super::{from_item, s, sdk, to_item, Store};
 use crate::auth::ApiKeyHash;
 use crate::error::ApiError;
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 
 /// One key. It carries its user's staff and active flags so that authentication is a
@@ -20,6 +21,10 @@ pub struct ApiKeyRecord {
     pub user_is_staff: bool,
     pub user_is_active: bool,
 }
+
+/// A key's update when its user is deactivated, and its condition (the key still exists).
+const KEY_INACTIVE: &str = "SET user_is_active = :no";
+const KEY_EXISTS: &str = "attribute_exists(secure_value)";
 
 impl Store {
     pub async fn api_key(&self, hash: &ApiKeyHash) -> Result<Option<ApiKeyRecord>, ApiError> {
@@ -111,21 +116,93 @@ impl Store {
         }
     }
 
-    /// Marks every key of a user inactive, so each of them is refused from now on.
-    pub async fn deactivate_api_keys_of(&self, user_uuid: &str) -> Result<usize, ApiError> {
-        let keys = self.api_keys_of(user_uuid).await?;
-        for key in &keys {
+    /// Deactivates a user and every key of theirs, so that none of the keys authenticates
+    /// again; false when there is no such user. Rerunning it is harmless.
+    ///
+    /// The user and their keys change in one transaction (up to 99 keys; any beyond follow
+    /// once the user is inactive), so a failure never leaves an inactive user with live keys.
+    /// Once the user is inactive no key can be added (`put_api_key` checks in its own
+    /// transaction), and a second look at the `by_user` index, which is eventually
+    /// consistent, marks a key added just before that it did not show yet.
+    pub async fn deactivate_user(&self, uuid: &str) -> Result<bool, ApiError> {
+        use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
+        const KEYS_WITH_THE_USER: usize = 99;
+        let user = Update::builder()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .update_expression("SET is_active = :no")
+            .condition_expression("attribute_exists(#uuid)")
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .build()
+            .map_err(|_| ApiError::Internal)?;
+        // A key revoked between the read of the index and the transaction cancels it; the
+        // next attempt reads the index again.
+        for _attempt in 0..3 {
+            let keys = self.api_keys_of(uuid).await?;
+            let (with_user, rest) = keys.split_at(keys.len().min(KEYS_WITH_THE_USER));
+            let mut items = vec![TransactWriteItem::builder().update(user.clone()).build()];
+            for key in with_user {
+                items.push(
+                    TransactWriteItem::builder()
+                        .update(self.key_inactive(&key.secure_value)?)
+                        .build(),
+                );
+            }
+            let result = self
+                .db
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await;
+            match result {
+                Ok(_) => {
+                    self.mark_keys_inactive(rest).await?;
+                    let late: Vec<ApiKeyRecord> = self
+                        .api_keys_of(uuid)
+                        .await?
+                        .into_iter()
+                        .filter(|key| key.user_is_active)
+                        .collect();
+                    self.mark_keys_inactive(&late).await?;
+                    return Ok(true);
+                }
+                Err(e) => match super::cancelled_conditions(&e) {
+                    Some(failed) if failed.first() == Some(&true) => return Ok(false),
+                    Some(_) => continue,
+                    None => return Err(ApiError::from_sdk("users.deactivate", &e)),
+                },
+            }
+        }
+        Err(ApiError::Unavailable)
+    }
+
+    /// The update that marks a key inactive, if it still exists, in a transaction.
+    fn key_inactive(
+        &self,
+        secure_value: &str,
+    ) -> Result<aws_sdk_dynamodb::types::Update, ApiError> {
+        aws_sdk_dynamodb::types::Update::builder()
+            .table_name(&self.tables.api_keys)
+            .key("secure_value", s(secure_value))
+            .update_expression(KEY_INACTIVE)
+            .condition_expression(KEY_EXISTS)
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .build()
+            .map_err(|_| ApiError::Internal)
+    }
+
+    /// Marks keys inactive one by one (a key revoked meanwhile is skipped).
+    async fn mark_keys_inactive(&self, keys: &[ApiKeyRecord]) -> Result<(), ApiError> {
+        for key in keys {
             let result = self
                 .db
                 .update_item()
                 .table_name(&self.tables.api_keys)
                 .key("secure_value", s(&key.secure_value))
-                .update_expression("SET user_is_active = :no")
-                .condition_expression("attribute_exists(secure_value)")
-                .expression_attribute_values(
-                    ":no",
-                    aws_sdk_dynamodb::types::AttributeValue::Bool(false),
-                )
+                .update_expression(KEY_INACTIVE)
+                .condition_expression(KEY_EXISTS)
+                .expression_attribute_values(":no", AttributeValue::Bool(false))
                 .send()
                 .await;
             match result {
@@ -135,6 +212,6 @@ impl Store {
                 _ => {}
             }
         }
-        Ok(keys.len())
+        Ok(())
     }
 }

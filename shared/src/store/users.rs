@@ -182,26 +182,6 @@ impl Store {
         }
     }
 
-    /// Marks a user inactive; false when there is no such user.
-    pub async fn deactivate_user(&self, uuid: &str) -> Result<bool, ApiError> {
-        let result = self
-            .db
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("uuid", s(uuid))
-            .update_expression("SET is_active = :no")
-            .condition_expression("attribute_exists(#uuid)")
-            .expression_attribute_names("#uuid", "uuid")
-            .expression_attribute_values(":no", AttributeValue::Bool(false))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(ApiError::from_sdk("users.deactivate", &e)),
-        }
-    }
-
     /// Who owns an address, if anyone.
     pub async fn email_owner(&self, email: &str) -> Result<Option<String>, ApiError> {
         let out = self
