@@ -579,6 +579,32 @@ def is_peer(name: str) -> bool:
     return name.startswith("python-")
 
 
+COMPARED = "@compared"
+
+
+def compared(name: str) -> str:
+    """The name of a function's binary from the --compare folder."""
+    return name + COMPARED
+
+
+def print_comparison(results: dict[str, "Result"], folder: str) -> None:
+    """--compare: each function's cold start and penalty, ×empty against the empty function of
+    the same build, for this build and the other one side by side."""
+    med = statistics.median
+    ms = lambda xs: f"{med(xs) * 1000:6.2f}"
+    print(f"{'function':30} {'cold ms':>8} {'penalty':>8} {'×empty':>7}   | {folder}: cold, penalty, ×empty")
+    for n, r in results.items():
+        if n.endswith(COMPARED) or n == EMPTY:
+            continue
+        rows = []
+        for name, empty in ((n, EMPTY), (compared(n), compared(EMPTY))):
+            x = results[name]
+            rows.append(f"{ms(x.cold)} {ms(x.penalty)} {med(x.penalty) / med(results[empty].penalty):7.2f}")
+        print(f"{n:30} {rows[0]}   | {rows[1]}")
+    e, ce = results[EMPTY], results[compared(EMPTY)]
+    print(f"{EMPTY:30} {ms(e.cold)} {ms(e.penalty)}           | {ms(ce.cold)} {ms(ce.penalty)}")
+
+
 class Replay(Scenario):
     """The Python replay peer of a function: each request is first run in process (bench-calls)
     with its calls recorded; the peer then gets the same event plus those calls to make."""
@@ -1276,6 +1302,11 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
                 peer_name(b), [str(py), "-m", "awslambdaric", "replay.handler"], PY_FUNCTION_DIR,
                 {**function_env(fenv, own, b), "LAMBDA_TASK_ROOT": str(PY_FUNCTION_DIR), "_HANDLER": "replay.handler"},
                 None)
+    if args.compare:
+        for b in [*binaries, EMPTY]:
+            t = targets[b]
+            targets[compared(b)] = Target(compared(b), [str(Path(args.compare) / b)], t.cwd, t.env,
+                                          Path(args.compare) / b)
     for t in targets.values():
         if t.binary is not None and not t.binary.exists():
             raise stack.StackError(f"{t.binary} is missing (build with cargo build --release --workspace)")
@@ -1299,6 +1330,10 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
         wanted = (lambda n: not args.only or n in args.only or n in (EMPTY, PYTHON)
                   or (is_peer(n) and any(peer_name(o) == n for o in args.only)))
         names = [n for n in scenario_of if n in targets and wanted(n)]
+        if args.compare:
+            names = [x for n in names if not is_peer(n) for x in (n, compared(n))]
+            for n in names:
+                scenario_of.setdefault(n, scenario_of[n.removesuffix(COMPARED)])
         results = {n: Result(n, scenario_of[n].case) for n in names}
 
         # Cold starts, interleaved across functions.
@@ -1306,8 +1341,11 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
         try:
             log(f"cold starts: {len(names)} functions × {args.cold_runs} (+1 unmeasured)")
             for rep in range(args.cold_runs + 1):
-                for n in names:
-                    cold, warm, cpu_cold, cpu_warm = cold_run(procs, targets[n], scenario_of[n], apis[n], rep,
+                # Every other round in reverse, so no function always follows the same one.
+                for n in (names if rep % 2 == 0 else names[::-1]):
+                    # The compared build gets requests of its own (another range of i).
+                    i = rep + 500 if n.endswith(COMPARED) else rep
+                    cold, warm, cpu_cold, cpu_warm = cold_run(procs, targets[n], scenario_of[n], apis[n], i,
                                                               args.warm_per_cold)
                     if rep > 0:
                         results[n].cold.append(cold)
@@ -1318,6 +1356,10 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
         finally:
             for a in apis.values():
                 a.close()
+
+        if args.compare:
+            print_comparison(results, args.compare)
+            return 0
 
         # Warm latencies, each request paired with its in-process run (DynamoDB calls and the
         # direct baseline), function by function.
@@ -1384,6 +1426,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--binaries", default=None,
                         help="folder of the binaries to measure (default target/release; for trying the harness)")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 build and its sizes")
+    parser.add_argument("--compare", default=None, metavar="DIR",
+                        help="A/B: cold starts only, each function (and the empty one) interleaved with its "
+                             "binary from DIR (another build); prints both and writes nothing")
     parser.add_argument("--out-md", default=str(OUT_MD))
     parser.add_argument("--out-json", default=str(OUT_JSON))
     args = parser.parse_args(argv)
