@@ -99,8 +99,8 @@ pub fn boolean(fields: &Fields, attr: &str) -> Result<Option<bool>, ApiError> {
     let parsed = match value {
         Value::Bool(b) => Some(*b),
         Value::Number(n) => match n.as_f64() {
-            Some(x) if x == 1.0 => Some(true),
-            Some(x) if x == 0.0 => Some(false),
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
             _ => None,
         },
         Value::String(s) => match s.trim() {

@@ -33,33 +33,6 @@ pub fn after_failure(state: &FailureState, now: u64) -> FailureState {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locks_after_five_then_doubles_to_fifteen_minutes() {
-        let mut state = FailureState::default();
-        let now = 1_000;
-        let mut locks = Vec::new();
-        for _ in 0..12 {
-            state = after_failure(&state, now);
-            locks.push(state.locked_until.saturating_sub(now));
-        }
-        assert_eq!(
-            locks,
-            vec![0, 0, 0, 0, 30, 60, 120, 240, 480, 900, 900, 900]
-        );
-        assert_eq!(
-            check(&state, now + 899),
-            Err(ApiError::Throttled {
-                retry_after_secs: 1
-            })
-        );
-        assert_eq!(check(&state, now + 900), Ok(()));
-    }
-}
-
 /// What one try at a limited code check came to.
 pub enum Attempt<T> {
     /// The code was wrong: charge a failure against the state as read, then answer `error`.
@@ -102,4 +75,31 @@ where
     Err(ApiError::Throttled {
         retry_after_secs: 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_after_five_then_doubles_to_fifteen_minutes() {
+        let mut state = FailureState::default();
+        let now = 1_000;
+        let mut locks = Vec::new();
+        for _ in 0..12 {
+            state = after_failure(&state, now);
+            locks.push(state.locked_until.saturating_sub(now));
+        }
+        assert_eq!(
+            locks,
+            vec![0, 0, 0, 0, 30, 60, 120, 240, 480, 900, 900, 900]
+        );
+        assert_eq!(
+            check(&state, now + 899),
+            Err(ApiError::Throttled {
+                retry_after_secs: 1
+            })
+        );
+        assert_eq!(check(&state, now + 900), Ok(()));
+    }
 }
