@@ -424,6 +424,18 @@ async fn stored_keys(ctx: &shared::Context, uuid: &str) -> Vec<(String, bool)> {
     keys
 }
 
+/// Each of these keys gets a 401.
+async fn assert_refused(keys: &[&String]) {
+    let api = Api::in_process().await;
+    for key in keys {
+        api.get("/api/users/@me/")
+            .bearer(key)
+            .send()
+            .await
+            .assert_unauthorized("authentication_failed");
+    }
+}
+
 /// More keys than one transaction takes with the user: the user and the first 99 change
 /// together, the rest after, and every one of them ends inactive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,14 +466,7 @@ async fn deactivation_reaches_every_key_past_one_transaction() {
         .expect("read")
         .expect("user");
     assert!(!record.is_active);
-    let api = Api::in_process().await;
-    for key in [&keys[0], &keys[50], &keys[104]] {
-        api.get("/api/users/@me/")
-            .bearer(key)
-            .send()
-            .await
-            .assert_unauthorized("authentication_failed");
-    }
+    assert_refused(&[&keys[0], &keys[50], &keys[104]]).await;
 }
 
 /// A deactivation that stopped half-way (the user inactive, the keys still live, as an
@@ -495,14 +500,7 @@ async fn deactivating_again_finishes_a_partial_deactivation() {
     let stored = stored_keys(&ctx, user.uuid()).await;
     assert_eq!(stored.len(), 2);
     assert!(stored.iter().all(|(_, active)| !active));
-    let api = Api::in_process().await;
-    for key in [&user.key, &second] {
-        api.get("/api/users/@me/")
-            .bearer(key)
-            .send()
-            .await
-            .assert_unauthorized("authentication_failed");
-    }
+    assert_refused(&[&user.key, &second]).await;
 }
 
 /// An unknown user: false, and nothing is written (no user item appears).
