@@ -424,6 +424,18 @@ async fn stored_keys(ctx: &shared::Context, uuid: &str) -> Vec<(String, bool)> {
     keys
 }
 
+/// Deactivates the user, then checks that all `count` of their keys are still there and
+/// every one is inactive.
+async fn deactivate_and_check_keys(ctx: &shared::Context, uuid: &str, count: usize) {
+    assert!(ctx.store.deactivate_user(uuid).await.expect("deactivate"));
+    let stored = stored_keys(ctx, uuid).await;
+    assert_eq!(stored.len(), count, "no key was added or lost");
+    assert!(
+        stored.iter().all(|(_, active)| !active),
+        "every key is inactive"
+    );
+}
+
 /// Each of these keys gets a 401.
 async fn assert_refused(keys: &[&String]) {
     let api = Api::in_process().await;
@@ -447,18 +459,7 @@ async fn deactivation_reaches_every_key_past_one_transaction() {
         keys.push(create_key(&ctx, &user.user, &["user:read"]).await);
     }
     assert_eq!(stored_keys(&ctx, user.uuid()).await.len(), 105);
-    assert!(ctx
-        .store
-        .deactivate_user(user.uuid())
-        .await
-        .expect("deactivate"));
-
-    let stored = stored_keys(&ctx, user.uuid()).await;
-    assert_eq!(stored.len(), 105, "no key was added or lost");
-    assert!(
-        stored.iter().all(|(_, active)| !active),
-        "every key is inactive"
-    );
+    deactivate_and_check_keys(&ctx, user.uuid(), 105).await;
     let record = ctx
         .store
         .user(user.uuid())
@@ -492,14 +493,7 @@ async fn deactivating_again_finishes_a_partial_deactivation() {
         "the keys are still live"
     );
 
-    assert!(ctx
-        .store
-        .deactivate_user(user.uuid())
-        .await
-        .expect("deactivate"));
-    let stored = stored_keys(&ctx, user.uuid()).await;
-    assert_eq!(stored.len(), 2);
-    assert!(stored.iter().all(|(_, active)| !active));
+    deactivate_and_check_keys(&ctx, user.uuid(), 2).await;
     assert_refused(&[&user.key, &second]).await;
 }
 
