@@ -593,7 +593,7 @@ def print_comparison(results: dict[str, "Result"], folder: str) -> None:
     med = statistics.median
     ms = lambda xs: f"{med(xs) * 1000:6.2f}"
     print(f"{'function':30} {'cold ms':>8} {'penalty':>8} {'×empty':>7}   | {folder}: cold, penalty, ×empty")
-    for n, r in results.items():
+    for n in results:
         if n.endswith(COMPARED) or n == EMPTY:
             continue
         rows = []
