@@ -1,7 +1,7 @@
 //! Outgoing email through Amazon SES. A failed send is logged (never its content) and never
 //! fails the request that caused it.
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Debug, Clone)]
 pub struct Mailer {
@@ -10,6 +10,17 @@ pub struct Mailer {
     client: OnceLock<aws_sdk_sesv2::Client>,
     conf: aws_sdk_sesv2::Config,
     sender: Option<String>,
+    /// Messages no response waits for, sent once it has gone out ([`crate::run`]); clones
+    /// share it.
+    outbox: Arc<Mutex<Vec<Mail>>>,
+}
+
+/// A message waiting in the outbox.
+#[derive(Debug)]
+struct Mail {
+    to: String,
+    subject: &'static str,
+    text: String,
 }
 
 impl Mailer {
@@ -18,6 +29,7 @@ impl Mailer {
             conf: client.config().clone(),
             client: OnceLock::from(client),
             sender,
+            outbox: Arc::default(),
         }
     }
 
@@ -27,6 +39,7 @@ impl Mailer {
             client: OnceLock::new(),
             conf: aws_sdk_sesv2::Config::from(sdk),
             sender,
+            outbox: Arc::default(),
         }
     }
 
@@ -70,5 +83,40 @@ impl Mailer {
                 false
             }
         }
+    }
+
+    /// Keeps a message for [`Mailer::send_queued`]: for a notice the response does not depend
+    /// on, so that the caller does not wait for SES (as PostHog sends these from a task queue).
+    pub fn send_after_response(&self, to: &str, subject: &'static str, text: String) {
+        if self.enabled() {
+            self.lock_outbox().push(Mail {
+                to: to.to_string(),
+                subject,
+                text,
+            });
+        }
+    }
+
+    /// Sends what [`Mailer::send_after_response`] kept; returns how many SES accepted.
+    pub async fn send_queued(&self) -> usize {
+        let queued = std::mem::take(&mut *self.lock_outbox());
+        let mut sent = 0;
+        for mail in queued {
+            sent += usize::from(self.send(&mail.to, mail.subject, &mail.text).await);
+        }
+        sent
+    }
+
+    /// How many messages wait in the outbox.
+    pub fn queued(&self) -> usize {
+        self.lock_outbox().len()
+    }
+
+    fn lock_outbox(&self) -> std::sync::MutexGuard<'_, Vec<Mail>> {
+        // A panic while holding the lock aborts the process (panic = "abort" in release), so a
+        // poisoned outbox only happens in tests; its list is still whole.
+        self.outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

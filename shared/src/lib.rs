@@ -10,6 +10,7 @@ pub mod error;
 pub mod fields;
 pub mod http;
 pub mod routes;
+pub mod runtime;
 pub mod store;
 pub mod throttle;
 pub mod two_factor;
@@ -18,6 +19,7 @@ pub mod users;
 pub use context::{Call, Context};
 pub use error::ApiError;
 pub use lambda_http;
+pub use runtime::run;
 
 /// JSON logs, one object a line, at the level `RUST_LOG` sets (default `info`): a level, or
 /// `target=level` directives separated by commas (`info,aws_smithy_runtime=debug`). This is

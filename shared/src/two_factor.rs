@@ -152,10 +152,11 @@ impl Notice {
     }
 }
 
-/// Sends a notice; a failure is logged by the mailer and never fails the request.
-pub async fn notify(mailer: &crate::email::Mailer, to: &str, notice: Notice) {
+/// Queues a notice, sent once the response has gone out; a failure is logged by the mailer
+/// and never fails the request.
+pub fn notify(mailer: &crate::email::Mailer, to: &str, notice: Notice) {
     let (subject, text) = notice.subject_and_text();
-    mailer.send(to, subject, &text).await;
+    mailer.send_after_response(to, subject, text);
 }
 
 #[cfg(test)]

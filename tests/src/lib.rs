@@ -47,6 +47,9 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// When the response was complete: in process, before the mail the function sends after
+    /// its response (`shared::run`) went out.
+    pub responded_at: std::time::Instant,
 }
 
 impl Reply {
@@ -137,6 +140,7 @@ impl<'a> Call<'a> {
                     status,
                     headers,
                     body,
+                    responded_at: std::time::Instant::now(),
                 }
             }
         }
@@ -173,6 +177,28 @@ impl Api {
     }
 }
 
+/// The request a handler gets from API Gateway for this method, path, headers and body.
+pub fn lambda_request(
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Request {
+    let mut builder = shared::lambda_http::http::Request::builder()
+        .method(method)
+        .uri(path);
+    for (k, v) in headers {
+        builder = builder.header(k, v);
+    }
+    builder
+        .body(if body.is_empty() {
+            Body::Empty
+        } else {
+            Body::Binary(body)
+        })
+        .expect("request")
+}
+
 /// Invokes the function that API Gateway would for this method and path.
 async fn dispatch(
     ctx: &Context,
@@ -181,19 +207,7 @@ async fn dispatch(
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 ) -> Reply {
-    let mut builder = shared::lambda_http::http::Request::builder()
-        .method(method.as_str())
-        .uri(&path);
-    for (k, v) in &headers {
-        builder = builder.header(k, v);
-    }
-    let request: Request = builder
-        .body(if body.is_empty() {
-            Body::Empty
-        } else {
-            Body::Binary(body)
-        })
-        .expect("request");
+    let request = lambda_request(&method, &path, &headers, body);
     let function = shared::routes::resolve(&method, &path)
         .map(|m| m.route.function)
         .unwrap_or(shared::routes::FALLBACK_FUNCTION);
@@ -235,10 +249,14 @@ async fn dispatch(
         Body::Binary(b) => String::from_utf8(b).expect("utf-8 body"),
         _ => String::new(),
     };
+    let responded_at = std::time::Instant::now();
+    // As the runtime does (shared::run): the mail no response waits for goes out after it.
+    ctx.mailer.send_queued().await;
     Reply {
         status,
         headers,
         body,
+        responded_at,
     }
 }
 
@@ -549,6 +567,22 @@ pub async fn deactivate(ctx: &Context, uuid: &str) {
             .expect("deactivate user"),
         "the user exists"
     );
+}
+
+/// [`sent_mail`] once `arrived` holds for it. A function sends its notices after its response
+/// (`shared::run`), so over HTTP they can land a moment after the response; this waits up to
+/// 10 s, then returns what there is for the caller's assertion to show.
+pub async fn sent_mail_when(
+    arrived: impl Fn(&[(Vec<String>, String, String)]) -> bool,
+) -> Vec<(Vec<String>, String, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mail = sent_mail().await;
+        if arrived(&mail) || std::time::Instant::now() > deadline {
+            return mail;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Mail moto's SES accepted for this address: (subject, body).

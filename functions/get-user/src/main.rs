@@ -2,8 +2,9 @@
 async fn main() -> Result<(), shared::lambda_http::Error> {
     shared::init_tracing();
     let ctx = shared::Context::from_env().await?;
-    shared::lambda_http::run(shared::lambda_http::service_fn(|req| {
-        get_user::handle(&ctx, req)
-    }))
+    shared::run(
+        &ctx,
+        shared::lambda_http::service_fn(|req| get_user::handle(&ctx, req)),
+    )
     .await
 }

@@ -18,7 +18,7 @@ async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErro
     let user = state.active_user()?;
     ctx.store.disable_two_factor(&uuid).await?;
     if state.device.is_some() {
-        shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled).await;
+        shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled);
     }
     http::ok(&json!({"success": true}))
 }

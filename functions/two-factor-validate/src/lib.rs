@@ -47,7 +47,7 @@ async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     })
     .await?;
     if let Some(user) = user {
-        shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Enabled).await;
+        shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Enabled);
     }
     http::ok(&json!({"success": true}))
 }

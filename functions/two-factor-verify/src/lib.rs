@@ -110,8 +110,7 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
                     &ctx.mailer,
                     &email,
                     Notice::BackupCodeUsed { remaining },
-                )
-                .await;
+                );
             }
             http::ok(&json!({"success": true, "method": "backup_code"}))
         }

@@ -6,8 +6,9 @@ peer makes exactly the AWS calls the Rust function made for the same request, wi
 inputs and in the same order: bench-calls records them (the request bodies, stage by stage)
 and the harness passes them in the event under `benchReplay`. Like the Rust functions it
 builds its DynamoDB client at start-up, reads the encryption keys from Secrets Manager at
-start-up when the function has them (ENCRYPTION_SECRET_ID), and builds its SES client when it
-first sends mail. It does none of the function's own work (parsing, TOTP, encryption, the
+start-up when the function has them (ENCRYPTION_SECRET_ID), builds its SES client when it
+first sends mail, and makes the calls the function makes after its response (its mail) after
+its own. It does none of the function's own work (parsing, TOTP, encryption, the
 user object), so its times understate what a full Python function would take. A replayed
 write may meet a condition the first run already changed; DynamoDB then refuses it after
 doing the same work, and the peer carries on, as a function answering 4xx would."""
@@ -18,6 +19,7 @@ import os
 import re
 
 import boto3
+from awslambdaric import lambda_runtime_client
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -57,13 +59,36 @@ def _binary(value):
     return value
 
 
+def _make(call):
+    client = _client(call["service"])
+    try:
+        getattr(client, _snake(call["operation"]))(**_binary(call["input"]))
+    except ClientError:
+        pass
+
+
+# The calls the Rust function makes after posting its response (the mail of shared::run): made
+# here at the same point, after awslambdaric has posted the response and before it asks for
+# the next event.
+_after_response = []
+_wait_next_invocation = lambda_runtime_client.BaseLambdaRuntimeClient.wait_next_invocation
+
+
+def _wait_next_after_queued_calls(self):
+    while _after_response:
+        _make(_after_response.pop(0))
+    return _wait_next_invocation(self)
+
+
+lambda_runtime_client.BaseLambdaRuntimeClient.wait_next_invocation = _wait_next_after_queued_calls
+
+
 def handler(event, _context):
     replay = event["benchReplay"]
     for call in replay["calls"]:
-        client = _client(call["service"])
-        try:
-            getattr(client, _snake(call["operation"]))(**_binary(call["input"]))
-        except ClientError:
-            pass
+        if call.get("after_response"):
+            _after_response.append(call)
+        else:
+            _make(call)
     return {"statusCode": replay["status"], "headers": {"content-type": "application/json"},
             "body": replay["body"], "isBase64Encoded": False}

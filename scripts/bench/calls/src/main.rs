@@ -13,6 +13,8 @@
 //!   span's (`DynamoDB.GetItem`, …: the whole operation, as a direct caller waits for it), or
 //!   the interceptors' window when the spans cannot be matched (`direct_source` says which). `replay` holds every call's request
 //!   body, stage by stage, for the Python peers (scripts/bench/python-function/replay.py).
+//!   Calls made after the response (the mail `shared::run` sends then) are left out of `aws_us`
+//!   and the stages and listed in `after_response_calls`; the replay marks them.
 use api_tests::calls::{sequential_depth, Recorder};
 use aws_sdk_dynamodb::config::interceptors::{
     BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
@@ -230,6 +232,17 @@ fn aws_time_us(stages: &[Vec<&Captured>]) -> u64 {
         .sum()
 }
 
+/// A call as the Python peer replays it.
+fn replayed(c: &Captured, stage: usize, after_response: bool) -> Value {
+    json!({
+        "stage": stage,
+        "after_response": after_response,
+        "service": if c.dynamodb { "dynamodb" } else { "sesv2" },
+        "operation": c.operation.trim_start_matches("sesv2."),
+        "input": c.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()).unwrap_or(Value::Null),
+    })
+}
+
 fn micros(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_micros() as u64
 }
@@ -329,7 +342,7 @@ impl Driver {
         }
         let started = Instant::now();
         let reply = call.send().await;
-        let handler_us = micros(started, Instant::now());
+        let handler_us = micros(started, reply.responded_at);
         let recorded = self.recorder.take();
         let mut captured = self.capture.take();
         // Each call's operation span, matched by order of start (a call's span opens just
@@ -344,7 +357,13 @@ impl Driver {
         } else {
             "interceptors"
         };
-        let stages = stages(&captured);
+        // What the function sends after its response (shared::run) is no part of the request's
+        // time; the Python peer replays it after its response too.
+        let (answered, after): (Vec<Captured>, Vec<Captured>) = captured
+            .iter()
+            .cloned()
+            .partition(|c| c.start < reply.responded_at);
+        let stages = stages(&answered);
         let mail: Vec<Value> = captured
             .iter()
             .filter_map(|c| c.mail.as_ref())
@@ -372,15 +391,13 @@ impl Driver {
             "recorded": recorded.iter().map(|c| json!({"operation": c.operation, "actions": c.actions})).collect::<Vec<_>>(),
             // The capture agrees on the DynamoDB calls and adds the other AWS calls (SES).
             "captured_dynamodb_calls": captured.iter().filter(|c| c.dynamodb).count(),
-            "other_calls": captured.iter().filter(|c| !c.dynamodb).map(|c| c.operation).collect::<Vec<_>>(),
+            "other_calls": answered.iter().filter(|c| !c.dynamodb).map(|c| c.operation).collect::<Vec<_>>(),
+            "after_response_calls": after.iter().map(|c| c.operation).collect::<Vec<_>>(),
             "stages": stages.iter().map(|s| s.iter().map(|c| c.operation).collect::<Vec<_>>()).collect::<Vec<_>>(),
             // Every call's request body, stage by stage: what the Python peer replays.
-            "replay": stages.iter().enumerate().flat_map(|(n, stage)| stage.iter().map(move |c| json!({
-                "stage": n,
-                "service": if c.dynamodb { "dynamodb" } else { "sesv2" },
-                "operation": c.operation.trim_start_matches("sesv2."),
-                "input": c.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()).unwrap_or(Value::Null),
-            }))).collect::<Vec<_>>(),
+            "replay": stages.iter().enumerate().flat_map(|(n, stage)| stage.iter().map(move |c| replayed(c, n, false)))
+                .chain(after.iter().map(|c| replayed(c, stages.len(), true)))
+                .collect::<Vec<_>>(),
             "aws_us": aws_time_us(&stages),
             "direct_source": direct_source,
             "handler_us": handler_us,

@@ -1,0 +1,62 @@
+//! The Lambda runtime loop every function with a [`Context`] runs: `lambda_http::run`, plus
+//! the work no response waits for, done after the response is posted and before the next event
+//! is asked for. Lambda returns a posted response to the caller at once and freezes the
+//! environment only when the runtime asks for the next event, so that work still runs in the
+//! same invocation; what the caller would otherwise wait for (an SES call) is gone from its
+//! latency.
+use crate::email::Mailer;
+use crate::Context;
+use lambda_http::lambda_runtime::Diagnostic;
+use lambda_http::lambda_runtime::{layers::TracingLayer, LambdaInvocation, Runtime};
+use lambda_http::tower::{layer::layer_fn, Service};
+use lambda_http::{Adapter, Error, IntoResponse, Request};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+/// Runs `handler` for every event, sending the mail it queued after each response.
+pub async fn run<'a, S, R, E>(ctx: &Context, handler: S) -> Result<(), Error>
+where
+    S: Service<Request, Response = R, Error = E>,
+    S::Future: Send + 'a,
+    R: IntoResponse,
+    E: std::fmt::Debug + Into<Diagnostic>,
+{
+    let mailer = &ctx.mailer;
+    Runtime::new(Adapter::from(handler))
+        .layer(layer_fn(|posting| AfterResponse { posting, mailer }))
+        .layer(TracingLayer::new())
+        .run()
+        .await
+}
+
+/// Wraps the runtime's service that handles an invocation and posts its response.
+struct AfterResponse<'m, S> {
+    posting: S,
+    mailer: &'m Mailer,
+}
+
+impl<'m, S> Service<LambdaInvocation> for AfterResponse<'m, S>
+where
+    S: Service<LambdaInvocation, Response = (), Error = Error>,
+    S::Future: 'm,
+{
+    type Response = ();
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + 'm>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        self.posting.poll_ready(cx)
+    }
+
+    fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+        let posted = self.posting.call(invocation);
+        let mailer = self.mailer;
+        Box::pin(async move {
+            let result = posted.await;
+            // Whether or not the response could be posted: the queue belongs to this event.
+            mailer.send_queued().await;
+            result
+        })
+    }
+}
