@@ -830,26 +830,45 @@ def warm_loop(procs: Processes, target: Target, scenario: Scenario, driver: Driv
               res: Result) -> None:
     """n warm requests through the Runtime API, each paired with the same request run in process
     (bench-calls), whose AWS calls give the direct baseline; the two alternate, so both see the
-    same machine and the same state of DynamoDB Local."""
+    same machine and the same state of DynamoDB Local. Both requests of a pair are set up first
+    (the in-process one for a user of its own), then run back to back, in turns first: neither
+    side always runs right after its own set-up (which warms its caches) or always right after
+    the set-up's writes (which leave DynamoDB Local busy)."""
     api = RuntimeApi(target.name)
+    direct_scenario = None
+    if driver is not None:
+        direct_scenario = type(scenario)(driver)
+        direct_scenario.setup()
     try:
         proc = procs.spawn(target, api)
         warmup = 20  # the first ones open connections and fill caches on both sides
         for i in range(n + warmup):
             # The process is done with the last request (and what it sends after the response).
             api.wait_asked(i + 1, proc)
-            if driver is not None:
-                out = driver.invoke(scenario.prepare(20_000 + i), measured=True)
+            direct_req = direct_scenario.prepare(20_000 + i) if direct_scenario is not None else None
+            req = scenario.prepare(10_000 + i)
+
+            def through_function() -> None:
+                inv = api.submit(api_event(req))
+                wait_for(inv, proc, api, 30)
+                check_answer(inv, req)
+                api.wait_asked(i + 2, proc)
+                if i >= warmup:
+                    res.latency.append(inv.latency)
+
+            def in_process() -> None:
+                out = driver.invoke(direct_req, measured=True)
                 if i >= warmup:
                     res.direct.append(out["aws_us"] / 1e6)
                     res.direct_sources.add(out["direct_source"])
                 res.observe_calls(out)
-            req = scenario.prepare(10_000 + i)
-            inv = api.submit(api_event(req))
-            wait_for(inv, proc, api, 30)
-            check_answer(inv, req)
-            if i >= warmup:
-                res.latency.append(inv.latency)
+
+            # Which goes first alternates: the first meets DynamoDB Local right after the set-up's
+            # writes, the second follows the other side's request.
+            order = [through_function] if direct_req is None else (
+                [through_function, in_process] if i % 2 == 0 else [in_process, through_function])
+            for run in order:
+                run()
         res.rss_after_warm = peak_rss(proc.pid)
         procs.stop(proc)
     finally:
