@@ -73,6 +73,23 @@ pub struct Caller {
     pub uuid: Uuid,
     pub is_staff: bool,
     pub scopes: Vec<String>,
+    /// The key, when its last use is to be noted: never noted, or not in the last hour.
+    pub key_to_note: Option<ApiKeyHash>,
+}
+
+/// How often a key's `last_used_at` is written at most, as PostHog does.
+pub const KEY_USE_NOTED_EVERY_SECS: u64 = 3600;
+
+/// Whether a key last noted at `last_used_at` (ISO 8601) is due a new note at `now_secs`.
+fn key_use_due(last_used_at: Option<&str>, now_secs: u64) -> bool {
+    use aws_smithy_types::date_time::{DateTime, Format};
+    let Some(last) = last_used_at else {
+        return true;
+    };
+    match DateTime::from_str(last, Format::DateTime) {
+        Ok(t) => now_secs.saturating_sub(t.secs().max(0) as u64) >= KEY_USE_NOTED_EVERY_SECS,
+        Err(_) => true,
+    }
 }
 
 impl Caller {
@@ -132,10 +149,12 @@ pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiErr
         return Err(ApiError::AuthenticationFailed);
     }
     let uuid = Uuid::parse_str(&record.user_uuid).map_err(|_| ApiError::AuthenticationFailed)?;
+    let due = key_use_due(record.last_used_at.as_deref(), crate::store::now_secs());
     Ok(Caller {
         uuid,
         is_staff: record.user_is_staff,
         scopes: record.scopes,
+        key_to_note: due.then_some(hash),
     })
 }
 
@@ -214,11 +233,32 @@ mod tests {
     }
 
     #[test]
+    fn a_key_use_is_noted_at_most_hourly() {
+        let at = |secs: i64| {
+            aws_smithy_types::DateTime::from_secs(secs)
+                .fmt(aws_smithy_types::date_time::Format::DateTime)
+                .unwrap()
+        };
+        let now = 1_800_000_000u64;
+        assert!(key_use_due(None, now));
+        assert!(key_use_due(Some("not a date"), now));
+        assert!(!key_use_due(Some(&at(now as i64 - 10)), now));
+        assert!(!key_use_due(Some(&at(now as i64 - 3599)), now));
+        assert!(key_use_due(Some(&at(now as i64 - 3600)), now));
+        assert!(key_use_due(Some("2026-11-27T09:29:45.069403Z"), now));
+        assert!(
+            !key_use_due(Some(&at(now as i64 + 60)), now),
+            "a clock ahead"
+        );
+    }
+
+    #[test]
     fn write_implies_read_but_not_the_reverse() {
         let caller = |s: &str| Caller {
             uuid: Uuid::nil(),
             is_staff: false,
             scopes: vec![s.into()],
+            key_to_note: None,
         };
         assert!(caller("user:write").require(Scope::UserRead).is_ok());
         assert!(caller("*").require(Scope::UserWrite).is_ok());

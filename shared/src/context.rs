@@ -1,5 +1,5 @@
 //! What a function builds once per cold start and shares, by reference, with every request.
-use crate::auth::{self, Caller, TargetUser};
+use crate::auth::{self, ApiKeyHash, Caller, TargetUser};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::email::Mailer;
@@ -10,7 +10,7 @@ use crate::store::Store;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use lambda_http::Request;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -23,6 +23,8 @@ pub struct Context {
     /// Loaded on first use and kept; a failed load is retried by the next request, so an
     /// outage at cold start is a 503, not a crash loop.
     keyring: Arc<OnceCell<Keyring>>,
+    /// Keys whose use is noted once the response is out ([`Context::after_response`]).
+    used_keys: Arc<Mutex<Vec<ApiKeyHash>>>,
 }
 
 /// The SDK configuration every client of a function is built from (the standard AWS
@@ -299,6 +301,7 @@ impl Context {
             mailer,
             secrets,
             keyring: Arc::new(OnceCell::new()),
+            used_keys: Arc::default(),
             config,
         }
     }
@@ -336,6 +339,7 @@ impl Context {
             mailer: self.mailer.clone(),
             secrets: self.secrets.clone(),
             keyring: self.keyring.clone(),
+            used_keys: self.used_keys.clone(),
         }
     }
 
@@ -356,6 +360,9 @@ impl Context {
         }
         http::check_body_size(req)?;
         let caller = auth::authenticate(&self.store, req).await?;
+        if let Some(key) = &caller.key_to_note {
+            self.lock_used_keys().push(key.clone());
+        }
         caller.require(matched.route.scope)?;
         let target = auth::target(&caller, &matched)?;
         Ok(Call {
@@ -363,6 +370,34 @@ impl Context {
             caller,
             target,
         })
+    }
+
+    /// The work no response waits for, done after it is posted ([`crate::run`]): the mail the
+    /// request queued, and the note of its key's use (PostHog's `last_used_at`, at most hourly).
+    /// A failure is logged and changes nothing else.
+    pub async fn after_response(&self) {
+        self.mailer.send_queued().await;
+        let keys = std::mem::take(&mut *self.lock_used_keys());
+        if keys.is_empty() {
+            return;
+        }
+        let micros = crate::store::now_micros();
+        let now = crate::store::iso_at_micros(micros);
+        let since = crate::store::iso_at_micros(
+            micros.saturating_sub(auth::KEY_USE_NOTED_EVERY_SECS * 1_000_000),
+        );
+        for key in keys {
+            if let Err(err) = self.store.note_api_key_used(&key, &now, &since).await {
+                tracing::warn!(error = %err, "the key's use could not be noted");
+            }
+        }
+    }
+
+    fn lock_used_keys(&self) -> std::sync::MutexGuard<'_, Vec<ApiKeyHash>> {
+        // Only a panic elsewhere poisons it (tests; release builds abort); the list is whole.
+        self.used_keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The encryption keys, read from Secrets Manager once per cold start.

@@ -1,10 +1,9 @@
 //! The Lambda runtime loop every function with a [`Context`] runs: `lambda_http::run`, plus
-//! the work no response waits for, done after the response is posted and before the next event
-//! is asked for. Lambda returns a posted response to the caller at once and freezes the
+//! the work no response waits for ([`Context::after_response`]: queued mail, the note of a
+//! key's use), done after the response is posted and before the next event is asked for. Lambda returns a posted response to the caller at once and freezes the
 //! environment only when the runtime asks for the next event, so that work still runs in the
 //! same invocation; what the caller would otherwise wait for (an SES call) is gone from its
 //! latency.
-use crate::email::Mailer;
 use crate::Context;
 use lambda_http::lambda_runtime::Diagnostic;
 use lambda_http::lambda_runtime::{layers::TracingLayer, LambdaInvocation, Runtime};
@@ -14,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-/// Runs `handler` for every event, sending the mail it queued after each response.
+/// Runs `handler` for every event, and [`Context::after_response`] after each response.
 pub async fn run<'a, S, R, E>(ctx: &Context, handler: S) -> Result<(), Error>
 where
     S: Service<Request, Response = R, Error = E>,
@@ -22,28 +21,27 @@ where
     R: IntoResponse,
     E: std::fmt::Debug + Into<Diagnostic>,
 {
-    let mailer = &ctx.mailer;
     Runtime::new(Adapter::from(handler))
-        .layer(layer_fn(|posting| AfterResponse { posting, mailer }))
+        .layer(layer_fn(|posting| AfterResponse { posting, ctx }))
         .layer(TracingLayer::new())
         .run()
         .await
 }
 
 /// Wraps the runtime's service that handles an invocation and posts its response.
-struct AfterResponse<'m, S> {
+struct AfterResponse<'c, S> {
     posting: S,
-    mailer: &'m Mailer,
+    ctx: &'c Context,
 }
 
-impl<'m, S> Service<LambdaInvocation> for AfterResponse<'m, S>
+impl<'c, S> Service<LambdaInvocation> for AfterResponse<'c, S>
 where
     S: Service<LambdaInvocation, Response = (), Error = Error>,
-    S::Future: 'm,
+    S::Future: 'c,
 {
     type Response = ();
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + 'm>>;
+    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + 'c>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         self.posting.poll_ready(cx)
@@ -51,11 +49,11 @@ where
 
     fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
         let posted = self.posting.call(invocation);
-        let mailer = self.mailer;
+        let ctx = self.ctx;
         Box::pin(async move {
             let result = posted.await;
-            // Whether or not the response could be posted: the queue belongs to this event.
-            mailer.send_queued().await;
+            // Whether or not the response could be posted: the work belongs to this event.
+            ctx.after_response().await;
             result
         })
     }

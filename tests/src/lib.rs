@@ -47,8 +47,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
-    /// When the response was complete: in process, before the mail the function sends after
-    /// its response (`shared::run`) went out.
+    /// When the response was complete: in process, before what the function does after its
+    /// response (`shared::run`: queued mail, the note of the key's use).
     pub responded_at: std::time::Instant,
 }
 
@@ -236,7 +236,6 @@ async fn dispatch(
         "fallback" => fallback::handle(request).await,
         other => panic!("the route table names a function the harness does not know: {other}"),
     };
-    calls::observe(function, &recorder.take());
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -250,8 +249,9 @@ async fn dispatch(
         _ => String::new(),
     };
     let responded_at = std::time::Instant::now();
-    // As the runtime does (shared::run): the mail no response waits for goes out after it.
-    ctx.mailer.send_queued().await;
+    // As the runtime does (shared::run): what no response waits for runs after it.
+    ctx.after_response().await;
+    calls::observe(function, &recorder.take());
     Reply {
         status,
         headers,

@@ -310,3 +310,68 @@ async fn deactivate_user_then_401() {
     .await
     .failed();
 }
+
+/// list-keys shows a user's keys by mask, never the keys, with when each was last used
+/// (noted by the function after its response).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_keys_shows_masks_and_last_use() {
+    let user = create_user_cli(&unique_email("cli-list"), &[]).await;
+    let uuid = user["uuid"].as_str().unwrap();
+    let used = admin(&[
+        "create-key",
+        "--user",
+        uuid,
+        "--scopes",
+        "*",
+        "--label",
+        "app",
+    ])
+    .await
+    .json();
+    let idle = admin(&["create-key", "--user", uuid, "--scopes", "user:read"])
+        .await
+        .json();
+    let used_key = used["api_key"].as_str().unwrap();
+    Api::http().me(used_key).await;
+
+    // The by-user index is eventually consistent, and the note lands after the response.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (stdout, listed) = loop {
+        let out = admin(&["list-keys", "--user", uuid]).await;
+        assert_eq!(out.code, 0, "users-admin failed: {}", out.stderr);
+        let listed: Value = serde_json::from_str(out.stdout.trim()).expect("a JSON array");
+        let ready = listed.as_array().is_some_and(|keys| {
+            keys.len() == 2 && keys.iter().any(|k| k["last_used_at"].is_string())
+        });
+        if ready || std::time::Instant::now() > deadline {
+            break (out.stdout, listed);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let keys = listed.as_array().expect("an array");
+    assert_eq!(keys.len(), 2, "{listed}");
+    for key in keys {
+        assert_eq!(
+            keys_of(key),
+            vec![
+                "active",
+                "created_at",
+                "label",
+                "last_used_at",
+                "mask",
+                "scopes"
+            ]
+        );
+    }
+    let by_mask = |mask: &Value| keys.iter().find(|k| k["mask"] == *mask).expect("listed");
+    let app = by_mask(&used["mask"]);
+    assert_eq!(
+        (&app["label"], &app["scopes"], &app["active"]),
+        (&json!("app"), &json!(["*"]), &json!(true))
+    );
+    assert!(app["last_used_at"].is_string(), "{app}");
+    assert_eq!(by_mask(&idle["mask"])["last_used_at"], Value::Null);
+    for key in [used_key, idle["api_key"].as_str().unwrap()] {
+        assert!(!stdout.contains(&key[4..]), "the key itself is never shown");
+    }
+}

@@ -505,3 +505,140 @@ async fn deactivating_an_unknown_user_changes_nothing() {
     assert!(!ctx.store.deactivate_user(&uuid).await.expect("deactivate"));
     assert!(ctx.store.user(&uuid).await.expect("read").is_none());
 }
+
+/// The key's stored `last_used_at`, if any.
+async fn last_used(ctx: &shared::Context, key: &str) -> Option<String> {
+    ctx.store
+        .api_key(&shared::auth::ApiKeyHash::of(key))
+        .await
+        .expect("DynamoDB answers")
+        .expect("the key exists")
+        .last_used_at
+}
+
+/// Waits (up to 10 s) until the key's `last_used_at` differs from `old`: over HTTP the
+/// function notes it just after its response (shared::run).
+async fn noted_after(ctx: &shared::Context, key: &str, old: Option<&str>) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = last_used(ctx, key).await;
+        if now.as_deref() != old || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Sets the key's `last_used_at` as if it was noted `ago_secs` seconds ago.
+async fn set_last_used(ctx: &shared::Context, key: &str, ago_secs: u64) -> String {
+    let at =
+        shared::store::iso_at_micros((shared::store::now_secs() - ago_secs) * 1_000_000 + 123_456);
+    ctx.store
+        .db
+        .update_item()
+        .table_name(&ctx.store.tables.api_keys)
+        .key(
+            "secure_value",
+            aws_sdk_dynamodb::types::AttributeValue::S(shared::auth::ApiKeyHash::of(key).0),
+        )
+        .update_expression("SET last_used_at = :t")
+        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::S(at.clone()))
+        .send()
+        .await
+        .expect("DynamoDB answers");
+    at
+}
+
+fn secs_of(iso: &str) -> i64 {
+    aws_smithy_types::DateTime::from_str(iso, aws_smithy_types::date_time::Format::DateTime)
+        .expect("an ISO 8601 time")
+        .secs()
+}
+
+// PostHog notes a personal API key's last use, at most once an hour; here after the response.
+both!(a_key_use_is_noted, |api, ctx| async move {
+    let user = create_user(&ctx, false, &["*"]).await;
+    assert_eq!(last_used(&ctx, &user.key).await, None, "a new key");
+    let before = shared::store::now_secs() as i64;
+    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let noted = noted_after(&ctx, &user.key, None).await.expect("noted");
+    let after = shared::store::now_secs() as i64;
+    assert!((before..=after).contains(&secs_of(&noted)), "{noted}");
+
+    // Noted more than an hour ago: noted again, by a route of another function.
+    let old = set_last_used(&ctx, &user.key, 3_700).await;
+    let reply = api
+        .post("/api/users/@me/scene_personalisation/")
+        .bearer(&user.key)
+        .json(&json!({"scene": "s", "dashboard": 1}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let renoted = noted_after(&ctx, &user.key, Some(&old))
+        .await
+        .expect("noted");
+    assert!(secs_of(&renoted) >= after, "{renoted}");
+});
+
+/// Within the hour nothing is written (in process, where the work after the response is done
+/// when the call returns, so its absence is certain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_used_within_the_hour_is_not_noted_again() {
+    let ctx = std::sync::Arc::new(context().await);
+    let api = Api::InProcess(ctx.clone());
+    let user = create_user(&ctx, false, &["user:read"]).await;
+    let recent = set_last_used(&ctx, &user.key, 3_500).await;
+    for _ in 0..3 {
+        let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(last_used(&ctx, &user.key).await, Some(recent));
+    // A refused request (missing scope) still authenticated the key: noted once due.
+    let old = set_last_used(&ctx, &user.key, 7_200).await;
+    let reply = api
+        .patch("/api/users/@me/")
+        .bearer(&user.key)
+        .json(&json!({"first_name": "X"}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_ne!(last_used(&ctx, &user.key).await, Some(old));
+}
+
+/// The note never brings back a key removed meanwhile, and never moves a recent note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noting_a_key_use_is_conditional() {
+    let ctx = context().await;
+    let now = shared::store::iso_now();
+    let since = shared::store::iso_at_micros(shared::store::now_micros() - 3_600_000_000);
+    let (gone, _) = shared::auth::generate_api_key();
+    let gone = shared::auth::ApiKeyHash::of(&gone);
+    assert!(!ctx
+        .store
+        .note_api_key_used(&gone, &now, &since)
+        .await
+        .unwrap());
+    assert!(
+        ctx.store.api_key(&gone).await.unwrap().is_none(),
+        "not created"
+    );
+
+    let user = create_user(&ctx, false, &["*"]).await;
+    let hash = shared::auth::ApiKeyHash::of(&user.key);
+    assert!(
+        ctx.store
+            .note_api_key_used(&hash, &now, &since)
+            .await
+            .unwrap(),
+        "never noted"
+    );
+    assert!(
+        !ctx.store
+            .note_api_key_used(&hash, &now, &since)
+            .await
+            .unwrap(),
+        "just noted"
+    );
+    assert_eq!(last_used(&ctx, &user.key).await, Some(now));
+}

@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// List a user's keys by mask (never the keys): label, scopes, created and last used
+    /// (noted at most once an hour).
+    ListKeys {
+        #[arg(long)]
+        user: String,
+    },
     /// Revoke a key: from now on it gets 401.
     RevokeKey {
         #[arg(long)]
@@ -139,6 +145,22 @@ async fn run(command: Command) -> Result<Value, String> {
                 other => describe(other),
             })?;
             Ok(json!({"api_key": key, "mask": mask, "scopes": scopes}))
+        }
+        Command::ListKeys { user } => {
+            let uuid = uuid::Uuid::parse_str(user.trim())
+                .map_err(|_| format!("{user:?} is not a uuid"))?
+                .to_string();
+            let mut keys = store.api_keys_of(&uuid).await.map_err(describe)?;
+            keys.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+            Ok(Value::Array(
+                keys.into_iter()
+                    .map(|k| {
+                        json!({"mask": k.mask, "label": k.label, "scopes": k.scopes,
+                               "created_at": k.created_at, "last_used_at": k.last_used_at,
+                               "active": k.user_is_active})
+                    })
+                    .collect(),
+            ))
         }
         Command::RevokeKey { key } => {
             if !store

@@ -76,6 +76,38 @@ impl Store {
         Ok(())
     }
 
+    /// Notes that a key was used at `now`, unless that was already noted after `since`
+    /// (PostHog writes it at most once an hour per key). The condition also keeps a key that
+    /// was removed in the meantime from coming back. True when it wrote.
+    pub async fn note_api_key_used(
+        &self,
+        hash: &ApiKeyHash,
+        now: &str,
+        since: &str,
+    ) -> Result<bool, ApiError> {
+        let result = self
+            .db
+            .update_item()
+            .table_name(&self.tables.api_keys)
+            .key("secure_value", s(&hash.0))
+            .update_expression("SET last_used_at = :now")
+            // A key never used holds a NULL (serde's None), or nothing in older items.
+            .condition_expression(
+                "attribute_exists(secure_value) AND (attribute_not_exists(last_used_at) \
+                 OR attribute_type(last_used_at, :null) OR last_used_at < :since)",
+            )
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":since", s(since))
+            .expression_attribute_values(":null", s("NULL"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if super::is_condition_failed(&err) => Ok(false),
+            Err(err) => Err(ApiError::from_sdk("api_keys.note_used", &err)),
+        }
+    }
+
     /// Removes a key; true when it existed.
     pub async fn delete_api_key(&self, hash: &ApiKeyHash) -> Result<bool, ApiError> {
         let out = self

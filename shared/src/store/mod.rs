@@ -172,7 +172,11 @@ pub fn now_micros() -> u64 {
 
 /// An ISO 8601 UTC timestamp with microseconds, as PostHog renders dates.
 pub fn iso_now() -> String {
-    let micros = now_micros();
+    iso_at_micros(now_micros())
+}
+
+/// [`iso_now`] for a given time (microseconds since the Unix epoch).
+pub fn iso_at_micros(micros: u64) -> String {
     let dt = aws_smithy_types::DateTime::from_fractional_secs(
         (micros / 1_000_000) as i64,
         (micros % 1_000_000) as f64 / 1e6,

@@ -13,7 +13,8 @@
 //!   span's (`DynamoDB.GetItem`, …: the whole operation, as a direct caller waits for it), or
 //!   the interceptors' window when the spans cannot be matched (`direct_source` says which). `replay` holds every call's request
 //!   body, stage by stage, for the Python peers (scripts/bench/python-function/replay.py).
-//!   Calls made after the response (the mail `shared::run` sends then) are left out of `aws_us`
+//!   Calls made after the response (what `shared::run` does then: queued mail, the note of the
+//!   key's use) are left out of `aws_us`
 //!   and the stages and listed in `after_response_calls`; the replay marks them.
 use api_tests::calls::{sequential_depth, Recorder};
 use aws_sdk_dynamodb::config::interceptors::{
@@ -343,7 +344,13 @@ impl Driver {
         let started = Instant::now();
         let reply = call.send().await;
         let handler_us = micros(started, reply.responded_at);
-        let recorded = self.recorder.take();
+        // The request's own calls; what runs after the response is listed on its own below.
+        let recorded: Vec<_> = self
+            .recorder
+            .take()
+            .into_iter()
+            .filter(|c| c.start < reply.responded_at)
+            .collect();
         let mut captured = self.capture.take();
         // Each call's operation span, matched by order of start (a call's span opens just
         // before its interceptors run, with no await between them).
