@@ -150,7 +150,8 @@ class RuntimeApi:
         self.init_errors: list[bytes] = []
         self.closing = False
         # How many times a process asked for an event: one more after a response means the
-        # process has finished what it does after responding (shared::run's mail).
+        # process has finished what it does after responding (shared::run: queued mail, the note of
+        # the key's use).
         self.nexts = 0
         self.asked = threading.Condition()
         api = self
@@ -1224,9 +1225,10 @@ def render(doc: dict[str, Any]) -> str:
         "wait for alike. CPU: the process's CPU time up to its",
         "first response, and its CPU penalty (that minus a warm request's) ÷ the empty function's — the",
         "same comparison without the waiting, so less sensitive to a busy machine. Calls: DynamoDB calls per request",
-        "(sequential), the most seen, and the calls made after the response (a notice's mail, which",
-        "the function sends once its response is posted and before it asks for the next event; the",
-        "Python peer makes them at the same point; the next request waits for them in both cases).",
+        "(sequential), the most seen, and the calls made after the response (a notice's mail, the",
+        "hourly note of the key's use: `shared::run` makes them once the response is posted and",
+        "before it asks for the next event; the Python peer makes them at the same point; the next",
+        "request waits for them in both cases).",
         "Latency: event delivered → response, p50 / p99. Direct: the time the same request spends in",
         "the AWS calls it waits for (SES included where the response waits for a mail) when run in",
         "process with the same SDK clients, stage by stage; each function request alternates with one.",

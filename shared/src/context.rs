@@ -331,15 +331,16 @@ impl Context {
     }
 
     /// The same context over another store (an instrumented client, in tests and benchmarks),
-    /// sharing the other clients and the loaded keys.
+    /// sharing the other clients and the loaded keys; what it queues for after the response is
+    /// its own, so that concurrent requests through such contexts keep theirs apart.
     pub fn with_store(&self, store: Store) -> Self {
         Context {
             config: self.config.clone(),
             store,
-            mailer: self.mailer.clone(),
+            mailer: self.mailer.with_own_outbox(),
             secrets: self.secrets.clone(),
             keyring: self.keyring.clone(),
-            used_keys: self.used_keys.clone(),
+            used_keys: Arc::default(),
         }
     }
 
@@ -352,7 +353,8 @@ impl Context {
     }
 
     /// Routes, size-checks, authenticates and authorises a request for `function`, and
-    /// works out whose account it acts on.
+    /// works out whose account it acts on. A key due a note of its use is queued for
+    /// [`Context::after_response`].
     pub async fn authorize(&self, req: &Request, function: &str) -> Result<Call, ApiError> {
         let matched = routes::resolve(req.method().as_str(), req.uri().path())?;
         if matched.route.function != function {
@@ -376,7 +378,10 @@ impl Context {
     /// request queued, and the note of its key's use (PostHog's `last_used_at`, at most hourly).
     /// A failure is logged and changes nothing else.
     pub async fn after_response(&self) {
-        self.mailer.send_queued().await;
+        tokio::join!(self.mailer.send_queued(), self.note_used_keys());
+    }
+
+    async fn note_used_keys(&self) {
         let keys = std::mem::take(&mut *self.lock_used_keys());
         if keys.is_empty() {
             return;

@@ -33,6 +33,14 @@ impl Mailer {
         }
     }
 
+    /// The same mailer with an empty outbox of its own.
+    pub fn with_own_outbox(&self) -> Self {
+        Mailer {
+            outbox: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// A mailer whose SES client is built from `sdk` when it first sends.
     pub fn lazy(sdk: &aws_config::SdkConfig, sender: Option<String>) -> Self {
         Mailer {

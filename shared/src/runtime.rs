@@ -1,9 +1,9 @@
 //! The Lambda runtime loop every function with a [`Context`] runs: `lambda_http::run`, plus
 //! the work no response waits for ([`Context::after_response`]: queued mail, the note of a
-//! key's use), done after the response is posted and before the next event is asked for. Lambda returns a posted response to the caller at once and freezes the
-//! environment only when the runtime asks for the next event, so that work still runs in the
-//! same invocation; what the caller would otherwise wait for (an SES call) is gone from its
-//! latency.
+//! key's use), done after the response is posted and before the next event is asked for.
+//! Lambda returns a posted response to the caller at once and freezes the environment only
+//! when the runtime asks for the next event, so that work still runs in the same invocation,
+//! and the caller no longer waits for it.
 use crate::Context;
 use lambda_http::lambda_runtime::Diagnostic;
 use lambda_http::lambda_runtime::{layers::TracingLayer, LambdaInvocation, Runtime};
@@ -12,6 +12,7 @@ use lambda_http::{Adapter, Error, IntoResponse, Request};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime};
 
 /// Runs `handler` for every event, and [`Context::after_response`] after each response.
 pub async fn run<'a, S, R, E>(ctx: &Context, handler: S) -> Result<(), Error>
@@ -27,6 +28,9 @@ where
         .run()
         .await
 }
+
+/// What is left of an invocation's time when the work after its response is cut short.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Wraps the runtime's service that handles an invocation and posts its response.
 struct AfterResponse<'c, S> {
@@ -48,12 +52,28 @@ where
     }
 
     fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+        let deadline = invocation.context.deadline();
         let posted = self.posting.call(invocation);
         let ctx = self.ctx;
         Box::pin(async move {
             let result = posted.await;
-            // Whether or not the response could be posted: the work belongs to this event.
-            ctx.after_response().await;
+            // Whether or not the response could be posted: the work belongs to this event. It
+            // ends before the invocation's deadline, so that a stalled SES or DynamoDB cannot
+            // turn an answered request into a timed-out one (and the next into a cold start).
+            // A deadline already past is an emulator's that sets none (Lambda always does):
+            // the SDK's own timeouts bound the work then.
+            match deadline.duration_since(SystemTime::now()) {
+                Ok(left) => {
+                    let left = left.saturating_sub(DEADLINE_MARGIN);
+                    if tokio::time::timeout(left, ctx.after_response())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!("the work after the response was cut short by the deadline");
+                    }
+                }
+                Err(_) => ctx.after_response().await,
+            }
             result
         })
     }

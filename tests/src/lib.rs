@@ -569,20 +569,29 @@ pub async fn deactivate(ctx: &Context, uuid: &str) {
     );
 }
 
-/// [`sent_mail`] once `arrived` holds for it. A function sends its notices after its response
-/// (`shared::run`), so over HTTP they can land a moment after the response; this waits up to
-/// 10 s, then returns what there is for the caller's assertion to show.
-pub async fn sent_mail_when(
-    arrived: impl Fn(&[(Vec<String>, String, String)]) -> bool,
-) -> Vec<(Vec<String>, String, String)> {
+/// Reads with `read` until `done` holds for what it read, or 10 s have passed; returns the
+/// last reading either way, for the caller's assertion to check and show. For what a function
+/// does after its response (`shared::run`), which over HTTP lands a moment after it.
+pub async fn eventually<T, F, Fut>(mut read: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let mail = sent_mail().await;
-        if arrived(&mail) || std::time::Instant::now() > deadline {
-            return mail;
+        let value = read().await;
+        if done(&value) || std::time::Instant::now() > deadline {
+            return value;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// [`sent_mail`] once `arrived` holds for it (a notice goes out after the response).
+pub async fn sent_mail_when(
+    arrived: impl Fn(&[(Vec<String>, String, String)]) -> bool,
+) -> Vec<(Vec<String>, String, String)> {
+    eventually(sent_mail, |mail| arrived(mail)).await
 }
 
 /// Mail moto's SES accepted for this address: (subject, body).

@@ -335,19 +335,18 @@ async fn list_keys_shows_masks_and_last_use() {
     Api::http().me(used_key).await;
 
     // The by-user index is eventually consistent, and the note lands after the response.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let (stdout, listed) = loop {
+    let list = || async {
         let out = admin(&["list-keys", "--user", uuid]).await;
         assert_eq!(out.code, 0, "users-admin failed: {}", out.stderr);
         let listed: Value = serde_json::from_str(out.stdout.trim()).expect("a JSON array");
-        let ready = listed.as_array().is_some_and(|keys| {
-            keys.len() == 2 && keys.iter().any(|k| k["last_used_at"].is_string())
-        });
-        if ready || std::time::Instant::now() > deadline {
-            break (out.stdout, listed);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        (out.stdout, listed)
     };
+    let (stdout, listed) = eventually(list, |(_, listed)| {
+        listed.as_array().is_some_and(|keys| {
+            keys.len() == 2 && keys.iter().any(|k| k["last_used_at"].is_string())
+        })
+    })
+    .await;
     let keys = listed.as_array().expect("an array");
     assert_eq!(keys.len(), 2, "{listed}");
     for key in keys {
@@ -374,4 +373,7 @@ async fn list_keys_shows_masks_and_last_use() {
     for key in [used_key, idle["api_key"].as_str().unwrap()] {
         assert!(!stdout.contains(&key[4..]), "the key itself is never shown");
     }
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let message = admin(&["list-keys", "--user", &unknown]).await;
+    assert!(message.failed().contains("no user"), "{}", message.stderr);
 }

@@ -1,6 +1,7 @@
 //! API.md §2: credentials, scopes and whose account a path may name, on the routes of issue 2.
 use api_tests::*;
 use serde_json::json;
+use shared::store::s;
 
 /// A write route of every issue-2 function, as (method, path, body) for `@me`.
 fn write_routes() -> Vec<(&'static str, &'static str, serde_json::Value)> {
@@ -516,17 +517,10 @@ async fn last_used(ctx: &shared::Context, key: &str) -> Option<String> {
         .last_used_at
 }
 
-/// Waits (up to 10 s) until the key's `last_used_at` differs from `old`: over HTTP the
-/// function notes it just after its response (shared::run).
+/// The key's `last_used_at` once it differs from `old`: over HTTP the function notes it just
+/// after its response (shared::run).
 async fn noted_after(ctx: &shared::Context, key: &str, old: Option<&str>) -> Option<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let now = last_used(ctx, key).await;
-        if now.as_deref() != old || std::time::Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(|| last_used(ctx, key), |now| now.as_deref() != old).await
 }
 
 /// Sets the key's `last_used_at` as if it was noted `ago_secs` seconds ago.
@@ -537,12 +531,9 @@ async fn set_last_used(ctx: &shared::Context, key: &str, ago_secs: u64) -> Strin
         .db
         .update_item()
         .table_name(&ctx.store.tables.api_keys)
-        .key(
-            "secure_value",
-            aws_sdk_dynamodb::types::AttributeValue::S(shared::auth::ApiKeyHash::of(key).0),
-        )
+        .key("secure_value", s(shared::auth::ApiKeyHash::of(key).0))
         .update_expression("SET last_used_at = :t")
-        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::S(at.clone()))
+        .expression_attribute_values(":t", s(&at))
         .send()
         .await
         .expect("DynamoDB answers");

@@ -150,6 +150,9 @@ async fn run(command: Command) -> Result<Value, String> {
             let uuid = uuid::Uuid::parse_str(user.trim())
                 .map_err(|_| format!("{user:?} is not a uuid"))?
                 .to_string();
+            if store.user(&uuid).await.map_err(describe)?.is_none() {
+                return Err(format!("no user {uuid}"));
+            }
             let mut keys = store.api_keys_of(&uuid).await.map_err(describe)?;
             keys.sort_by(|a, b| a.created_at.cmp(&b.created_at));
             Ok(Value::Array(

@@ -7,8 +7,8 @@ inputs and in the same order: bench-calls records them (the request bodies, stag
 and the harness passes them in the event under `benchReplay`. Like the Rust functions it
 builds its DynamoDB client at start-up, reads the encryption keys from Secrets Manager at
 start-up when the function has them (ENCRYPTION_SECRET_ID), builds its SES client when it
-first sends mail, and makes the calls the function makes after its response (its mail) after
-its own. It does none of the function's own work (parsing, TOTP, encryption, the
+first sends mail, and makes the calls the function makes after its response (its mail, the
+note of the key's use) after its own. It does none of the function's own work (parsing, TOTP, encryption, the
 user object), so its times understate what a full Python function would take. A replayed
 write may meet a condition the first run already changed; DynamoDB then refuses it after
 doing the same work, and the peer carries on, as a function answering 4xx would."""
@@ -67,7 +67,8 @@ def _make(call):
         pass
 
 
-# The calls the Rust function makes after posting its response (the mail of shared::run): made
+# The calls the Rust function makes after posting its response (shared::run: queued mail, the
+# note of the key's use): made
 # here at the same point, after awslambdaric has posted the response and before it asks for
 # the next event.
 _after_response = []
@@ -76,7 +77,10 @@ _wait_next_invocation = lambda_runtime_client.BaseLambdaRuntimeClient.wait_next_
 
 def _wait_next_after_queued_calls(self):
     while _after_response:
-        _make(_after_response.pop(0))
+        try:
+            _make(_after_response.pop(0))
+        except Exception:  # noqa: BLE001  as the function: logged there, never fatal
+            pass
     return _wait_next_invocation(self)
 
 

@@ -175,12 +175,41 @@ pub fn iso_now() -> String {
     iso_at_micros(now_micros())
 }
 
-/// [`iso_now`] for a given time (microseconds since the Unix epoch).
+/// [`iso_now`] for a given time (microseconds since the Unix epoch). Always six digits of
+/// fraction, so that two such timestamps compare as strings as they do as times (DynamoDB
+/// conditions compare them so).
 pub fn iso_at_micros(micros: u64) -> String {
-    let dt = aws_smithy_types::DateTime::from_fractional_secs(
-        (micros / 1_000_000) as i64,
-        (micros % 1_000_000) as f64 / 1e6,
-    );
-    dt.fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+    let seconds = aws_smithy_types::DateTime::from_secs((micros / 1_000_000) as i64)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string());
+    format!(
+        "{}.{:06}Z",
+        seconds.trim_end_matches('Z'),
+        micros % 1_000_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_six_digits_and_sort_as_times() {
+        assert_eq!(iso_at_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            iso_at_micros(1_764_235_785_069_403),
+            "2025-11-27T09:29:45.069403Z"
+        );
+        let times = [
+            1_764_235_785_000_000u64,
+            1_764_235_785_000_001,
+            1_764_235_785_100_000,
+            1_764_235_785_120_000,
+            1_764_235_786_000_000,
+        ];
+        let texts: Vec<String> = times.iter().map(|&t| iso_at_micros(t)).collect();
+        let mut sorted = texts.clone();
+        sorted.sort();
+        assert_eq!(sorted, texts);
+    }
 }

@@ -397,7 +397,7 @@ impl Driver {
             "sequential": sequential_depth(&recorded),
             "recorded": recorded.iter().map(|c| json!({"operation": c.operation, "actions": c.actions})).collect::<Vec<_>>(),
             // The capture agrees on the DynamoDB calls and adds the other AWS calls (SES).
-            "captured_dynamodb_calls": captured.iter().filter(|c| c.dynamodb).count(),
+            "captured_dynamodb_calls": answered.iter().filter(|c| c.dynamodb).count(),
             "other_calls": answered.iter().filter(|c| !c.dynamodb).map(|c| c.operation).collect::<Vec<_>>(),
             "after_response_calls": after.iter().map(|c| c.operation).collect::<Vec<_>>(),
             "stages": stages.iter().map(|s| s.iter().map(|c| c.operation).collect::<Vec<_>>()).collect::<Vec<_>>(),
