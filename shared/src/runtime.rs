@@ -23,7 +23,7 @@ where
     E: std::fmt::Debug + Into<Diagnostic>,
 {
     Runtime::new(Adapter::from(handler))
-        .layer(layer_fn(|posting| AfterResponse { posting, ctx }))
+        .layer(layer_fn(|posting| AfterResponse::new(posting, ctx)))
         .layer(TracingLayer::new())
         .run()
         .await
@@ -33,9 +33,16 @@ where
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Wraps the runtime's service that handles an invocation and posts its response.
-struct AfterResponse<'c, S> {
+pub struct AfterResponse<'c, S> {
     posting: S,
     ctx: &'c Context,
+}
+
+impl<'c, S> AfterResponse<'c, S> {
+    /// Around `posting`, the service that answers an invocation and posts the response.
+    pub fn new(posting: S, ctx: &'c Context) -> Self {
+        AfterResponse { posting, ctx }
+    }
 }
 
 impl<'c, S> Service<LambdaInvocation> for AfterResponse<'c, S>

@@ -805,3 +805,45 @@ async fn secrets_manager_unreachable_at_cold_start() {
         black_hole.elapsed
     );
 }
+
+/// SES accepts the connection and never answers, after a response was posted: the work after
+/// the response stops before the invocation's deadline (less a margin), so an answered request
+/// does not turn into a timed-out invocation, well before the SDK's own 6 s would end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_mail_after_the_response_stops_before_the_deadline() {
+    use shared::lambda_http::lambda_runtime::{self, LambdaInvocation};
+    use shared::lambda_http::tower::{service_fn, Service};
+    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_SESV2")).await;
+    proxy.black_hole().await;
+    let mut ctx = context_via(None, None).await;
+    let ses = aws_sdk_sesv2::config::Builder::from(&shared::context::sdk_config().await)
+        .endpoint_url(proxy.url())
+        .build();
+    ctx.mailer = shared::email::Mailer::new(
+        aws_sdk_sesv2::Client::from_conf(ses),
+        ctx.config.email_sender.clone(),
+    );
+    ctx.mailer
+        .send_after_response("someone@example.com", "subject", "text".into());
+
+    let posted =
+        service_fn(|_: LambdaInvocation| async { Ok::<(), shared::lambda_http::Error>(()) });
+    let mut service = shared::runtime::AfterResponse::new(posted, &ctx);
+    let mut context = lambda_runtime::Context::default();
+    let now_ms = shared::store::now_micros() / 1000;
+    context.deadline = now_ms + 1_500;
+    let invocation = LambdaInvocation {
+        parts: shared::lambda_http::http::Response::new(()).into_parts().0,
+        body: Default::default(),
+        context,
+    };
+    let started = Instant::now();
+    service.call(invocation).await.expect("posted");
+    let took = started.elapsed();
+    assert!(proxy.requests() >= 1, "the mail reached the black hole");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(1_500),
+        "stopped after {took:?}: the deadline is 1.5 s away, less a 0.5 s margin"
+    );
+    assert_eq!(ctx.mailer.queued(), 0, "nothing is left for the next event");
+}
