@@ -832,9 +832,10 @@ def warm_loop(procs: Processes, target: Target, scenario: Scenario, driver: Driv
     """n warm requests through the Runtime API, each paired with the same request run in process
     (bench-calls), whose AWS calls give the direct baseline; the two alternate, so both see the
     same machine and the same state of DynamoDB Local. Both requests of a pair are set up first
-    (the in-process one for a user of its own), then run back to back, in turns first: neither
-    side always runs right after its own set-up (which warms its caches) or always right after
-    the set-up's writes (which leave DynamoDB Local busy)."""
+    (the in-process one for a user of its own), then run back to back, in turns first, the first
+    one's set-up last: each side runs as often right after its own set-up's writes (which leave
+    DynamoDB Local busy) as after the other side's request, and neither always right after its
+    own set-up (which warms its caches)."""
     api = RuntimeApi(target.name)
     direct_scenario = None
     if driver is not None:
@@ -846,8 +847,16 @@ def warm_loop(procs: Processes, target: Target, scenario: Scenario, driver: Driv
         for i in range(n + warmup):
             # The process is done with the last request (and what it sends after the response).
             api.wait_asked(i + 1, proc)
-            direct_req = direct_scenario.prepare(20_000 + i) if direct_scenario is not None else None
+            # Which side goes first alternates, and its set-up is the later one: in every round
+            # the first request meets DynamoDB Local right after its own set-up's writes, the
+            # second after the other side's set-up and request, whichever side it is.
+            function_first = direct_scenario is None or i % 2 == 0
+            direct_req = None
+            if direct_scenario is not None and function_first:
+                direct_req = direct_scenario.prepare(20_000 + i)
             req = scenario.prepare(10_000 + i)
+            if direct_scenario is not None and not function_first:
+                direct_req = direct_scenario.prepare(20_000 + i)
 
             def through_function() -> None:
                 inv = api.submit(api_event(req))
@@ -864,10 +873,8 @@ def warm_loop(procs: Processes, target: Target, scenario: Scenario, driver: Driv
                     res.direct_sources.add(out["direct_source"])
                 res.observe_calls(out)
 
-            # Which goes first alternates: the first meets DynamoDB Local right after the set-up's
-            # writes, the second follows the other side's request.
             order = [through_function] if direct_req is None else (
-                [through_function, in_process] if i % 2 == 0 else [in_process, through_function])
+                [through_function, in_process] if function_first else [in_process, through_function])
             for run in order:
                 run()
         res.rss_after_warm = peak_rss(proc.pid)
