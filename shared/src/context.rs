@@ -6,11 +6,12 @@ use crate::email::Mailer;
 use crate::error::ApiError;
 use crate::http;
 use crate::routes::{self, Matched};
+use crate::runtime::Queue;
 use crate::store::Store;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use lambda_http::Request;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -24,7 +25,7 @@ pub struct Context {
     /// outage at cold start is a 503, not a crash loop.
     keyring: Arc<OnceCell<Keyring>>,
     /// Keys whose use is noted once the response is out ([`Context::after_response`]).
-    used_keys: Arc<Mutex<Vec<ApiKeyHash>>>,
+    used_keys: Queue<ApiKeyHash>,
 }
 
 /// The SDK configuration every client of a function is built from (the standard AWS
@@ -301,7 +302,7 @@ impl Context {
             mailer,
             secrets,
             keyring: Arc::new(OnceCell::new()),
-            used_keys: Arc::default(),
+            used_keys: Queue::default(),
             config,
         }
     }
@@ -340,7 +341,7 @@ impl Context {
             mailer: self.mailer.with_own_outbox(),
             secrets: self.secrets.clone(),
             keyring: self.keyring.clone(),
-            used_keys: Arc::default(),
+            used_keys: Queue::default(),
         }
     }
 
@@ -363,7 +364,7 @@ impl Context {
         http::check_body_size(req)?;
         let caller = auth::authenticate(&self.store, req).await?;
         if let Some(key) = &caller.key_to_note {
-            self.lock_used_keys().push(key.clone());
+            self.used_keys.push(key.clone());
         }
         caller.require(matched.route.scope)?;
         let target = auth::target(&caller, &matched)?;
@@ -382,7 +383,7 @@ impl Context {
     }
 
     async fn note_used_keys(&self) {
-        let keys = std::mem::take(&mut *self.lock_used_keys());
+        let keys = self.used_keys.take();
         if keys.is_empty() {
             return;
         }
@@ -396,13 +397,6 @@ impl Context {
                 tracing::warn!(error = %err, "the key's use could not be noted");
             }
         }
-    }
-
-    fn lock_used_keys(&self) -> std::sync::MutexGuard<'_, Vec<ApiKeyHash>> {
-        // Only a panic elsewhere poisons it (tests; release builds abort); the list is whole.
-        self.used_keys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The encryption keys, read from Secrets Manager once per cold start.

@@ -1,7 +1,8 @@
 //! Outgoing email through Amazon SES. A failed send is logged (never its content) and never
 //! fails the request that caused it.
+use crate::runtime::Queue;
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone)]
 pub struct Mailer {
@@ -12,7 +13,7 @@ pub struct Mailer {
     sender: Option<String>,
     /// Messages no response waits for, sent once it has gone out ([`crate::run`]); clones
     /// share it.
-    outbox: Arc<Mutex<Vec<Mail>>>,
+    outbox: Queue<Mail>,
 }
 
 /// A message waiting in the outbox.
@@ -29,14 +30,14 @@ impl Mailer {
             conf: client.config().clone(),
             client: OnceLock::from(client),
             sender,
-            outbox: Arc::default(),
+            outbox: Queue::default(),
         }
     }
 
     /// The same mailer with an empty outbox of its own.
     pub fn with_own_outbox(&self) -> Self {
         Mailer {
-            outbox: Arc::default(),
+            outbox: Queue::default(),
             ..self.clone()
         }
     }
@@ -47,7 +48,7 @@ impl Mailer {
             client: OnceLock::new(),
             conf: aws_sdk_sesv2::Config::from(sdk),
             sender,
-            outbox: Arc::default(),
+            outbox: Queue::default(),
         }
     }
 
@@ -97,7 +98,7 @@ impl Mailer {
     /// on, so that the caller does not wait for SES (as PostHog sends these from a task queue).
     pub fn send_after_response(&self, to: &str, subject: &'static str, text: String) {
         if self.enabled() {
-            self.lock_outbox().push(Mail {
+            self.outbox.push(Mail {
                 to: to.to_string(),
                 subject,
                 text,
@@ -107,7 +108,7 @@ impl Mailer {
 
     /// Sends what [`Mailer::send_after_response`] kept; returns how many SES accepted.
     pub async fn send_queued(&self) -> usize {
-        let queued = std::mem::take(&mut *self.lock_outbox());
+        let queued = self.outbox.take();
         let mut sent = 0;
         for mail in queued {
             sent += usize::from(self.send(&mail.to, mail.subject, &mail.text).await);
@@ -117,14 +118,6 @@ impl Mailer {
 
     /// How many messages wait in the outbox.
     pub fn queued(&self) -> usize {
-        self.lock_outbox().len()
-    }
-
-    fn lock_outbox(&self) -> std::sync::MutexGuard<'_, Vec<Mail>> {
-        // A panic while holding the lock aborts the process (panic = "abort" in release), so a
-        // poisoned outbox only happens in tests; its list is still whole.
-        self.outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.outbox.len()
     }
 }

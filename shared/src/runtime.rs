@@ -11,6 +11,7 @@ use lambda_http::tower::{layer::layer_fn, Service};
 use lambda_http::{Adapter, Error, IntoResponse, Request};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -83,5 +84,49 @@ where
             }
             result
         })
+    }
+}
+
+/// What a request keeps for after its response: pushed while it runs, taken whole by
+/// [`Context::after_response`]. Clones share the list.
+#[derive(Debug)]
+pub struct Queue<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue(Arc::default())
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue(self.0.clone())
+    }
+}
+
+impl<T> Queue<T> {
+    pub fn push(&self, item: T) {
+        self.lock().push(item);
+    }
+
+    /// Everything queued, leaving the queue empty.
+    pub fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<T>> {
+        // Only a panic while holding it poisons it (in tests; release builds abort), and the
+        // list is whole then.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
