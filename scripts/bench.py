@@ -1187,7 +1187,8 @@ def summarize(results: dict[str, Result], rps: list[dict[str, Any]], info: dict[
                           f"{mib(w[1])} MiB ({w[0]}); {mib(peak_load)} MiB under load"))
     return {
         "machine": info,
-        "settings": {"cold_runs": args.cold_runs, "warm_per_cold_run": args.warm_per_cold,
+        "settings": {"secrets_from_memory": args.secrets_from_memory,
+                     "cold_runs": args.cold_runs, "warm_per_cold_run": args.warm_per_cold,
                      "warm_requests": args.requests, "rps_seconds": args.rps_seconds,
                      "concurrency": args.concurrency},
         "budgets": budgets,
@@ -1212,7 +1213,9 @@ def render(doc: dict[str, Any]) -> str:
         f"{m.get('load_average_end')} at the end of the measurements (other work on the machine adds noise)",
         f"- **Settings:** {s['cold_runs']} cold starts per function (median; one unmeasured start first), "
         f"{s['warm_per_cold_run']} warm requests after each; {s['warm_requests']} warm requests for the latencies; "
-        f"{s['rps_seconds']} s per throughput point",
+        f"{s['rps_seconds']} s per throughput point"
+        + ("; **Secrets Manager answered from memory** (`--secrets-from-memory`: moto's first answer, "
+           "then a cache; not the standard run)" if s.get("secrets_from_memory") else ""),
         "",
         "## Budgets",
         "",
@@ -1348,6 +1351,12 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
     release = Path(args.binaries) if args.binaries else target_dir / "release"
     binaries = [b for b in stack.functions(template).values()]
     fenv = lambda_env(env)
+    if args.secrets_from_memory:
+        port = stack.free_port()
+        cache = sup.start("secrets cache", [sys.executable, str(BENCH_DIR / "secrets-cache.py"), str(port),
+                                            services.moto_url], log=stack.LOG_DIR / "bench-secrets-cache.log")
+        stack.wait_until("the secrets cache", lambda: not stack.port_is_free(port), cache, 10)
+        fenv["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = f"http://127.0.0.1:{port}"
     own = own_variables(template)
     targets = {b: Target(b, [str(release / b)], ROOT, function_env(fenv, own, b), release / b) for b in binaries}
     targets[EMPTY] = Target(EMPTY, [str(release / EMPTY)], ROOT, fenv, release / EMPTY)
@@ -1488,6 +1497,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", default=None, metavar="DIR",
                         help="A/B: cold starts only, each function (and the empty one) interleaved with its "
                              "binary from DIR (another build); prints both and writes nothing")
+    parser.add_argument("--secrets-from-memory", action="store_true",
+                        help="the functions and their peers read Secrets Manager through an in-memory cache in "
+                             "front of moto (scripts/bench/secrets-cache.py): what is left of the key functions' "
+                             "cold start once moto's CPU time is out of it; not the standard run")
     parser.add_argument("--out-md", default=str(OUT_MD))
     parser.add_argument("--out-json", default=str(OUT_JSON))
     args = parser.parse_args(argv)
