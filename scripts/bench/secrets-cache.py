@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 
 UPSTREAM = sys.argv[2].rstrip("/")
-cache: dict[tuple[bytes, bytes], tuple[int, bytes]] = {}
+cache: dict[tuple[bytes, bytes], bytes] = {}
 
 
 def ask_upstream(headers: dict[bytes, bytes], body: bytes) -> tuple[int, bytes]:
@@ -43,18 +43,11 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                     headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
             key = (headers.get(b"x-amz-target", b""), body)
-            if key not in cache:
-                status, out = await asyncio.to_thread(ask_upstream, headers, body)
-                if status != 200:
-                    # Errors are passed on, never kept.
-                    writer.write(b"HTTP/1.1 %d Error\r\nContent-Type: application/x-amz-json-1.1\r\n"
-                                 b"Content-Length: %d\r\n\r\n" % (status, len(out)) + out)
-                    await writer.drain()
-                    continue
-                cache[key] = (status, out)
-            status, out = cache[key]
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(out) + out)
+            status, out = (200, cache[key]) if key in cache else await asyncio.to_thread(ask_upstream, headers, body)
+            if status == 200:
+                cache[key] = out  # errors are passed on, never kept
+            writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (status, b"OK" if status == 200 else b"Error", len(out)) + out)
             await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
         pass
