@@ -71,15 +71,56 @@ async fn main() -> ExitCode {
             println!("{out}");
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("users-admin: {message}");
+        Err(failure) => {
+            eprintln!("users-admin: {failure}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> Result<Value, String> {
-    let config = shared::config::Config::from_env().map_err(|e| e.to_string())?;
+/// Why a command failed, as the operator reads it on stderr.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Config(#[from] shared::config::MissingVar),
+    #[error("{0:?} is not a uuid")]
+    NotAUuid(String),
+    #[error("{0:?} is not a valid email address")]
+    InvalidEmail(String),
+    #[error("a user with email {0} already exists")]
+    EmailTaken(String),
+    #[error("unknown scope {0:?}; use one of {scopes}", scopes = SCOPES.join(", "))]
+    UnknownScope(String),
+    #[error("at least one scope is needed")]
+    NoScope,
+    #[error("no active user {0}")]
+    NoActiveUser(String),
+    #[error("no user {0}")]
+    NoUser(String),
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("{}", describe(.0))]
+    Store(#[from] ApiError),
+}
+
+fn describe(error: &ApiError) -> String {
+    match error {
+        ApiError::Unavailable => {
+            "DynamoDB is unreachable or throttling; check AWS_* settings and try again".into()
+        }
+        other => format!("the store failed: {}", other.body()["detail"]),
+    }
+}
+
+/// A user's uuid as typed, in its canonical form.
+fn user_uuid(user: &str) -> Result<String, Failure> {
+    uuid::Uuid::parse_str(user.trim())
+        .map(|u| u.to_string())
+        .map_err(|_| Failure::NotAUuid(user.to_string()))
+}
+
+async fn run(command: Command) -> Result<Value, Failure> {
+    let config = shared::config::Config::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = Store::new(shared::store::DynamoClient::new(&sdk), config.tables);
     match command {
@@ -91,14 +132,12 @@ async fn run(command: Command) -> Result<Value, String> {
         } => {
             let email = email.trim().to_string();
             if !shared::email_change::is_valid_email(&email) {
-                return Err(format!("{email:?} is not a valid email address"));
+                return Err(Failure::InvalidEmail(email));
             }
             let user = UserRecord::new(&email, first_name.trim(), last_name.trim(), staff);
             store.create_user(&user).await.map_err(|e| match e {
-                ApiError::Validation { code: "unique", .. } => {
-                    format!("a user with email {email} already exists")
-                }
-                other => describe(other),
+                ApiError::Validation { code: "unique", .. } => Failure::EmailTaken(email),
+                other => Failure::Store(other),
             })?;
             Ok(json!({"uuid": user.uuid, "email": user.email}))
         }
@@ -107,27 +146,23 @@ async fn run(command: Command) -> Result<Value, String> {
             scopes,
             label,
         } => {
-            let uuid = uuid::Uuid::parse_str(user.trim())
-                .map_err(|_| format!("{user:?} is not a uuid"))?
-                .to_string();
+            let uuid = user_uuid(&user)?;
             let scopes: Vec<String> = scopes
                 .iter()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect();
             if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
-                return Err(format!(
-                    "unknown scope {bad:?}; use one of {}",
-                    SCOPES.join(", ")
-                ));
+                return Err(Failure::UnknownScope(bad.clone()));
             }
             if scopes.is_empty() {
-                return Err("at least one scope is needed".into());
+                return Err(Failure::NoScope);
             }
-            let owner = store.user(&uuid).await.map_err(describe)?;
-            let owner = owner
+            let owner = store
+                .user(&uuid)
+                .await?
                 .filter(|u| u.is_active)
-                .ok_or(format!("no active user {uuid}"))?;
+                .ok_or_else(|| Failure::NoActiveUser(uuid.clone()))?;
             let (key, mask) = generate_api_key();
             let record = ApiKeyRecord {
                 secure_value: ApiKeyHash::of(&key).0,
@@ -141,19 +176,17 @@ async fn run(command: Command) -> Result<Value, String> {
                 user_is_active: true,
             };
             store.put_api_key(&record).await.map_err(|e| match e {
-                ApiError::NotFound => format!("no active user {}", record.user_uuid),
-                other => describe(other),
+                ApiError::NotFound => Failure::NoActiveUser(record.user_uuid.clone()),
+                other => Failure::Store(other),
             })?;
             Ok(json!({"api_key": key, "mask": mask, "scopes": scopes}))
         }
         Command::ListKeys { user } => {
-            let uuid = uuid::Uuid::parse_str(user.trim())
-                .map_err(|_| format!("{user:?} is not a uuid"))?
-                .to_string();
-            if store.user(&uuid).await.map_err(describe)?.is_none() {
-                return Err(format!("no user {uuid}"));
+            let uuid = user_uuid(&user)?;
+            if store.user(&uuid).await?.is_none() {
+                return Err(Failure::NoUser(uuid));
             }
-            let mut keys = store.api_keys_of(&uuid).await.map_err(describe)?;
+            let mut keys = store.api_keys_of(&uuid).await?;
             keys.sort_by(|a, b| a.created_at.cmp(&b.created_at));
             Ok(Value::Array(
                 keys.into_iter()
@@ -166,32 +199,17 @@ async fn run(command: Command) -> Result<Value, String> {
             ))
         }
         Command::RevokeKey { key } => {
-            if !store
-                .delete_api_key(&ApiKeyHash::of(key.trim()))
-                .await
-                .map_err(describe)?
-            {
-                return Err("no such key".into());
+            if !store.delete_api_key(&ApiKeyHash::of(key.trim())).await? {
+                return Err(Failure::NoSuchKey);
             }
             Ok(json!({"ok": true}))
         }
         Command::DeactivateUser { user } => {
-            let uuid = uuid::Uuid::parse_str(user.trim())
-                .map_err(|_| format!("{user:?} is not a uuid"))?
-                .to_string();
-            if !store.deactivate_user(&uuid).await.map_err(describe)? {
-                return Err(format!("no user {uuid}"));
+            let uuid = user_uuid(&user)?;
+            if !store.deactivate_user(&uuid).await? {
+                return Err(Failure::NoUser(uuid));
             }
             Ok(json!({"ok": true}))
         }
-    }
-}
-
-fn describe(error: ApiError) -> String {
-    match error {
-        ApiError::Unavailable => {
-            "DynamoDB is unreachable or throttling; check AWS_* settings and try again".into()
-        }
-        other => format!("the store failed: {}", other.body()["detail"]),
     }
 }
