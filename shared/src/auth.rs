@@ -158,7 +158,9 @@ pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiErr
     })
 }
 
-const NON_STAFF: &str =
+/// The refusal of another user's uuid (API.md §2), for staff too where the contract gives
+/// staff no access to another user.
+pub const NON_STAFF: &str =
     "As a non-staff user you're only allowed to access the `@me` user instance.";
 
 /// Whose account the request acts on.

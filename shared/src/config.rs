@@ -10,6 +10,8 @@ pub struct Tables {
     pub push_tokens: String,
     pub two_factor: String,
     pub email_changes: String,
+    /// Failure states of code checks and the email-change mail log.
+    pub limits: String,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +54,7 @@ impl Config {
                 push_tokens: required("PUSH_TOKENS_TABLE")?,
                 two_factor: required("TWO_FACTOR_TABLE")?,
                 email_changes: required("EMAIL_CHANGES_TABLE")?,
+                limits: required("LIMITS_TABLE")?,
             },
             encryption_secret_id: optional("ENCRYPTION_SECRET_ID"),
             totp_issuer: optional("TOTP_ISSUER").unwrap_or_else(|| "PostHog".to_string()),

@@ -11,9 +11,42 @@ use crate::store::Store;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use lambda_http::Request;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::OnceCell;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A record naming a key the loaded keyring lacks makes the function read the secret again
+/// (a key was added by a rotation since): at once for the first few key ids it has not met,
+/// and otherwise not more often than this. Records are written only by these functions, yet
+/// a forged key id must not make each request a Secrets Manager call.
+pub const KEY_RELOAD_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// Distinct unknown key ids that may each trigger a read of the secret at once.
+const NEW_KEY_IDS_READ_AT_ONCE: usize = 4;
+
+/// The keyring as last read, and when it was read. Loaded on first use (or in the
+/// background at cold start) and kept; a failed load is retried by the next request, so an
+/// outage at cold start is a 503, not a crash loop.
+#[derive(Default)]
+struct LoadedKeys {
+    current: RwLock<Option<Arc<Keyring>>>,
+    /// Serialises reads of the secret, and holds when the last one was made.
+    load: tokio::sync::Mutex<Option<Instant>>,
+    /// Unknown key ids that have already made the function read the secret again.
+    reloaded_for: std::sync::Mutex<Vec<String>>,
+}
+
+impl LoadedKeys {
+    fn get(&self) -> Option<Arc<Keyring>> {
+        self.current.read().ok().and_then(|k| k.clone())
+    }
+
+    fn set(&self, keyring: Keyring) -> Arc<Keyring> {
+        let keyring = Arc::new(keyring);
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(keyring.clone());
+        }
+        keyring
+    }
+}
 
 pub struct Context {
     pub config: Config,
@@ -21,9 +54,8 @@ pub struct Context {
     pub mailer: Mailer,
     /// Only the functions that hold the encryption keys' secret id build this client.
     secrets: Option<aws_sdk_secretsmanager::Client>,
-    /// Loaded on first use and kept; a failed load is retried by the next request, so an
-    /// outage at cold start is a 503, not a crash loop.
-    keyring: Arc<OnceCell<Keyring>>,
+    /// The encryption keys as last read; shared with the contexts made from this one.
+    keys: Arc<LoadedKeys>,
     /// Keys whose use is noted once the response is out ([`Context::after_response`]).
     used_keys: Queue<ApiKeyHash>,
 }
@@ -301,7 +333,7 @@ impl Context {
             store,
             mailer,
             secrets,
-            keyring: Arc::new(OnceCell::new()),
+            keys: Arc::default(),
             used_keys: Queue::default(),
             config,
         }
@@ -322,12 +354,18 @@ impl Context {
         let Some((secrets, id)) = self.key_source() else {
             return;
         };
-        let (cell, secrets, id) = (self.keyring.clone(), secrets.clone(), id.to_string());
+        let (keys, secrets, id) = (self.keys.clone(), secrets.clone(), id.to_string());
         tokio::spawn(async move {
             // Let the runtime ask for the first event first: this task's own work (building
             // and signing the request) then overlaps that wait instead of delaying it.
             tokio::task::yield_now().await;
-            let _ = cell.get_or_try_init(|| read_keyring(&secrets, &id)).await;
+            let mut last_load = keys.load.lock().await;
+            if keys.get().is_none() {
+                if let Ok(keyring) = read_keyring(&secrets, &id).await {
+                    keys.set(keyring);
+                    *last_load = Some(Instant::now());
+                }
+            }
         });
     }
 
@@ -340,7 +378,7 @@ impl Context {
             store,
             mailer: self.mailer.with_own_outbox(),
             secrets: self.secrets.clone(),
-            keyring: self.keyring.clone(),
+            keys: self.keys.clone(),
             used_keys: Queue::default(),
         }
     }
@@ -349,7 +387,7 @@ impl Context {
     /// goes through a fault proxy, in tests), with no keys loaded yet: a cold start.
     pub fn with_secrets(mut self, secrets: aws_sdk_secretsmanager::Client) -> Self {
         self.secrets = Some(secrets);
-        self.keyring = Arc::new(OnceCell::new());
+        self.keys = Arc::default();
         self
     }
 
@@ -400,16 +438,81 @@ impl Context {
     }
 
     /// The encryption keys, read from Secrets Manager once per cold start.
-    pub async fn keyring(&self) -> Result<&Keyring, ApiError> {
-        self.keyring
-            .get_or_try_init(|| async {
-                let Some((secrets, id)) = self.key_source() else {
-                    tracing::error!("ENCRYPTION_SECRET_ID is not set for a function that needs it");
-                    return Err(ApiError::Internal);
-                };
-                read_keyring(secrets, id).await
-            })
-            .await
+    pub async fn keyring(&self) -> Result<Arc<Keyring>, ApiError> {
+        if let Some(keyring) = self.keys.get() {
+            return Ok(keyring);
+        }
+        let mut last_load = self.keys.load.lock().await;
+        if let Some(keyring) = self.keys.get() {
+            return Ok(keyring);
+        }
+        let keyring = self.read_keys().await?;
+        *last_load = Some(Instant::now());
+        Ok(self.keys.set(keyring))
+    }
+
+    /// The encryption keys, with every key that `key_ids` name: a record written with a key
+    /// added since this function read the secret (a rotation while it was warm) makes it read
+    /// the secret again: at once for a key id it has not met (up to a few), else at most once
+    /// per [`KEY_RELOAD_MIN_INTERVAL`]. A key the secret does not have is a 500 (logged),
+    /// never a reload per request.
+    pub async fn keyring_for(&self, key_ids: &[&str]) -> Result<Arc<Keyring>, ApiError> {
+        let knows_all = |k: &Keyring| key_ids.iter().all(|id| k.knows(id));
+        let keyring = self.keyring().await?;
+        if knows_all(&keyring) {
+            return Ok(keyring);
+        }
+        let mut last_load = self.keys.load.lock().await;
+        if let Some(keyring) = self.keys.get().filter(|k| knows_all(k)) {
+            return Ok(keyring); // another request read it meanwhile
+        }
+        let first_sight = {
+            let mut seen = self
+                .keys
+                .reloaded_for
+                .lock()
+                .map_err(|_| ApiError::Internal)?;
+            let new: Vec<&str> = key_ids
+                .iter()
+                .copied()
+                .filter(|id| !seen.iter().any(|s| s == id))
+                .collect();
+            let fresh = !new.is_empty() && seen.len() + new.len() <= NEW_KEY_IDS_READ_AT_ONCE;
+            if fresh {
+                seen.extend(new.into_iter().map(str::to_string));
+            }
+            fresh
+        };
+        if !first_sight && last_load.is_some_and(|at| at.elapsed() < KEY_RELOAD_MIN_INTERVAL) {
+            tracing::error!("a record names an encryption key the secret did not have lately");
+            return Err(ApiError::Internal);
+        }
+        let keyring = self.read_keys().await?;
+        *last_load = Some(Instant::now());
+        let keyring = self.keys.set(keyring);
+        if !knows_all(&keyring) {
+            tracing::error!("a record names an encryption key the secret does not have");
+            return Err(ApiError::Internal);
+        }
+        tracing::info!("encryption keys read again: a record named a newer key");
+        Ok(keyring)
+    }
+
+    /// [`Context::keyring_for`] the keys that these ciphertexts name.
+    pub async fn keyring_opening(&self, sealed: &[&[u8]]) -> Result<Arc<Keyring>, ApiError> {
+        let ids: Vec<&str> = sealed
+            .iter()
+            .filter_map(|s| crate::crypto::key_id_of(s))
+            .collect();
+        self.keyring_for(&ids).await
+    }
+
+    async fn read_keys(&self) -> Result<Keyring, ApiError> {
+        let Some((secrets, id)) = self.key_source() else {
+            tracing::error!("ENCRYPTION_SECRET_ID is not set for a function that needs it");
+            return Err(ApiError::Internal);
+        };
+        read_keyring(secrets, id).await
     }
 }
 

@@ -1,12 +1,21 @@
-//! AES-256-GCM encryption of TOTP secrets and backup codes at rest. Each ciphertext names
-//! the key that made it, so a new key can be made active without breaking old records, and
-//! is bound to its user and record kind (associated data), so it cannot be moved elsewhere.
+//! AES-256-GCM encryption of TOTP secrets and backup codes at rest, and keyed hashes
+//! (HMAC-SHA256) of the codes the service only has to recognise. Each ciphertext and hash
+//! names the key that made it, so a new key can be made active without breaking old
+//! records; a ciphertext is bound to its user and record kind (associated data), so it
+//! cannot be moved elsewhere.
 use crate::error::ApiError;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The label the MAC key of a key material is derived with: HMAC-SHA256 keyed with the
+/// material's SHA-256 (the AES key) over this label, so the two keys are never the same.
+const MAC_KEY_LABEL: &[u8] = b"posthog-users/mac-key/v1";
 
 const NONCE_LEN: usize = 12;
 
@@ -14,6 +23,7 @@ const NONCE_LEN: usize = 12;
 pub struct Keyring {
     active: String,
     keys: HashMap<String, Aes256Gcm>,
+    mac_keys: HashMap<String, [u8; 32]>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -41,6 +51,7 @@ impl Keyring {
             .ok_or_else(|| broken("no active key id"))?
             .to_string();
         let mut keys = HashMap::new();
+        let mut mac_keys = HashMap::new();
         for (id, material) in object {
             if id == "active" {
                 continue;
@@ -51,14 +62,44 @@ impl Keyring {
             if material.len() < 32 || id.len() > 255 {
                 return Err(broken("key material shorter than 32 characters"));
             }
-            let cipher = Aes256Gcm::new_from_slice(&Sha256::digest(material.as_bytes()))
+            let aes_key = Sha256::digest(material.as_bytes());
+            let cipher =
+                Aes256Gcm::new_from_slice(&aes_key).map_err(|_| broken("bad key length"))?;
+            let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(&aes_key)
                 .map_err(|_| broken("bad key length"))?;
+            mac.update(MAC_KEY_LABEL);
             keys.insert(id.clone(), cipher);
+            mac_keys.insert(id.clone(), mac.finalize().into_bytes().into());
         }
         if !keys.contains_key(&active) {
             return Err(broken("active key id has no key"));
         }
-        Ok(Keyring { active, keys })
+        Ok(Keyring {
+            active,
+            keys,
+            mac_keys,
+        })
+    }
+
+    /// Whether this keyring has the key of that id (a record may name a key added after
+    /// the keyring was read: [`crate::Context::keyring_for`] reads the secret again then).
+    pub fn knows(&self, key_id: &str) -> bool {
+        self.keys.contains_key(key_id)
+    }
+
+    /// The id of the active key, which new ciphertexts and hashes use.
+    pub fn active_key_id(&self) -> &str {
+        &self.active
+    }
+
+    /// HMAC-SHA256 of `message` under the MAC key of `key_id` (hex), `None` for a key this
+    /// keyring does not have. For codes that are only ever compared: without the key, a
+    /// table dump does not let anyone test guesses against the stored value.
+    pub fn mac(&self, key_id: &str, message: &[u8]) -> Option<String> {
+        let key = self.mac_keys.get(key_id)?;
+        let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(key).ok()?;
+        mac.update(message);
+        Some(crate::auth::hex(&mac.finalize().into_bytes()))
     }
 
     /// `[id length][id][nonce][ciphertext and tag]`, with `user|kind` as associated data.
@@ -119,6 +160,37 @@ impl Keyring {
     }
 }
 
+/// The secret with one more key, made the active one: `(new secret, new key id)`. Every
+/// earlier key stays, so records made with them still open; functions that read the secret
+/// before pick the new key up when they meet a record made with it
+/// ([`crate::Context::keyring_for`]). `users-admin rotate-encryption-key` writes it back.
+pub fn secret_with_new_active_key(secret: &str) -> Result<(String, String), ApiError> {
+    use rand::Rng;
+    Keyring::from_secret(secret)?;
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(secret).map_err(|e| ApiError::serialisation("key secret", &e))?;
+    let mut id = format!("k{}", crate::store::now_secs());
+    while object.contains_key(&id) {
+        id.push('x');
+    }
+    const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let material: String = (0..64)
+        .map(|_| ALPHANUMERIC[rng.random_range(0..ALPHANUMERIC.len())] as char)
+        .collect();
+    object.insert(id.clone(), material.into());
+    object.insert("active".into(), id.clone().into());
+    let text =
+        serde_json::to_string(&object).map_err(|e| ApiError::serialisation("key secret", &e))?;
+    Ok((text, id))
+}
+
+/// The id of the key a ciphertext made by [`Keyring::encrypt`] names, if it is well formed.
+pub fn key_id_of(sealed: &[u8]) -> Option<&str> {
+    let (&id_len, rest) = sealed.split_first()?;
+    std::str::from_utf8(rest.get(..id_len as usize)?).ok()
+}
+
 fn associated_data(user_uuid: &str, kind: &str) -> Vec<u8> {
     format!("{user_uuid}|{kind}").into_bytes()
 }
@@ -163,6 +235,44 @@ mod tests {
             .unwrap()
             .decrypt("u", "totp", &new)
             .is_err());
+    }
+
+    #[test]
+    fn macs_name_their_key_and_differ_per_key() {
+        let one = Keyring::from_secret(ONE).unwrap();
+        let two = Keyring::from_secret(TWO).unwrap();
+        let a = one.mac("k1", b"m").unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(
+            two.mac("k1", b"m").unwrap(),
+            a,
+            "the same key after rotation"
+        );
+        assert_ne!(two.mac("k2", b"m").unwrap(), a);
+        assert_ne!(one.mac("k1", b"n").unwrap(), a);
+        assert_eq!(one.mac("k2", b"m"), None);
+        assert!(two.knows("k2") && !one.knows("k2"));
+        assert_eq!(two.active_key_id(), "k2");
+        let sealed = two.encrypt("u", "totp", b"x").unwrap();
+        assert_eq!(key_id_of(&sealed), Some("k2"));
+        assert_eq!(key_id_of(&[]), None);
+        assert_eq!(key_id_of(&[9, b'k']), None);
+    }
+
+    #[test]
+    fn a_rotated_secret_keeps_every_key_and_activates_a_new_one() {
+        let old = Keyring::from_secret(TWO).unwrap();
+        let sealed = old.encrypt("u", "totp", b"x").unwrap();
+        let (rotated, id) = secret_with_new_active_key(TWO).unwrap();
+        let ring = Keyring::from_secret(&rotated).unwrap();
+        assert_eq!(ring.active_key_id(), id);
+        assert!(ring.knows("k1") && ring.knows("k2") && id != "k1" && id != "k2");
+        assert_eq!(ring.decrypt("u", "totp", &sealed).unwrap(), b"x");
+        assert_eq!(
+            key_id_of(&ring.encrypt("u", "totp", b"y").unwrap()),
+            Some(id.as_str())
+        );
+        assert!(secret_with_new_active_key("{}").is_err());
     }
 
     #[test]

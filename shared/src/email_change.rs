@@ -1,10 +1,23 @@
-//! Email-change requests: a 6-digit code mailed to the new address, stored only as a hash.
-use crate::auth::hex;
+//! Email-change requests: a 6-digit code mailed to the new address, stored only as a keyed
+//! hash (HMAC with a key from the Secrets Manager secret: a table dump alone does not let
+//! anyone test the million possible codes). A request takes at most
+//! [`MAX_WRONG_CODES_PER_REQUEST`] wrong codes, and a user at most [`MAILS_PER_HOUR`] mails.
+use crate::crypto::Keyring;
 use crate::email::Mailer;
+use crate::error::ApiError;
 use crate::store::email_changes::EmailChangeRecord;
+use crate::store::limits::MailLog;
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+/// Wrong codes after which a request is void: a new code must be requested.
+pub const MAX_WRONG_CODES_PER_REQUEST: u32 = 5;
+/// Email-change mails a user may cause per hour (SES reputation: each goes to an address
+/// the account does not yet own).
+pub const MAILS_PER_HOUR: usize = 5;
+const HOUR_MS: u64 = 3_600_000;
+/// The mail log outlives its last send by the hour it counts over (the table's TTL).
+pub const MAIL_LOG_KEPT_SECS: u64 = 3600;
 
 /// A plausible address: one `@`, a local part, a dotted domain, no spaces or controls.
 pub fn is_valid_email(email: &str) -> bool {
@@ -31,31 +44,64 @@ pub fn is_valid_email(email: &str) -> bool {
         && labels_ok
 }
 
-fn code_hash(request_id: &str, code: &str) -> String {
-    hex(&Sha256::digest(format!("{request_id}:{code}").as_bytes()))
+/// What the code's keyed hash covers: the purpose, the request and its user, and the code.
+fn code_message(user_uuid: &str, request_id: &str, code: &str) -> Vec<u8> {
+    format!("email_change_code|{user_uuid}|{request_id}|{code}").into_bytes()
 }
 
 /// A new request and its code (to be mailed, never stored or logged).
-pub fn new_request(user_uuid: &str, new_email: &str, ttl_secs: u64) -> (EmailChangeRecord, String) {
+pub fn new_request(
+    keyring: &Keyring,
+    user_uuid: &str,
+    new_email: &str,
+    ttl_secs: u64,
+) -> Result<(EmailChangeRecord, String), ApiError> {
     let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
     let request_id = uuid::Uuid::new_v4().to_string();
+    let key_id = keyring.active_key_id().to_string();
+    let code_hash = keyring
+        .mac(&key_id, &code_message(user_uuid, &request_id, &code))
+        .ok_or(ApiError::Internal)?;
     let record = EmailChangeRecord {
         user_uuid: user_uuid.to_string(),
         new_email: new_email.to_string(),
-        code_hash: code_hash(&request_id, &code),
+        code_hash,
+        code_key_id: key_id,
         request_id,
         requested_at: crate::store::iso_now(),
         expires_at: crate::store::now_secs() + ttl_secs,
+        wrong_codes: 0,
     };
-    (record, code)
+    Ok((record, code))
 }
 
-/// Whether `code` is the request's code, compared in constant time.
-pub fn code_matches(record: &EmailChangeRecord, code: &str) -> bool {
-    code_hash(&record.request_id, code)
-        .as_bytes()
-        .ct_eq(record.code_hash.as_bytes())
-        .into()
+/// Whether `code` is the request's code, compared in constant time. A keyring without the
+/// record's key (see [`crate::Context::keyring_for`]) matches nothing.
+pub fn code_matches(keyring: &Keyring, record: &EmailChangeRecord, code: &str) -> bool {
+    let message = code_message(&record.user_uuid, &record.request_id, code);
+    keyring
+        .mac(&record.code_key_id, &message)
+        .is_some_and(|hash| hash.as_bytes().ct_eq(record.code_hash.as_bytes()).into())
+}
+
+/// The mail log once one more mail is sent at `now_ms` (the sends of the last hour and
+/// this one), or a 429 with the seconds until the oldest of them is an hour old.
+pub fn one_more_mail(log: &MailLog, now_ms: u64) -> Result<Vec<u64>, ApiError> {
+    let mut recent: Vec<u64> = log
+        .sent_ms
+        .iter()
+        .copied()
+        .filter(|&t| t + HOUR_MS > now_ms)
+        .collect();
+    recent.sort_unstable();
+    if recent.len() >= MAILS_PER_HOUR {
+        let frees_at = recent[recent.len() - MAILS_PER_HOUR] + HOUR_MS;
+        return Err(ApiError::Throttled {
+            retry_after_secs: crate::throttle::retry_after_secs(frees_at, now_ms),
+        });
+    }
+    recent.push(now_ms);
+    Ok(recent)
 }
 
 pub async fn send_code(mailer: &Mailer, to: &str, code: &str) -> bool {
@@ -85,13 +131,42 @@ mod tests {
         }
     }
 
+    const KEYS: &str = r#"{"active":"k1","k1":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+    const OTHER: &str =
+        r#"{"active":"k1","k1":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}"#;
+
     #[test]
-    fn codes_are_hashed_and_checked() {
-        let (record, code) = new_request("u", "n@example.com", 60);
+    fn codes_are_keyed_hashes_and_checked() {
+        let keyring = Keyring::from_secret(KEYS).unwrap();
+        let (record, code) = new_request(&keyring, "u", "n@example.com", 60).unwrap();
         assert_eq!(code.len(), 6);
+        assert_eq!(record.code_key_id, "k1");
         assert!(!record.code_hash.contains(&code));
-        assert!(code_matches(&record, &code));
+        assert!(code_matches(&keyring, &record, &code));
         let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
-        assert!(!code_matches(&record, &wrong));
+        assert!(!code_matches(&keyring, &record, &wrong));
+        let other = Keyring::from_secret(OTHER).unwrap();
+        assert!(!code_matches(&other, &record, &code), "another key");
+        let mut moved = record.clone();
+        moved.user_uuid = "v".into();
+        assert!(!code_matches(&keyring, &moved, &code), "bound to its user");
+    }
+
+    #[test]
+    fn five_mails_an_hour_then_429_until_the_oldest_is_an_hour_old() {
+        let mut log = MailLog::default();
+        let start = 10_000_000;
+        for i in 0..5 {
+            log.sent_ms = one_more_mail(&log, start + i * 1000).unwrap();
+        }
+        assert_eq!(
+            one_more_mail(&log, start + 5000),
+            Err(ApiError::Throttled {
+                retry_after_secs: 3595
+            })
+        );
+        assert!(one_more_mail(&log, start + HOUR_MS - 1).is_err());
+        let later = one_more_mail(&log, start + HOUR_MS).unwrap();
+        assert_eq!(later.len(), 5, "the oldest fell out of the hour");
     }
 }

@@ -59,6 +59,22 @@ impl ApiError {
         Self::validation("invalid_input", detail, attr)
     }
 
+    /// A write that would make a stored item larger than DynamoDB allows (400 KB): the
+    /// request's fault, refused as a 400 and nothing written.
+    pub fn item_too_large() -> Self {
+        Self::invalid_input(
+            "This change would make the account's stored data larger than allowed.",
+            None,
+        )
+    }
+
+    /// A JSON (de)serialisation that cannot fail on our own types did: a bug of ours. Its
+    /// category is logged (never the data), and the answer is a 500.
+    pub fn serialisation(what: &'static str, err: &serde_json::Error) -> Self {
+        tracing::error!(what, error_kind = ?err.classify(), "JSON (de)serialisation failed");
+        ApiError::Internal
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Validation { .. } | ApiError::Parse(_) => StatusCode::BAD_REQUEST,
@@ -203,6 +219,24 @@ impl ApiError {
             SdkError::ResponseError(_) => "response_error",
             _ => "other",
         };
+        let too_large = match err {
+            SdkError::ServiceError(service) => {
+                service.err().code() == Some("ValidationException")
+                    && service
+                        .err()
+                        .message()
+                        .is_some_and(|m| m.contains("Item size") || m.contains("item size"))
+            }
+            _ => false,
+        };
+        if too_large {
+            tracing::warn!(
+                operation,
+                error_code = code,
+                "write refused: item too large"
+            );
+            return Self::item_too_large();
+        }
         tracing::error!(
             operation,
             error_code = code,

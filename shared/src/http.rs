@@ -100,6 +100,38 @@ pub fn no_content() -> Result<Response<Body>, ApiError> {
         .map_err(|_| ApiError::Internal)
 }
 
+/// The header the optional CloudFront distribution in front of the API adds to every request
+/// it forwards (template.yaml, `EdgeProtection`).
+pub const ORIGIN_VERIFY_HEADER: &str = "x-origin-verify";
+
+/// With `ORIGIN_VERIFY_SECRET` set (the stack puts a CloudFront distribution with a WAF in
+/// front of the API), a request that did not come through it (no or a wrong
+/// `x-origin-verify` header) is refused before any other work: no lookup, no DynamoDB call.
+fn check_origin(req: &Request) -> Result<(), ApiError> {
+    use subtle::ConstantTimeEq;
+    static SECRET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let secret = SECRET.get_or_init(|| {
+        std::env::var("ORIGIN_VERIFY_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .get(ORIGIN_VERIFY_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(presented.ct_eq(secret.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied(
+            "Requests must come through the API's CloudFront distribution.".into(),
+        ))
+    }
+}
+
 /// Runs a handler, turns its error into the envelope, and writes the one log line of the
 /// request: request and X-Ray trace ids, method, route, status and latency. Never the body or
 /// headers.
@@ -109,7 +141,15 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>>,
 {
     let started = Instant::now();
-    let response = handler(req).await.unwrap_or_else(ApiError::into_response);
+    let mut response = match check_origin(req) {
+        Ok(()) => handler(req).await.unwrap_or_else(ApiError::into_response),
+        Err(refused) => refused.into_response(),
+    };
+    // Responses carry TOTP secrets, backup codes and account data: no cache may keep one.
+    response.headers_mut().insert(
+        lambda_http::http::header::CACHE_CONTROL,
+        lambda_http::http::HeaderValue::from_static("no-store"),
+    );
     let route = crate::routes::resolve(req.method().as_str(), req.uri().path())
         .map(|m| m.route.path)
         .unwrap_or("$default");

@@ -144,12 +144,13 @@ pub const ROUTES: &[Route] = &[
         UserRead,
         Target::StaffMayTarget
     ),
+    // Staff may read another user's profile, not rewrite it or its email (API.md §2).
     route!(
         "PATCH",
         "/api/users/{uuid}",
         "update-user",
         UserWrite,
-        Target::StaffMayTarget
+        Target::CallerOnly(crate::auth::NON_STAFF)
     ),
 ];
 

@@ -180,11 +180,13 @@ async fn every_function_has_a_route_and_every_api_md_route_a_function() {
 #[tokio::test]
 async fn openapi_documents_every_status_an_operation_can_answer() {
     let openapi = stack_json("openapi-routes").await;
-    // The failed-code limit (and push-token registration under contention) answer 429.
+    // The failed-code limits, the email-change mail limit (and push-token registration
+    // under contention) answer 429.
     let throttled: BTreeSet<&str> = [
         "two-factor-validate",
         "two-factor-verify",
         "verify-email",
+        "update-user",
         "push-tokens-register",
     ]
     .into();

@@ -1,8 +1,10 @@
 //! The 2FA routes (API.md §4.3–4.9, §5 two_factor_verify, §6), with codes from pyotp.
 use api_tests::*;
 use serde_json::{json, Value};
+use shared::store::limits::{failures_key, FailureCharge};
 use shared::store::now_secs;
-use shared::store::two_factor::{self as tf, FailureState, PendingSetup};
+use shared::store::two_factor::{self as tf, PendingSetup};
+use shared::throttle::{CodeCheck, FailureState};
 use std::time::Duration;
 
 /// Waits, if needed, so that at least 4 seconds remain in the current 30-second step: the
@@ -431,7 +433,14 @@ both!(
             (reply.status, reply.json()),
             (200, json!({"success": true}))
         );
-        for kind in [tf::TOTP, tf::PENDING, tf::BACKUP_CODES, tf::FAILURES] {
+        assert_eq!(
+            failures_of(&ctx, user.uuid(), CodeCheck::SignIn)
+                .await
+                .count,
+            1,
+            "disabling 2FA does not reset the sign-in check's failures"
+        );
+        for kind in [tf::TOTP, tf::PENDING, tf::BACKUP_CODES] {
             let found = ctx
                 .store
                 .get_many(&[(
@@ -638,16 +647,33 @@ both!(
             &format!("Request was throttled. Expected available in {retry} seconds."),
             None,
         );
-        // The same limit covers validate.
+        // The setup check has a limit of its own, which sign-in failures do not touch.
         let reply = api
             .post("/api/users/@me/two_factor_validate/")
             .bearer(&user.key)
             .json(&json!({"token": "000000"}))
             .send()
             .await;
-        assert_eq!(reply.status, 429, "{}", reply.body);
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        assert_eq!(
+            failures_of(&ctx, user.uuid(), CodeCheck::TotpSetup)
+                .await
+                .count,
+            0,
+            "no setup was pending, so nothing was compared or charged"
+        );
     }
 );
+
+/// A user's failure state for one kind of code check, as stored.
+async fn failures_of(ctx: &shared::Context, uuid: &str, check: CodeCheck) -> FailureState {
+    let found = ctx
+        .store
+        .get_many(&[(ctx.store.tables.limits.as_str(), failures_key(uuid, check))])
+        .await
+        .unwrap();
+    FailureState::from_item(found.into_iter().next().flatten()).unwrap()
+}
 
 both!(
     the_lock_doubles_after_each_further_failure_and_success_resets,
@@ -658,14 +684,18 @@ both!(
         let seen = FailureState::default();
         let expired = FailureState {
             count: 5,
-            locked_until: now_secs() - 1,
+            locked_until_ms: now_secs() * 1000 - 1,
         };
         assert!(ctx
             .store
-            .charge_failure(user.uuid(), &seen, &expired)
+            .charge_failure(
+                user.uuid(),
+                CodeCheck::SignIn,
+                &expired,
+                *FailureCharge::of(seen)
+            )
             .await
-            .unwrap()
-            .is_some());
+            .unwrap());
         assert_token_invalid(&verify(&api, &user, json!("000000")).await);
         let reply = verify(&api, &user, json!("000000")).await;
         let retry: u64 = reply
@@ -678,34 +708,32 @@ both!(
             "sixth failure locks for 60 s, got {retry}"
         );
         // Unlock by hand, then a success resets the count to zero.
-        let locked = FailureState {
-            count: 6,
-            locked_until: now_secs() + retry,
-        };
+        let locked = failures_of(&ctx, user.uuid(), CodeCheck::SignIn).await;
+        assert_eq!(locked.count, 6);
         let unlocked = FailureState {
             count: 3,
-            locked_until: 0,
+            locked_until_ms: 0,
         };
         assert!(
             ctx.store
-                .charge_failure(user.uuid(), &locked, &unlocked)
+                .charge_failure(
+                    user.uuid(),
+                    CodeCheck::SignIn,
+                    &unlocked,
+                    *FailureCharge::of(locked)
+                )
                 .await
-                .unwrap()
-                .is_some(),
+                .unwrap(),
             "state as expected"
         );
         let now = step_margin().await;
         let reply = verify(&api, &user, json!(pyotp_code(&secret, now + 30).await)).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
-        let found = ctx
-            .store
-            .get_many(&[(
-                ctx.store.tables.two_factor.as_str(),
-                tf::key(user.uuid(), tf::FAILURES),
-            )])
-            .await
-            .unwrap();
-        assert!(found[0].is_none(), "success resets the failure state");
+        assert_eq!(
+            failures_of(&ctx, user.uuid(), CodeCheck::SignIn).await,
+            FailureState::default(),
+            "success resets the failure state"
+        );
     }
 );
 

@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Add a new encryption key to the Secrets Manager secret (ENCRYPTION_SECRET_ID) and make
+    /// it the active one; every earlier key stays, so every record still reads. Warm
+    /// functions read the secret again when they meet a record made with the new key. Run
+    /// one rotation at a time: Secrets Manager has no conditional write.
+    RotateEncryptionKey,
 }
 
 const SCOPES: &[&str] = &["*", "user:read", "user:write"];
@@ -99,6 +104,10 @@ enum Failure {
     NoUser(String),
     #[error("no such key")]
     NoSuchKey,
+    #[error("ENCRYPTION_SECRET_ID is not set: it names the Secrets Manager secret of the keys")]
+    NoSecretId,
+    #[error("Secrets Manager call failed: {0}")]
+    Secrets(String),
     #[error("{}", describe(.0))]
     Store(#[from] ApiError),
 }
@@ -122,7 +131,10 @@ fn user_uuid(user: &str) -> Result<String, Failure> {
 async fn run(command: Command) -> Result<Value, Failure> {
     let config = shared::config::Config::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = Store::new(shared::store::DynamoClient::new(&sdk), config.tables);
+    let store = Store::new(
+        shared::store::DynamoClient::new(&sdk),
+        config.tables.clone(),
+    );
     match command {
         Command::CreateUser {
             email,
@@ -203,6 +215,35 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 return Err(Failure::NoSuchKey);
             }
             Ok(json!({"ok": true}))
+        }
+        Command::RotateEncryptionKey => {
+            let id = config.encryption_secret_id.ok_or(Failure::NoSecretId)?;
+            let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+            let current = secrets
+                .get_secret_value()
+                .secret_id(&id)
+                .send()
+                .await
+                .map_err(|e| {
+                    Failure::Secrets(
+                        aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+                    )
+                })?;
+            let (rotated, key_id) = shared::crypto::secret_with_new_active_key(
+                current.secret_string().unwrap_or_default(),
+            )?;
+            secrets
+                .put_secret_value()
+                .secret_id(&id)
+                .secret_string(rotated)
+                .send()
+                .await
+                .map_err(|e| {
+                    Failure::Secrets(
+                        aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+                    )
+                })?;
+            Ok(json!({"ok": true, "active_key_id": key_id}))
         }
         Command::DeactivateUser { user } => {
             let uuid = user_uuid(&user)?;

@@ -22,9 +22,11 @@ async fn regenerate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiE
         return Err(shared::two_factor::not_enabled());
     }
     let codes = shared::two_factor::generate_backup_codes();
-    let sealed = shared::two_factor::seal_backup_codes(keyring?, &uuid, &codes)?;
+    let sealed = shared::two_factor::seal_backup_codes(&*keyring?, &uuid, &codes)?;
     if !ctx.store.put_backup_codes(&sealed, None, None).await? {
-        // The device went away between the read and the write.
+        // The device went away between the read and the write (a transaction that only
+        // conflicted with another, such as a backup code's use, is retried by the store and
+        // never lands here).
         return Err(shared::two_factor::not_enabled());
     }
     http::ok(&json!({"backup_codes": codes}))

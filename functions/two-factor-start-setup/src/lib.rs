@@ -21,7 +21,7 @@ async fn start(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError>
         keyring?,
     );
     let secret = TotpSecret::generate();
-    let pending = two_factor::new_pending_setup(keyring, &uuid, &secret)?;
+    let pending = two_factor::new_pending_setup(&keyring, &uuid, &secret)?;
     ctx.store.put_pending_setup(&pending).await?;
     http::ok(&json!({
         "success": true,

@@ -9,7 +9,7 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infal
 }
 
 async fn status(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "two-factor-status").await?;
+    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
     let uuid = call.target.uuid.to_string();
     let state = ctx.store.two_factor_state(&uuid).await?;
     if call.target.is_other {
@@ -17,9 +17,10 @@ async fn status(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     }
     let has_totp = state.device.is_some();
     let backup_codes = match &state.backup_codes {
-        Some(codes) if has_totp => {
-            shared::two_factor::open_backup_codes(ctx.keyring().await?, codes)?
-        }
+        Some(codes) if has_totp => shared::two_factor::open_backup_codes(
+            &*ctx.keyring_opening(&[&codes.codes_enc]).await?,
+            codes,
+        )?,
         _ => Vec::new(),
     };
     http::ok(&json!({

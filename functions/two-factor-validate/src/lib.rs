@@ -3,8 +3,9 @@
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
 use shared::store::email_changes::Commit;
-use shared::store::now_secs;
-use shared::throttle::{self, Attempt};
+use shared::store::limits::FailureCharge;
+use shared::store::now_millis;
+use shared::throttle::{self, Attempt, CodeCheck};
 use shared::two_factor::{token_invalid, Notice};
 use shared::{fields, http, ApiError, Context};
 use std::convert::Infallible;
@@ -16,25 +17,31 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infal
 /// Checks the code against the pending secret under the failure limit; on success the
 /// device is written and the pending setup removed in one transaction.
 async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "two-factor-validate").await?;
+    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
     let body = http::parse_fields(req)?;
     let token = fields::required_value(&body, "token")?;
     let code = fields::six_digit_code(token);
     let uuid = call.target.uuid.to_string();
-    let keyring = ctx.keyring().await?;
     let (store, uuid, code) = (&ctx.store, uuid.as_str(), code.as_deref());
-    let user = throttle::limited(store, uuid, move || async move {
-        let state = store.two_factor_state(uuid).await?;
-        let now = now_secs();
-        throttle::check(&state.failures, now)?;
+    let user = throttle::limited(store, uuid, CodeCheck::TotpSetup, move || async move {
+        let state = store
+            .two_factor_state_for(uuid, CodeCheck::TotpSetup)
+            .await?;
+        let now_ms = now_millis();
+        throttle::check(&state.failures, now_ms)?;
         let pending = state
             .pending
             .ok_or_else(shared::two_factor::setup_expired)?;
-        let secret = shared::two_factor::pending_secret(keyring, &pending)?;
+        let keyring = ctx.keyring_opening(&[&pending.secret_enc]).await?;
+        let secret = shared::two_factor::pending_secret(&keyring, &pending)?;
+        let now = now_ms / 1000;
         let Some(step) = code.and_then(|c| secret.check(c, now)) else {
-            return Ok(Attempt::Failed(state.failures, token_invalid()));
+            return Ok(Attempt::Failed(
+                FailureCharge::of(state.failures),
+                token_invalid(),
+            ));
         };
-        let device = shared::two_factor::new_device(keyring, uuid, &secret, step, now)?;
+        let device = shared::two_factor::new_device(&keyring, uuid, &secret, step, now)?;
         Ok(
             match store
                 .confirm_setup(&device, &pending, &state.failures)

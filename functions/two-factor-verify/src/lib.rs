@@ -2,9 +2,10 @@
 //! backup code.
 use serde_json::{json, Value};
 use shared::lambda_http::{Body, Request, Response};
-use shared::store::now_secs;
+use shared::store::limits::FailureCharge;
+use shared::store::now_millis;
 use shared::store::two_factor::StepUse;
-use shared::throttle::{self, Attempt};
+use shared::throttle::{self, Attempt, CodeCheck};
 use shared::two_factor::{token_invalid, Notice};
 use shared::{fields, http, totp, ApiError, Context};
 use std::convert::Infallible;
@@ -33,7 +34,7 @@ enum Method {
 /// unused backup code exactly once (a compare-and-set of the code list), under the
 /// failure limit.
 async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "two-factor-verify").await?;
+    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
     let body = http::parse_fields(req)?;
     let raw = fields::required_value(&body, "token")?;
     let code = fields::six_digit_code(raw);
@@ -47,43 +48,51 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         _ => Token::Malformed,
     };
     let uuid = call.target.uuid.to_string();
-    let keyring = ctx.keyring().await?;
     let (store, uuid) = (&ctx.store, uuid.as_str());
-    let method = throttle::limited(store, uuid, move || async move {
-        let state = store.two_factor_state(uuid).await?;
+    let method = throttle::limited(store, uuid, CodeCheck::SignIn, move || async move {
+        let state = store.two_factor_state_for(uuid, CodeCheck::SignIn).await?;
         let failures = state.failures;
-        let now = now_secs();
-        throttle::check(&failures, now)?;
+        let now_ms = now_millis();
+        throttle::check(&failures, now_ms)?;
+        let now = now_ms / 1000;
         let device = state.device.ok_or_else(shared::two_factor::not_enabled)?;
         let (codes, user) = (state.backup_codes, state.user);
+        let failed = || {
+            Ok(Attempt::Failed(
+                FailureCharge::of(failures),
+                token_invalid(),
+            ))
+        };
         match token {
             Token::Totp(code) => {
-                let secret = shared::two_factor::device_secret(keyring, &device)?;
+                let keyring = ctx.keyring_opening(&[&device.secret_enc]).await?;
+                let secret = shared::two_factor::device_secret(&keyring, &device)?;
                 let Some(step) = secret
                     .check(code, now)
                     .filter(|step| *step > device.last_step)
                 else {
-                    return Ok(Attempt::Failed(failures, token_invalid()));
+                    return failed();
                 };
                 let drift = step as i64 - totp::step_at(now) as i64;
                 Ok(
                     match store.use_totp_step(uuid, step, drift, &failures).await? {
                         StepUse::Done => Attempt::Done(Method::Totp),
-                        StepUse::Replayed => Attempt::Failed(failures, token_invalid()),
+                        StepUse::Replayed => return failed(),
                         StepUse::Conflict => Attempt::Conflict,
                     },
                 )
             }
             Token::Backup(code) => {
                 let Some(codes) = codes else {
-                    return Ok(Attempt::Failed(failures, token_invalid()));
+                    return failed();
                 };
-                let mut unused = shared::two_factor::open_backup_codes(keyring, &codes)?;
+                let keyring = ctx.keyring_opening(&[&codes.codes_enc]).await?;
+                let mut unused = shared::two_factor::open_backup_codes(&keyring, &codes)?;
                 let Some(index) = shared::two_factor::find_backup_code(&unused, code) else {
-                    return Ok(Attempt::Failed(failures, token_invalid()));
+                    return failed();
                 };
                 unused.remove(index);
-                let next = shared::two_factor::seal_backup_codes(keyring, uuid, &unused)?;
+                let next = shared::two_factor::seal_backup_codes(&keyring, uuid, &unused)?;
                 Ok(
                     if store
                         .put_backup_codes(&next, Some(&codes.version), Some(&failures))
@@ -98,7 +107,7 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
                     },
                 )
             }
-            Token::Malformed => Ok(Attempt::Failed(failures, token_invalid())),
+            Token::Malformed => failed(),
         }
     })
     .await?;

@@ -15,7 +15,7 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infal
 }
 
 async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "update-user").await?;
+    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
     let body = http::parse_fields(req)?;
     let mut changes = profile_changes(&body)?;
     let new_email = match fields::text(&body, "email", Text::not_blank(254))? {
@@ -28,43 +28,66 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         other => other,
     };
     let uuid = call.target.uuid.to_string();
-    let (view, owner) = match &new_email {
+    let mails_code = new_email.is_some() && ctx.mailer.enabled();
+    let (view, owner, mail_log, keyring) = match &new_email {
         Some(email) => {
-            let (view, owner) =
-                tokio::join!(ctx.store.user_view(&uuid), ctx.store.email_owner(email));
-            (view?, owner?)
+            let (view, owner, mail_log, keyring) = tokio::join!(
+                ctx.store.user_view(&uuid),
+                ctx.store.email_owner(email),
+                async {
+                    match mails_code {
+                        true => ctx.store.email_change_mail_log(&uuid).await.map(Some),
+                        false => Ok(None),
+                    }
+                },
+                async {
+                    match mails_code {
+                        true => ctx.keyring().await.map(Some),
+                        false => Ok(None),
+                    }
+                },
+            );
+            (view?, owner?, mail_log?, keyring?)
         }
-        None => (ctx.store.user_view(&uuid).await?, None),
+        None => (ctx.store.user_view(&uuid).await?, None, None, None),
     };
     let mut view = view.ok_or(ApiError::NotFound)?;
-    if let Some(settings) = changes.get_mut("notification_settings") {
-        // Like PostHog, a partial object updates only the keys it names.
-        let mut merged = view
-            .user
-            .notification_settings
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        merged.extend(settings.as_object().cloned().unwrap_or_default());
-        *settings = Value::Object(merged);
-    }
+    merge_partial_objects(&view.user, &mut changes)?;
     let new_email = new_email.filter(|e| email_key(e) != email_key(&view.user.email));
     if let Some(owner) = &owner {
         if new_email.is_some() && *owner != uuid {
             return Err(email_taken());
         }
     }
+    // The response shows what this update writes, over the record read just before it; it
+    // is also what the user item will hold, so its size is checked before anything is sent.
+    let mut user =
+        serde_json::to_value(&view.user).map_err(|e| ApiError::serialisation("user record", &e))?;
+    if let Some(object) = user.as_object_mut() {
+        object.extend(changes.clone());
+    }
+    if user.to_string().len() > MAX_USER_BYTES {
+        return Err(ApiError::item_too_large());
+    }
+    view.user = serde_json::from_value::<UserRecord>(user)
+        .map_err(|e| ApiError::serialisation("user record", &e))?;
     let mut code_to_send = None;
-    let request;
-    let email_update = match &new_email {
-        None => EmailUpdate::Unchanged,
-        Some(new) if ctx.mailer.enabled() => {
-            let (record, code) = email_change::new_request(&uuid, new, EMAIL_CHANGE_TTL_SECS);
+    let (request, sent_ms);
+    let email_update = match (&new_email, mail_log, keyring) {
+        (None, ..) => EmailUpdate::Unchanged,
+        (Some(new), Some(mail_log), Some(keyring)) => {
+            sent_ms = email_change::one_more_mail(&mail_log, shared::store::now_millis())?;
+            let (record, code) =
+                email_change::new_request(&keyring, &uuid, new, EMAIL_CHANGE_TTL_SECS)?;
             code_to_send = Some(code);
-            request = record;
-            EmailUpdate::Request(&request)
+            request = (record, mail_log);
+            EmailUpdate::Request {
+                record: &request.0,
+                mail_log: &request.1,
+                sent_ms: &sent_ms,
+            }
         }
-        Some(new) => EmailUpdate::Immediate {
+        (Some(new), ..) => EmailUpdate::Immediate {
             old: &view.user.email,
             new,
         },
@@ -72,12 +95,6 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     ctx.store
         .update_profile(&uuid, &changes, email_update)
         .await?;
-    // The response shows what this update wrote, over the record read just before it.
-    let mut user = serde_json::to_value(&view.user).map_err(|_| ApiError::Internal)?;
-    if let Some(object) = user.as_object_mut() {
-        object.extend(changes);
-    }
-    view.user = serde_json::from_value::<UserRecord>(user).map_err(|_| ApiError::Internal)?;
     if let Some(new) = new_email {
         match code_to_send {
             Some(code) => {
@@ -90,6 +107,45 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     http::ok(&view.to_json())
 }
 
+/// Like PostHog, a partial `notification_settings` object updates only the keys it names.
+/// The merged value is what is stored, so it is the merged value whose size is bounded: a
+/// series of requests each adding new keys cannot grow the user item without limit.
+fn merge_partial_objects(
+    user: &UserRecord,
+    changes: &mut Map<String, Value>,
+) -> Result<(), ApiError> {
+    if let Some(settings) = changes.get_mut("notification_settings") {
+        let mut merged = user
+            .notification_settings
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        merged.extend(settings.as_object().cloned().unwrap_or_default());
+        *settings = Value::Object(merged);
+    }
+    check_setting_sizes(changes)
+}
+
+/// Each JSON setting, as it will be stored, is kept small, and so is the whole user item
+/// (far below DynamoDB's 400 KB).
+fn check_setting_sizes(changes: &Map<String, Value>) -> Result<(), ApiError> {
+    for (name, value) in changes {
+        if value.is_object() && value.to_string().len() > MAX_SETTING_BYTES {
+            return Err(ApiError::invalid_input(
+                format!(
+                    "Ensure this value is no larger than {} KiB.",
+                    MAX_SETTING_BYTES / 1024
+                ),
+                Some(name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The most the user item may hold as JSON: four settings at their limit and every scene
+/// personalised fit with room to spare, and it stays well below DynamoDB's item limit.
+const MAX_USER_BYTES: usize = 256 * 1024;
 const MAX_SETTING_BYTES: usize = 16 * 1024;
 const TOOLBAR_MODES: &[&str] = &["disabled", "toolbar"];
 const THEME_MODES: &[&str] = &["light", "dark", "system"];
@@ -158,17 +214,6 @@ fn profile_changes(body: &Fields) -> Result<Map<String, Value>, ApiError> {
             changes.insert(name.into(), value.unwrap_or(Value::Null));
         }
     }
-    // Each JSON setting is kept small, so the user's item stays far below DynamoDB's limit.
-    for (name, value) in &changes {
-        if value.is_object() && value.to_string().len() > MAX_SETTING_BYTES {
-            return Err(ApiError::invalid_input(
-                format!(
-                    "Ensure this value is no larger than {} KiB.",
-                    MAX_SETTING_BYTES / 1024
-                ),
-                Some(name),
-            ));
-        }
-    }
+    check_setting_sizes(&changes)?;
     Ok(changes)
 }

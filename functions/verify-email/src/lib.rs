@@ -3,13 +3,10 @@ use serde_json::json;
 use shared::fields::{self, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::routes::Target;
-use shared::store::email_changes::{Commit, EmailChangeRecord};
-use shared::store::two_factor::{self, FailureState};
-use shared::store::{from_item, s};
-use shared::throttle::{self, Attempt};
-use shared::users::UserRecord;
+use shared::store::email_changes::Commit;
+use shared::store::limits::FailureCharge;
+use shared::throttle::{self, Attempt, CodeCheck};
 use shared::{auth, email_change, http, ApiError, Context};
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
@@ -23,54 +20,36 @@ fn wrong_code() -> ApiError {
     )
 }
 
-/// Checks the code under the failure limit; on success the address changes, the new one is
-/// claimed and the request removed, in one transaction.
+/// Checks the code under the email-change failure limit (checked before anything is
+/// compared); on success the address changes, the new one is claimed and the request
+/// removed, in one transaction. A wrong code also counts against the request itself, which
+/// is void after five. Only the caller's own request can be completed, staff included.
 async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "verify-email").await?;
+    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
     let body = http::parse_fields(req)?;
     let uuid_field = fields::required_text(&body, "uuid", Text::not_blank(64))?;
     if !body.contains_key("code") {
         return Err(ApiError::required("code"));
     }
     let code = body.get("code").and_then(fields::six_digit_code);
-    let target = auth::target_of(&call.caller, Some(&uuid_field), Target::StaffMayTarget)?;
+    let target = auth::target_of(
+        &call.caller,
+        Some(&uuid_field),
+        Target::CallerOnly(auth::NON_STAFF),
+    )?;
     let uuid = target.uuid.to_string();
     let (store, uuid, code) = (&ctx.store, uuid.as_str(), code.as_deref());
-    throttle::limited(store, uuid, move || async move {
-        let keys = [
-            (
-                store.tables.users.as_str(),
-                HashMap::from([("uuid".to_string(), s(uuid))]),
-            ),
-            (
-                store.tables.email_changes.as_str(),
-                HashMap::from([("user_uuid".to_string(), s(uuid))]),
-            ),
-            (
-                store.tables.two_factor.as_str(),
-                two_factor::key(uuid, two_factor::FAILURES),
-            ),
-        ];
-        let mut items = store.get_many(&keys).await?.into_iter();
-        let user = items
-            .next()
-            .flatten()
-            .map(from_item::<UserRecord>)
-            .transpose()?;
+    throttle::limited(store, uuid, CodeCheck::EmailChange, move || async move {
+        let (user, request, failures) = store.email_change_state(uuid).await?;
         let user = user.filter(|u| u.is_active).ok_or(ApiError::NotFound)?;
-        let request = items
-            .next()
-            .flatten()
-            .map(from_item::<EmailChangeRecord>)
-            .transpose()?;
-        let failures = FailureState::from_item(items.next().flatten())?;
-        throttle::check(&failures, shared::store::now_secs())?;
-        let request = request.and_then(EmailChangeRecord::open);
-        let (Some(request), Some(code)) = (request, code) else {
-            return Ok(Attempt::Failed(failures, wrong_code()));
+        throttle::check(&failures, shared::store::now_millis())?;
+        let Some(request) = request else {
+            return Ok(Attempt::Failed(FailureCharge::of(failures), wrong_code()));
         };
-        if !email_change::code_matches(&request, code) {
-            return Ok(Attempt::Failed(failures, wrong_code()));
+        let keyring = ctx.keyring_for(&[&request.code_key_id]).await?;
+        if !code.is_some_and(|code| email_change::code_matches(&keyring, &request, code)) {
+            let charge = store.charge_with_wrong_code(failures, &request)?;
+            return Ok(Attempt::Failed(charge, wrong_code()));
         }
         Ok(
             match store

@@ -40,40 +40,39 @@ impl Store {
         out.item.map(from_item).transpose()
     }
 
-    /// Stores a new key, provided its user exists and is active (one transaction, so a
-    /// concurrent deactivation cannot be missed by the check).
+    /// Stores a new key, provided its user exists and is active, and adds it to the user's
+    /// own list of key hashes, in one transaction: once a deactivation has made the user
+    /// inactive no key can be added, and every key added before is in that list, which a
+    /// deactivation reads consistently (the `by_user` index is only eventually consistent).
     pub async fn put_api_key(&self, record: &ApiKeyRecord) -> Result<(), ApiError> {
-        use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
         let put = Put::builder()
             .table_name(&self.tables.api_keys)
             .set_item(Some(to_item(record)?))
             .condition_expression("attribute_not_exists(secure_value)")
             .build()
-            .map_err(|_| ApiError::Internal)?;
-        let check = ConditionCheck::builder()
+            .map_err(|e| super::builder_failed("api_keys.put", e))?;
+        let user = Update::builder()
             .table_name(&self.tables.users)
             .key("uuid", s(&record.user_uuid))
+            .update_expression("ADD api_key_hashes :hash, keys_added :one")
             .condition_expression("is_active = :yes")
             .expression_attribute_values(
-                ":yes",
-                aws_sdk_dynamodb::types::AttributeValue::Bool(true),
+                ":hash",
+                AttributeValue::Ss(vec![record.secure_value.clone()]),
             )
+            .expression_attribute_values(":one", super::n(1))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
             .build()
-            .map_err(|_| ApiError::Internal)?;
-        self.db
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .transact_items(TransactWriteItem::builder().condition_check(check).build())
-            .send()
-            .await
-            .map_err(|e| {
-                if super::cancelled_conditions(&e).is_some() {
-                    ApiError::NotFound
-                } else {
-                    ApiError::from_sdk("api_keys.put", &e)
-                }
-            })?;
-        Ok(())
+            .map_err(|e| super::builder_failed("api_keys.put", e))?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(user).build(),
+        ];
+        match self.transact("api_keys.put", items).await? {
+            super::Tx::Done => Ok(()),
+            super::Tx::Refused(_) => Err(ApiError::NotFound),
+        }
     }
 
     /// Notes that a key was used at `now`, unless that was already noted after `since`
@@ -108,7 +107,7 @@ impl Store {
         }
     }
 
-    /// Removes a key; true when it existed.
+    /// Removes a key (and its hash from its user's list); true when it existed.
     pub async fn delete_api_key(&self, hash: &ApiKeyHash) -> Result<bool, ApiError> {
         let out = self
             .db
@@ -119,7 +118,28 @@ impl Store {
             .send()
             .await
             .map_err(sdk("api_keys.delete"))?;
-        Ok(out.attributes.is_some())
+        let Some(old) = out.attributes else {
+            return Ok(false);
+        };
+        let record: ApiKeyRecord = from_item(old)?;
+        // Only tidies the list: a deactivation skips hashes whose key is gone.
+        let result = self
+            .db
+            .update_item()
+            .table_name(&self.tables.users)
+            .key("uuid", s(&record.user_uuid))
+            .update_expression("DELETE api_key_hashes :hash")
+            .condition_expression("attribute_exists(#uuid)")
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":hash", AttributeValue::Ss(vec![hash.0.clone()]))
+            .send()
+            .await;
+        match result {
+            Err(e) if !super::is_condition_failed(&e) => {
+                Err(ApiError::from_sdk("users.forget_key", &e))
+            }
+            _ => Ok(true),
+        }
     }
 
     /// Every key of a user, through the `by_user` index.
@@ -151,62 +171,103 @@ impl Store {
     /// Deactivates a user and every key of theirs, so that none of the keys authenticates
     /// again; false when there is no such user. Rerunning it is harmless.
     ///
-    /// The user and their keys change in one transaction (up to 99 keys; any beyond follow
-    /// once the user is inactive), so a failure never leaves an inactive user with live keys.
-    /// Once the user is inactive no key can be added (`put_api_key` checks in its own
-    /// transaction), and a second look at the `by_user` index, which is eventually
-    /// consistent, marks a key added just before that it did not show yet.
+    /// The keys are those of the user's own list of key hashes, read consistently (and, for
+    /// keys made before that list existed, the `by_user` index). The user and their keys
+    /// change in one transaction (up to 99 keys; any beyond follow once the user is
+    /// inactive), conditioned on no key having been added since the list was read: a key
+    /// added meanwhile makes it read again, and once the user is inactive no key can be
+    /// added (`put_api_key`). So no key can stay live, whatever the index shows.
     pub async fn deactivate_user(&self, uuid: &str) -> Result<bool, ApiError> {
         use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
         const KEYS_WITH_THE_USER: usize = 99;
-        let user = Update::builder()
-            .table_name(&self.tables.users)
-            .key("uuid", s(uuid))
-            .update_expression("SET is_active = :no")
-            .condition_expression("attribute_exists(#uuid)")
-            .expression_attribute_names("#uuid", "uuid")
-            .expression_attribute_values(":no", AttributeValue::Bool(false))
-            .build()
-            .map_err(|_| ApiError::Internal)?;
-        // A key revoked between the read of the index and the transaction cancels it; the
-        // next attempt reads the index again.
-        for _attempt in 0..3 {
-            let keys = self.api_keys_of(uuid).await?;
+        let mut gone: std::collections::BTreeSet<String> = Default::default();
+        for _attempt in 0..5 {
+            let Some((listed, keys_added)) = self.user_key_list(uuid).await? else {
+                return Ok(false);
+            };
+            let mut keys: std::collections::BTreeSet<String> = listed.into_iter().collect();
+            keys.extend(
+                self.api_keys_of(uuid)
+                    .await?
+                    .into_iter()
+                    .map(|k| k.secure_value),
+            );
+            let keys: Vec<String> = keys.into_iter().filter(|k| !gone.contains(k)).collect();
             let (with_user, rest) = keys.split_at(keys.len().min(KEYS_WITH_THE_USER));
-            let mut items = vec![TransactWriteItem::builder().update(user.clone()).build()];
+            let mut user = Update::builder()
+                .table_name(&self.tables.users)
+                .key("uuid", s(uuid))
+                .update_expression("SET is_active = :no")
+                .expression_attribute_names("#uuid", "uuid")
+                .expression_attribute_values(":no", AttributeValue::Bool(false));
+            user = match keys_added {
+                0 => user.condition_expression(
+                    "attribute_exists(#uuid) AND attribute_not_exists(keys_added)",
+                ),
+                added => user
+                    .condition_expression("attribute_exists(#uuid) AND keys_added = :added")
+                    .expression_attribute_values(":added", super::n(added)),
+            };
+            let mut items = vec![TransactWriteItem::builder()
+                .update(
+                    user.build()
+                        .map_err(|e| super::builder_failed("users.deactivate", e))?,
+                )
+                .build()];
             for key in with_user {
                 items.push(
                     TransactWriteItem::builder()
-                        .update(self.key_inactive(&key.secure_value)?)
+                        .update(self.key_inactive(key)?)
                         .build(),
                 );
             }
-            let result = self
-                .db
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .send()
-                .await;
-            match result {
-                Ok(_) => {
+            match self.transact("users.deactivate", items).await? {
+                super::Tx::Done => {
                     self.mark_keys_inactive(rest).await?;
-                    let late: Vec<ApiKeyRecord> = self
-                        .api_keys_of(uuid)
-                        .await?
-                        .into_iter()
-                        .filter(|key| key.user_is_active)
-                        .collect();
-                    self.mark_keys_inactive(&late).await?;
                     return Ok(true);
                 }
-                Err(e) => match super::cancelled_conditions(&e) {
-                    Some(failed) if failed.first() == Some(&true) => return Ok(false),
-                    Some(_) => continue,
-                    None => return Err(ApiError::from_sdk("users.deactivate", &e)),
-                },
+                // A key was added (or the user removed) since the list was read: read again.
+                super::Tx::Refused(failed) if failed.first() == Some(&true) => continue,
+                // Keys revoked meanwhile: nothing to deactivate there.
+                super::Tx::Refused(failed) => {
+                    for (key, refused) in with_user.iter().zip(failed.iter().skip(1)) {
+                        if *refused {
+                            gone.insert(key.clone());
+                        }
+                    }
+                }
             }
         }
         Err(ApiError::Unavailable)
+    }
+
+    /// The user's own list of key hashes and how many keys were ever added to it, read
+    /// consistently; `None` when there is no such user.
+    async fn user_key_list(&self, uuid: &str) -> Result<Option<(Vec<String>, u64)>, ApiError> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .projection_expression("api_key_hashes, keys_added, #uuid")
+            .expression_attribute_names("#uuid", "uuid")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("users.key_list"))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let hashes = match item.get("api_key_hashes") {
+            Some(AttributeValue::Ss(set)) => set.clone(),
+            _ => Vec::new(),
+        };
+        let added = item
+            .get("keys_added")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Ok(Some((hashes, added)))
     }
 
     /// The update that marks a key inactive, if it still exists, in a transaction.
@@ -221,17 +282,17 @@ impl Store {
             .condition_expression(KEY_EXISTS)
             .expression_attribute_values(":no", AttributeValue::Bool(false))
             .build()
-            .map_err(|_| ApiError::Internal)
+            .map_err(|e| super::builder_failed("api_keys", e))
     }
 
     /// Marks keys inactive one by one (a key revoked meanwhile is skipped).
-    async fn mark_keys_inactive(&self, keys: &[ApiKeyRecord]) -> Result<(), ApiError> {
+    async fn mark_keys_inactive(&self, keys: &[String]) -> Result<(), ApiError> {
         for key in keys {
             let result = self
                 .db
                 .update_item()
                 .table_name(&self.tables.api_keys)
-                .key("secure_value", s(&key.secure_value))
+                .key("secure_value", s(key))
                 .update_expression(KEY_INACTIVE)
                 .condition_expression(KEY_EXISTS)
                 .expression_attribute_values(":no", AttributeValue::Bool(false))

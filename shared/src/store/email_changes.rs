@@ -1,9 +1,9 @@
 //! Open email-change requests: the new address and a hash of its verification code.
-use super::{cancelled_conditions, from_item, s, sdk, Store};
+use super::{from_item, n, s, sdk, Store, Tx};
 use crate::error::ApiError;
-use crate::store::two_factor::FailureState;
+use crate::throttle::{CodeCheck, FailureState};
 use crate::users::UserRecord;
-use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem};
+use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
 use serde::{Deserialize, Serialize};
 
 /// Requests live this long.
@@ -13,12 +13,20 @@ pub const EMAIL_CHANGE_TTL_SECS: u64 = 24 * 3600;
 pub struct EmailChangeRecord {
     pub user_uuid: String,
     pub new_email: String,
-    /// SHA-256 of request id and code; the code itself is never stored.
+    /// HMAC-SHA256 (hex) of the user, request id and code under the MAC key
+    /// `code_key_id`; the code itself is never stored.
     pub code_hash: String,
+    /// The key of the encryption secret the hash was made with.
+    #[serde(default)]
+    pub code_key_id: String,
     pub request_id: String,
     pub requested_at: String,
     /// Epoch seconds; also the table's TTL attribute. DynamoDB deletes lazily, so reads check it.
     pub expires_at: u64,
+    /// Wrong codes tried against this request; at
+    /// [`crate::email_change::MAX_WRONG_CODES_PER_REQUEST`] it is removed.
+    #[serde(default)]
+    pub wrong_codes: u32,
 }
 
 impl EmailChangeRecord {
@@ -58,9 +66,51 @@ impl Store {
             .and_then(EmailChangeRecord::open))
     }
 
+    /// The change a wrong code makes to the request it was tried against, in the same
+    /// write as the failure charge: one more wrong code counted, or, at the last one allowed,
+    /// the request removed (a new code must be requested). Conditioned on the request still
+    /// being the one read, so racing guesses are each counted.
+    pub fn charge_with_wrong_code(
+        &self,
+        seen: FailureState,
+        request: &EmailChangeRecord,
+    ) -> Result<Box<super::limits::FailureCharge>, ApiError> {
+        Ok(Box::new(super::limits::FailureCharge {
+            seen,
+            also: Some(self.count_wrong_code(request)?),
+        }))
+    }
+
+    fn count_wrong_code(&self, request: &EmailChangeRecord) -> Result<TransactWriteItem, ApiError> {
+        let wrong = request.wrong_codes.saturating_add(1);
+        if wrong >= crate::email_change::MAX_WRONG_CODES_PER_REQUEST {
+            let delete = Delete::builder()
+                .table_name(&self.tables.email_changes)
+                .key("user_uuid", s(&request.user_uuid))
+                .condition_expression("request_id = :rid")
+                .expression_attribute_values(":rid", s(&request.request_id))
+                .build()
+                .map_err(|e| super::builder_failed("email_changes.void", e))?;
+            return Ok(TransactWriteItem::builder().delete(delete).build());
+        }
+        let update = Update::builder()
+            .table_name(&self.tables.email_changes)
+            .key("user_uuid", s(&request.user_uuid))
+            .update_expression("SET wrong_codes = :wrong")
+            .condition_expression(
+                "request_id = :rid AND (attribute_not_exists(wrong_codes) OR wrong_codes = :seen)",
+            )
+            .expression_attribute_values(":rid", s(&request.request_id))
+            .expression_attribute_values(":seen", n(request.wrong_codes))
+            .expression_attribute_values(":wrong", n(wrong))
+            .build()
+            .map_err(|e| super::builder_failed("email_changes.count_wrong", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
     /// Completes a verified request in one transaction: the user's address changes (if it is
     /// still the one read), the new address is claimed, the old released, the request (if it
-    /// is still the one checked) and the failure count removed.
+    /// is still the one checked) and the email-change check's failure count removed.
     pub async fn complete_email_change(
         &self,
         user: &UserRecord,
@@ -72,10 +122,11 @@ impl Store {
         let delete_request = Delete::builder()
             .table_name(&self.tables.email_changes)
             .key("user_uuid", s(&user.uuid))
-            .condition_expression("code_hash = :h")
+            .condition_expression("code_hash = :h AND request_id = :rid")
             .expression_attribute_values(":h", s(&request.code_hash))
+            .expression_attribute_values(":rid", s(&request.request_id))
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("email_changes.complete", e))?;
         let mut items = vec![
             self.user_update(
                 &user.uuid,
@@ -84,26 +135,50 @@ impl Store {
             )?,
             self.claim_email(&request.new_email, &user.uuid)?,
             TransactWriteItem::builder().delete(delete_request).build(),
-            self.reset_failures(&user.uuid, failures)?,
+            self.reset_failures(&user.uuid, CodeCheck::EmailChange, failures)?,
         ];
         if crate::users::email_key(&user.email) != crate::users::email_key(&request.new_email) {
             items.push(self.release_email(&user.email, &user.uuid)?);
         }
-        let result = self
-            .db
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Commit::Done),
-            Err(e) => match cancelled_conditions(&e) {
-                Some(failed) if failed.get(1).copied().unwrap_or(false) => {
-                    Err(super::users::email_taken())
-                }
-                Some(_) => Ok(Commit::Conflict),
-                None => Err(ApiError::from_sdk("email_changes.complete", &e)),
-            },
+        match self.transact("email_changes.complete", items).await? {
+            Tx::Done => Ok(Commit::Done),
+            Tx::Refused(failed) if failed.get(1).copied().unwrap_or(false) => {
+                Err(super::users::email_taken())
+            }
+            Tx::Refused(_) => Ok(Commit::Conflict),
         }
+    }
+
+    /// The user, their open email-change request and the email-change check's failure
+    /// state, in one BatchGetItem.
+    pub async fn email_change_state(
+        &self,
+        uuid: &str,
+    ) -> Result<(Option<UserRecord>, Option<EmailChangeRecord>, FailureState), ApiError> {
+        use std::collections::HashMap;
+        let keys = [
+            (
+                self.tables.users.as_str(),
+                HashMap::from([("uuid".to_string(), s(uuid))]),
+            ),
+            (
+                self.tables.email_changes.as_str(),
+                HashMap::from([("user_uuid".to_string(), s(uuid))]),
+            ),
+            (
+                self.tables.limits.as_str(),
+                super::limits::failures_key(uuid, CodeCheck::EmailChange),
+            ),
+        ];
+        let mut items = self.get_many(&keys).await?.into_iter();
+        let user = items.next().flatten().map(from_item).transpose()?;
+        let request = items
+            .next()
+            .flatten()
+            .map(from_item::<EmailChangeRecord>)
+            .transpose()?
+            .and_then(EmailChangeRecord::open);
+        let failures = FailureState::from_item(items.next().flatten())?;
+        Ok((user, request, failures))
     }
 }

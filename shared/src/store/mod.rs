@@ -2,6 +2,7 @@
 //! check-then-write that can race is a condition expression or a transaction.
 pub mod api_keys;
 pub mod email_changes;
+pub mod limits;
 pub mod push_tokens;
 pub mod two_factor;
 pub mod users;
@@ -77,22 +78,93 @@ where
     matches!(err, SdkError::ServiceError(e) if e.err().code() == Some("ConditionalCheckFailedException"))
 }
 
-/// For a cancelled transaction, which of its items failed their condition.
-pub(crate) fn cancelled_conditions<R>(
-    err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
-) -> Option<Vec<bool>> {
-    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-    match err {
-        SdkError::ServiceError(e) => match e.err() {
-            TransactWriteItemsError::TransactionCanceledException(c) => Some(
-                c.cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code() == Some("ConditionalCheckFailed"))
-                    .collect(),
-            ),
-            _ => None,
-        },
-        _ => None,
+/// Logs a request builder's failure (a required field left out: a bug of ours) and maps it
+/// to a 500.
+pub(crate) fn builder_failed(operation: &'static str, err: impl std::fmt::Display) -> ApiError {
+    tracing::error!(operation, error = %err, "request could not be built");
+    ApiError::Internal
+}
+
+/// How a transaction ended when it did not fail outright.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Tx {
+    Done,
+    /// Cancelled because conditions failed: for each item, whether its condition failed.
+    Refused(Vec<bool>),
+}
+
+impl Tx {
+    pub(crate) fn is_done(&self) -> bool {
+        *self == Tx::Done
+    }
+}
+
+/// Rounds a transaction is retried while it only conflicts with another one in flight.
+const TX_CONFLICT_ROUNDS: u32 = 5;
+
+impl Store {
+    /// Runs a transaction. A cancellation by failed conditions is `Refused` (with which
+    /// items failed), for the caller to read as a race or a rule; one that only conflicted
+    /// with a concurrent transaction on the same items is retried a few times with jitter
+    /// and then a 503 (retryable), never mistaken for a failed condition. An item that would
+    /// exceed DynamoDB's size limit is a 400.
+    pub(crate) async fn transact(
+        &self,
+        operation: &'static str,
+        items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<Tx, ApiError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        for round in 0..TX_CONFLICT_ROUNDS {
+            if round > 0 {
+                let jitter = rand::random::<u64>() % (10u64 << round);
+                tokio::time::sleep(std::time::Duration::from_millis(5 + jitter)).await;
+            }
+            let result = self
+                .db
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(Tx::Done),
+                Err(err) => err,
+            };
+            let reasons = match &err {
+                SdkError::ServiceError(e) => match e.err() {
+                    TransactWriteItemsError::TransactionCanceledException(c) => {
+                        Some(c.cancellation_reasons().to_vec())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(reasons) = reasons else {
+                return Err(ApiError::from_sdk(operation, &err));
+            };
+            let code = |r: &aws_sdk_dynamodb::types::CancellationReason| {
+                r.code().unwrap_or("None").to_string()
+            };
+            if reasons.iter().any(|r| code(r) == "ValidationError") {
+                tracing::warn!(operation, "transaction refused: an item would be too large");
+                return Err(ApiError::item_too_large());
+            }
+            if reasons.iter().any(|r| code(r) == "ConditionalCheckFailed") {
+                return Ok(Tx::Refused(
+                    reasons
+                        .iter()
+                        .map(|r| code(r) == "ConditionalCheckFailed")
+                        .collect(),
+                ));
+            }
+            if !reasons.iter().any(|r| code(r) == "TransactionConflict") {
+                return Err(ApiError::from_sdk(operation, &err));
+            }
+        }
+        tracing::warn!(
+            operation,
+            "transaction kept conflicting with concurrent ones"
+        );
+        Err(ApiError::Unavailable)
     }
 }
 
@@ -159,6 +231,14 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, for locks whose `Retry-After` must be exact.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 

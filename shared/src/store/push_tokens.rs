@@ -1,5 +1,5 @@
 //! Push tokens of mobile and web clients, at most 20 per user.
-use super::{cancelled_conditions, from_item, is_condition_failed, n, s, sdk, to_item, Store};
+use super::{from_item, is_condition_failed, n, s, sdk, to_item, Store};
 use crate::auth::hex;
 use crate::error::ApiError;
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
@@ -183,16 +183,9 @@ impl Store {
                         .build(),
                 );
             }
-            match self
-                .db
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .send()
-                .await
-            {
-                Ok(_) => return Ok(record),
-                Err(e) if cancelled_conditions(&e).is_some() => continue,
-                Err(e) => return Err(ApiError::from_sdk("push_tokens.register", &e)),
+            match self.transact("push_tokens.register", items).await? {
+                super::Tx::Done => return Ok(record),
+                super::Tx::Refused(_) => continue,
             }
         }
         // Persistent contention on one user's tokens: ask the client to retry.

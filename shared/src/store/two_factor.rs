@@ -1,7 +1,9 @@
 //! The two_factor_devices table: one item per user and kind — the confirmed TOTP device, a
-//! pending setup, the backup codes, and the failed-code-check state.
-use super::{from_item, is_condition_failed, n, s, sdk, Item, Store};
+//! pending setup, the backup codes. (The failure states of code checks live in the limits
+//! table, which no 2FA route but the checks themselves touches.)
+use super::{from_item, n, s, sdk, Item, Store, Tx};
 use crate::error::ApiError;
+use crate::throttle::{CodeCheck, FailureState};
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -9,55 +11,12 @@ use std::collections::HashMap;
 pub const TOTP: &str = "totp";
 pub const PENDING: &str = "pending";
 pub const BACKUP_CODES: &str = "backup_codes";
-pub const FAILURES: &str = "failures";
 
 pub fn key(uuid: &str, kind: &str) -> Item {
     HashMap::from([
         ("user_uuid".to_string(), s(uuid)),
         ("kind".to_string(), s(kind)),
     ])
-}
-
-/// Consecutive failed code checks of a user, and until when further checks are refused.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureState {
-    #[serde(default)]
-    pub count: u32,
-    #[serde(default)]
-    pub locked_until: u64,
-}
-
-impl FailureState {
-    pub fn from_item(item: Option<Item>) -> Result<Self, ApiError> {
-        item.map(from_item)
-            .transpose()
-            .map(Option::unwrap_or_default)
-    }
-}
-
-/// The condition that the failure state is still `seen` (no item counts as zero).
-fn failures_unchanged(
-    seen: &FailureState,
-) -> (
-    &'static str,
-    HashMap<String, String>,
-    HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
-) {
-    let names = HashMap::from([("#c".to_string(), "count".to_string())]);
-    if *seen == FailureState::default() {
-        let values = HashMap::from([(":zero".to_string(), n(0))]);
-        (
-            "attribute_not_exists(kind) OR (#c = :zero AND locked_until = :zero)",
-            names,
-            values,
-        )
-    } else {
-        let values = HashMap::from([
-            (":c".to_string(), n(seen.count)),
-            (":l".to_string(), n(seen.locked_until)),
-        ]);
-        ("#c = :c AND locked_until = :l", names, values)
-    }
 }
 
 /// Everything 2FA knows about a user, read in one BatchGetItem.
@@ -67,6 +26,7 @@ pub struct TwoFactorState {
     pub device: Option<TotpDevice>,
     pub pending: Option<PendingSetup>,
     pub backup_codes: Option<BackupCodes>,
+    /// The failure state of the check the state was read for (default when none was named).
     pub failures: FailureState,
 }
 
@@ -83,8 +43,26 @@ impl TwoFactorState {
 impl Store {
     /// The user and all of its 2FA items (pending setups already expired read as none).
     pub async fn two_factor_state(&self, uuid: &str) -> Result<TwoFactorState, ApiError> {
+        self.read_two_factor_state(uuid, None).await
+    }
+
+    /// [`Store::two_factor_state`] with the failure state of one kind of code check, in the
+    /// same BatchGetItem.
+    pub async fn two_factor_state_for(
+        &self,
+        uuid: &str,
+        check: CodeCheck,
+    ) -> Result<TwoFactorState, ApiError> {
+        self.read_two_factor_state(uuid, Some(check)).await
+    }
+
+    async fn read_two_factor_state(
+        &self,
+        uuid: &str,
+        check: Option<CodeCheck>,
+    ) -> Result<TwoFactorState, ApiError> {
         let table = self.tables.two_factor.as_str();
-        let keys = [
+        let mut keys = vec![
             (
                 self.tables.users.as_str(),
                 HashMap::from([("uuid".to_string(), s(uuid))]),
@@ -92,8 +70,13 @@ impl Store {
             (table, key(uuid, TOTP)),
             (table, key(uuid, PENDING)),
             (table, key(uuid, BACKUP_CODES)),
-            (table, key(uuid, FAILURES)),
         ];
+        if let Some(check) = check {
+            keys.push((
+                self.tables.limits.as_str(),
+                super::limits::failures_key(uuid, check),
+            ));
+        }
         let mut items = self.get_many(&keys).await?.into_iter();
         let mut next = || items.next().flatten();
         Ok(TwoFactorState {
@@ -108,56 +91,10 @@ impl Store {
         })
     }
 
-    /// Records one more failure, if the state is still `seen` (compare-and-set, so every
-    /// revealed result of a check is counted exactly once). `None` on a race: read again.
-    pub async fn charge_failure(
-        &self,
-        uuid: &str,
-        seen: &FailureState,
-        next: &FailureState,
-    ) -> Result<Option<FailureState>, ApiError> {
-        let mut request = self
-            .db
-            .put_item()
-            .table_name(&self.tables.two_factor)
-            .item("user_uuid", s(uuid))
-            .item("kind", s(FAILURES))
-            .item("count", n(next.count))
-            .item("locked_until", n(next.locked_until));
-        let (expression, names, values) = failures_unchanged(seen);
-        request = request
-            .condition_expression(expression)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values));
-        match request.send().await {
-            Ok(_) => Ok(Some(*next)),
-            Err(e) if is_condition_failed(&e) => Ok(None),
-            Err(e) => Err(ApiError::from_sdk("failures.charge", &e)),
-        }
-    }
-
-    /// The transaction item that resets the failure state, provided it is still `seen`.
-    pub fn reset_failures(
-        &self,
-        uuid: &str,
-        seen: &FailureState,
-    ) -> Result<TransactWriteItem, ApiError> {
-        let delete = Delete::builder()
-            .table_name(&self.tables.two_factor)
-            .set_key(Some(key(uuid, FAILURES)));
-        let (expression, names, values) = failures_unchanged(seen);
-        let delete = delete
-            .condition_expression(expression)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values));
-        Ok(TransactWriteItem::builder()
-            .delete(delete.build().map_err(|_| ApiError::Internal)?)
-            .build())
-    }
-
-    /// Removes every 2FA item of a user: device, pending setup, backup codes, failures.
+    /// Removes every 2FA item of a user: device, pending setup, backup codes. The failure
+    /// states of the code checks stay: disabling 2FA must not lift a lock.
     pub async fn disable_two_factor(&self, uuid: &str) -> Result<(), ApiError> {
-        let items = [TOTP, PENDING, BACKUP_CODES, FAILURES]
+        let items = [TOTP, PENDING, BACKUP_CODES]
             .into_iter()
             .map(|kind| {
                 Delete::builder()
@@ -165,16 +102,14 @@ impl Store {
                     .set_key(Some(key(uuid, kind)))
                     .build()
                     .map(|d| TransactWriteItem::builder().delete(d).build())
-                    .map_err(|_| ApiError::Internal)
+                    .map_err(|e| super::builder_failed("two_factor.disable", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.db
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-            .map_err(sdk("two_factor.disable"))?;
-        Ok(())
+        match self.transact("two_factor.disable", items).await? {
+            Tx::Done => Ok(()),
+            // Unconditional deletes cannot fail a condition.
+            Tx::Refused(_) => Err(ApiError::Unavailable),
+        }
     }
 }
 
@@ -250,7 +185,8 @@ impl Store {
     }
 
     /// Confirms a setup in one transaction: the device is written (replacing any earlier
-    /// one), the pending setup removed if it is still the one checked, the failures reset.
+    /// one), the pending setup removed if it is still the one checked, the setup check's
+    /// failures reset.
     pub async fn confirm_setup(
         &self,
         device: &TotpDevice,
@@ -262,7 +198,7 @@ impl Store {
             .table_name(&self.tables.two_factor)
             .set_item(Some(super::to_item(device)?))
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("two_factor.confirm", e))?;
         let delete = Delete::builder()
             .table_name(&self.tables.two_factor)
             .set_key(Some(key(&device.user_uuid, PENDING)))
@@ -272,25 +208,16 @@ impl Store {
                 aws_sdk_dynamodb::types::AttributeValue::B(pending.secret_enc.clone().into()),
             )
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("two_factor.confirm", e))?;
         let items = vec![
             TransactWriteItem::builder().put(put).build(),
             TransactWriteItem::builder().delete(delete).build(),
-            self.reset_failures(&device.user_uuid, failures)?,
+            self.reset_failures(&device.user_uuid, CodeCheck::TotpSetup, failures)?,
         ];
-        match self
-            .db
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(super::email_changes::Commit::Done),
-            Err(e) if super::cancelled_conditions(&e).is_some() => {
-                Ok(super::email_changes::Commit::Conflict)
-            }
-            Err(e) => Err(ApiError::from_sdk("two_factor.confirm", &e)),
-        }
+        Ok(match self.transact("two_factor.confirm", items).await? {
+            Tx::Done => super::email_changes::Commit::Done,
+            Tx::Refused(_) => super::email_changes::Commit::Conflict,
+        })
     }
 
     /// Records the use of a TOTP step, only if it is later than every step used before
@@ -311,25 +238,16 @@ impl Store {
             .expression_attribute_values(":step", n(step))
             .expression_attribute_values(":drift", n(drift))
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("two_factor", e))?;
         let items = vec![
             TransactWriteItem::builder().update(update).build(),
-            self.reset_failures(uuid, failures)?,
+            self.reset_failures(uuid, CodeCheck::SignIn, failures)?,
         ];
-        match self
-            .db
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(StepUse::Done),
-            Err(e) => match super::cancelled_conditions(&e) {
-                Some(failed) if failed.first().copied().unwrap_or(false) => Ok(StepUse::Replayed),
-                Some(_) => Ok(StepUse::Conflict),
-                None => Err(ApiError::from_sdk("two_factor.use_step", &e)),
-            },
-        }
+        Ok(match self.transact("two_factor.use_step", items).await? {
+            Tx::Done => StepUse::Done,
+            Tx::Refused(failed) if failed.first().copied().unwrap_or(false) => StepUse::Replayed,
+            Tx::Refused(_) => StepUse::Conflict,
+        })
     }
 
     /// Writes a user's backup codes, replacing every earlier one, provided a confirmed device
@@ -355,26 +273,19 @@ impl Store {
             .set_key(Some(key(&codes.user_uuid, TOTP)))
             .condition_expression("attribute_exists(kind)")
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("two_factor", e))?;
         let mut items = vec![
             TransactWriteItem::builder()
-                .put(put.build().map_err(|_| ApiError::Internal)?)
+                .put(
+                    put.build()
+                        .map_err(|e| super::builder_failed("two_factor", e))?,
+                )
                 .build(),
             TransactWriteItem::builder().condition_check(device).build(),
         ];
         if let Some(failures) = failures {
-            items.push(self.reset_failures(&codes.user_uuid, failures)?);
+            items.push(self.reset_failures(&codes.user_uuid, CodeCheck::SignIn, failures)?);
         }
-        match self
-            .db
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if super::cancelled_conditions(&e).is_some() => Ok(false),
-            Err(e) => Err(ApiError::from_sdk("two_factor.put_backup_codes", &e)),
-        }
+        Ok(self.transact("two_factor.put_backup_codes", items).await? == Tx::Done)
     }
 }

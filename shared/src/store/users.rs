@@ -1,7 +1,5 @@
 //! Users and the uniqueness markers of their email addresses.
-use super::{
-    cancelled_conditions, from_item, is_condition_failed, n, s, sdk, to_item, to_value, Store,
-};
+use super::{from_item, is_condition_failed, n, s, sdk, to_item, to_value, Store, Tx};
 use crate::error::ApiError;
 use crate::users::{email_key, UserRecord, UserView};
 use aws_sdk_dynamodb::types::{
@@ -25,8 +23,14 @@ pub fn email_taken() -> ApiError {
 /// How a profile update touches the email address.
 pub enum EmailUpdate<'a> {
     Unchanged,
-    /// Open (or replace) a verification request; `email` stays as it is.
-    Request(&'a super::email_changes::EmailChangeRecord),
+    /// Open (or replace) a verification request; `email` stays as it is. The mail log read
+    /// as `mail_log` becomes `sent_ms` in the same transaction (a compare-and-set), so no
+    /// more than the hourly allowance of codes is ever mailed.
+    Request {
+        record: &'a super::email_changes::EmailChangeRecord,
+        mail_log: &'a super::limits::MailLog,
+        sent_ms: &'a [u64],
+    },
     /// Change it at once (no sender configured), moving the uniqueness marker.
     Immediate {
         old: &'a str,
@@ -168,17 +172,13 @@ impl Store {
             .expression_attribute_names("#uuid", "uuid")
             .build()
             .map_err(|_| ApiError::Internal)?;
-        let result = self
-            .db
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put_user).build())
-            .transact_items(self.claim_email(&user.email, &user.uuid)?)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if cancelled_conditions(&e).is_some() => Err(email_taken()),
-            Err(e) => Err(ApiError::from_sdk("users.create", &e)),
+        let items = vec![
+            TransactWriteItem::builder().put(put_user).build(),
+            self.claim_email(&user.email, &user.uuid)?,
+        ];
+        match self.transact("users.create", items).await? {
+            Tx::Done => Ok(()),
+            Tx::Refused(_) => Err(email_taken()),
         }
     }
 
@@ -287,38 +287,51 @@ impl Store {
         email: EmailUpdate<'_>,
     ) -> Result<(), ApiError> {
         let mut items = Vec::new();
+        let mut email_claim_at = None;
+        let mut mail_log_at = None;
         match email {
             EmailUpdate::Unchanged => items.push(self.user_update(uuid, changes, None)?),
-            EmailUpdate::Request(record) => {
+            EmailUpdate::Request {
+                record,
+                mail_log,
+                sent_ms,
+            } => {
                 items.push(self.user_update(uuid, changes, None)?);
                 let put = Put::builder()
                     .table_name(&self.tables.email_changes)
                     .set_item(Some(to_item(record)?))
                     .build()
-                    .map_err(|_| ApiError::Internal)?;
+                    .map_err(|e| super::builder_failed("users.update_profile", e))?;
                 items.push(TransactWriteItem::builder().put(put).build());
+                mail_log_at = Some(items.len());
+                items.push(self.put_mail_log(
+                    uuid,
+                    mail_log,
+                    sent_ms,
+                    crate::email_change::MAIL_LOG_KEPT_SECS,
+                )?);
             }
             EmailUpdate::Immediate { old, new } => {
                 items.push(self.user_update(uuid, changes, Some((old, new)))?);
+                email_claim_at = Some(items.len());
                 items.push(self.claim_email(new, uuid)?);
                 if email_key(old) != email_key(new) {
                     items.push(self.release_email(old, uuid)?);
                 }
             }
         }
-        let result = self
-            .db
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => match cancelled_conditions(&e) {
-                Some(failed) if failed.get(1).copied().unwrap_or(false) => Err(email_taken()),
-                Some(_) => Err(ApiError::NotFound),
-                None => Err(ApiError::from_sdk("users.update_profile", &e)),
-            },
+        let failed_at = |failed: &[bool], at: Option<usize>| {
+            at.and_then(|i| failed.get(i).copied()).unwrap_or(false)
+        };
+        match self.transact("users.update_profile", items).await? {
+            Tx::Done => Ok(()),
+            Tx::Refused(failed) if failed_at(&failed, email_claim_at) => Err(email_taken()),
+            // Another request of the same user took the mail log first: this one would have
+            // been counted against the same hour; the client may simply retry.
+            Tx::Refused(failed) if failed_at(&failed, mail_log_at) => Err(ApiError::Throttled {
+                retry_after_secs: 1,
+            }),
+            Tx::Refused(_) => Err(ApiError::NotFound),
         }
     }
 }
