@@ -59,8 +59,11 @@ impl Keyring {
             let material = material
                 .as_str()
                 .ok_or_else(|| broken("key material is not a string"))?;
-            if material.len() < 32 || id.len() > 255 {
+            if material.len() < 32 {
                 return Err(broken("key material shorter than 32 characters"));
+            }
+            if id.len() > 255 {
+                return Err(broken("key id longer than 255 bytes"));
             }
             let aes_key = Sha256::digest(material.as_bytes());
             let cipher =

@@ -9,8 +9,9 @@ pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infal
     Ok(http::serve(&req, |req| disable(ctx, req)).await)
 }
 
-/// Removes the device, any pending setup, the backup codes and the failure state in one
-/// transaction; succeeds when nothing was enabled. The user is told when a device went.
+/// Removes the device, any pending setup and the backup codes in one transaction (the code
+/// checks' failure limits stay: disabling must not lift a lock); succeeds when nothing was
+/// enabled. The user is told when a device went.
 async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, "two-factor-disable").await?;
     let uuid = call.target.uuid.to_string();
