@@ -853,7 +853,12 @@ def cargo_target_dir() -> Path:
 
 def start_watch(sup: Supervisor, port: int, env: dict[str, str], *, log: Path | None,
                 ignore_changes: bool, concurrency: int) -> Child:
-    argv = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(port),
+    # `port` is served by scripts/local_api.py, which hands every request to cargo lambda watch
+    # on a port of its own, with a body that is not UTF-8 as API Gateway delivers it (see there).
+    watch_port = free_port()
+    while watch_port == port:
+        watch_port = free_port()
+    argv = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port),
             "--concurrency", str(concurrency)]
     if ignore_changes:
         argv.append("--ignore-changes")
@@ -861,7 +866,10 @@ def start_watch(sup: Supervisor, port: int, env: dict[str, str], *, log: Path | 
     env = dict(env)
     if "RUST_LOG" in env:
         argv += ["--env-var", f"RUST_LOG={env.pop('RUST_LOG')}"]
-    # cargo lambda watch stops its function processes on SIGINT, as on Ctrl-C.
+    argv = [sys.executable, str(ROOT / "scripts" / "local_api.py"), "--port", str(port),
+            "--watch-port", str(watch_port), "--", *argv]
+    # cargo lambda watch stops its function processes on SIGINT, as on Ctrl-C (the front passes
+    # the signal on and exits with cargo lambda watch's code).
     return sup.start("cargo lambda watch", argv, env=env, log=log, graceful_signal=signal.SIGINT)
 
 
@@ -1101,6 +1109,13 @@ def openapi_routes(path: Path = OPENAPI) -> list[dict[str, Any]]:
 DDB_READS = {"GetItem", "BatchGetItem", "Query", "Scan"}
 DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem", "BatchWriteItem"}
 SAM_DDB_TEMPLATES = ("DynamoDBReadPolicy", "DynamoDBWritePolicy", "DynamoDBCrudPolicy")
+# Tables (by the Globals variable that names them) where the functions may change only the
+# attributes listed: their UpdateItem grants must say so with IAM conditions
+# (dynamodb:Attributes over these and the key attributes, dynamodb:ReturnValues NONE), and
+# nothing that writes whole items (PutItem, DeleteItem, BatchWriteItem: no attribute
+# condition can limit those) may be granted there. A function notes an API key's last use.
+ATTRIBUTE_LIMITED_TABLES = {"API_KEYS_TABLE": {"last_used_at"}}
+WHOLE_ITEM_WRITES = {"PutItem", "DeleteItem", "BatchWriteItem"}
 
 
 def sam_policy_templates() -> dict[str, Any]:
@@ -1118,6 +1133,7 @@ class Grant:
     service: str     # "dynamodb", "secretsmanager", "ses", ...
     action: str      # without the service prefix
     resource: str    # a table name for DynamoDB, else the resolved resource text
+    condition: str = ""  # the statement's Condition block as JSON ("" when it has none)
 
 
 def _policy_items(policies: Any) -> list[Any]:
@@ -1163,14 +1179,16 @@ def function_grants(template: dict[str, Any], logical_id: str, sam: dict[str, An
                     continue
                 actions = st.get("Action", [])
                 resources = st.get("Resource", [])
+                condition = json.dumps(st["Condition"], sort_keys=True) if st.get("Condition") else ""
                 for action in actions if isinstance(actions, list) else [actions]:
                     service, _, name = str(action).partition(":")
                     for resource in resources if isinstance(resources, list) else [resources]:
                         if service == "dynamodb":
                             table = _table_of_resource(resolver, template, resource)
-                            grants.append(Grant("inline", service, name, table or f"?{resource}"))
+                            grants.append(Grant("inline", service, name, table or f"?{resource}", condition))
                         else:
-                            grants.append(Grant("inline", service, name, json.dumps(resource, sort_keys=True)))
+                            grants.append(Grant("inline", service, name, json.dumps(resource, sort_keys=True),
+                                                condition))
             continue
         (name, params), = item.items()
         if name not in sam:
@@ -1212,6 +1230,59 @@ def functions_using(pattern: str) -> set[str]:
     return found
 
 
+def _key_attributes(template: dict[str, Any], table: str) -> set[str]:
+    """The primary key attributes of the table named `table`. Not its indexes' keys: the
+    guide asks for those only for indexes the statement names as resources, and allowing
+    them would let the update change them (api_keys' by_user index key is the key's owner)."""
+    resolver = Resolver(template)
+    for res in template["Resources"].values():
+        if res.get("Type") != "AWS::DynamoDB::Table":
+            continue
+        props = res.get("Properties", {})
+        if str(resolver.resolve(props.get("TableName"))) == table:
+            return {k["AttributeName"] for k in props.get("KeySchema", [])}
+    raise StackError(f"no AWS::DynamoDB::Table named {table}")
+
+
+def _as_set(value: Any) -> set[str]:
+    return {str(v) for v in value} if isinstance(value, list) else {str(value)}
+
+
+def attribute_condition_problems(grant: Grant, table_keys: set[str], allowed: set[str]) -> list[str]:
+    """What an UpdateItem grant on an attribute-limited table lacks. The conditions follow the
+    DynamoDB developer guide ("Using IAM policy conditions for fine-grained access control"):
+    `dynamodb:Attributes` covers every attribute a request names (key, update expression,
+    condition expression), so ForAllValues:StringEquals over the allowed attributes and the
+    key attributes limits what the call may touch; `dynamodb:ReturnValues` NONE keeps it
+    from returning other attributes (StringEqualsIfExists: an absent ReturnValues means NONE).
+    `dynamodb:Select` applies to Query and Scan only."""
+    try:
+        condition = json.loads(grant.condition) if grant.condition else {}
+    except ValueError:
+        condition = {}
+    problems = []
+    names = (condition.get("ForAllValues:StringEquals") or {}).get("dynamodb:Attributes")
+    wanted = table_keys | allowed
+    if names is None:
+        problems.append(f"no ForAllValues:StringEquals dynamodb:Attributes condition (it may change "
+                        f"every attribute; allow only {sorted(wanted)})")
+    elif _as_set(names) != wanted:
+        problems.append(f"dynamodb:Attributes allows {sorted(_as_set(names))}, not exactly {sorted(wanted)} "
+                        f"(the key attributes and what the functions change)")
+    for operator, block in condition.items():
+        if operator != "ForAllValues:StringEquals" and isinstance(block, dict) and "dynamodb:Attributes" in block:
+            problems.append(f"dynamodb:Attributes under {operator}: only ForAllValues:StringEquals limits "
+                            f"every attribute")
+    returns = [block["dynamodb:ReturnValues"] for operator, block in condition.items()
+               if operator in ("StringEquals", "StringEqualsIfExists") and isinstance(block, dict)
+               and "dynamodb:ReturnValues" in block]
+    if not returns:
+        problems.append("no StringEquals(IfExists) dynamodb:ReturnValues condition (it may return the whole item)")
+    elif any(_as_set(r) != {"NONE"} for r in returns):
+        problems.append(f"dynamodb:ReturnValues allows {sorted(set().union(*map(_as_set, returns)))}, not only NONE")
+    return problems
+
+
 def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str, str]]]) -> list[str]:
     sam = sam_policy_templates()
     binaries = functions(template)
@@ -1225,9 +1296,17 @@ def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str,
     for binary in sorted(set(observed) - set(by_binary)):
         problems.append(f"observed calls of {binary}, which template.yaml does not define")
 
-    needs_secret = functions_using(r"\bctx\s*\.\s*keyring\s*\(")
+    needs_secret = functions_using(r"\bctx\s*\.\s*keyring(?:_\w+)?\s*\(")
     sends_email = functions_using(r"&\s*ctx\s*\.\s*mailer\b")
     fallback = fallback_function(all_routes)
+    resolver = Resolver(template)
+    global_env = (template.get("Globals", {}).get("Function", {}).get("Environment", {}) or {}).get("Variables", {})
+    limited: dict[str, set[str]] = {}  # table name -> attributes the functions may change there
+    for var, allowed in ATTRIBUTE_LIMITED_TABLES.items():
+        if var not in global_env:
+            problems.append(f"Globals: {var} is not set (check-policies needs it to find the table)")
+            continue
+        limited[str(resolver.resolve(global_env[var]))] = allowed
 
     for lid, binary in binaries.items():
         grants = function_grants(template, lid, sam)
@@ -1283,6 +1362,23 @@ def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str,
         for g in grants:
             if g.service == "dynamodb" and g.source == "inline" and (g.action, g.resource) not in used:
                 problems.append(f"{lid}: inline dynamodb:{g.action} on {g.resource} was never observed")
+        # (c) BatchWriteItem puts and deletes any item of a table: only where it was used.
+        for g in grants:
+            if g.service == "dynamodb" and g.action == "BatchWriteItem" and ("BatchWriteItem", g.resource) not in used:
+                problems.append(f"{lid}: {g.source} grants dynamodb:BatchWriteItem on {g.resource}, which it never "
+                                f"used (it can put and delete any item there): grant only the actions it uses")
+        # (d) Attribute-limited tables: conditioned UpdateItem, no whole-item writes.
+        for table, allowed in sorted(limited.items()):
+            keys = _key_attributes(template, table)
+            for g in grants:
+                if g.service != "dynamodb" or g.resource != table:
+                    continue
+                if g.action in WHOLE_ITEM_WRITES:
+                    problems.append(f"{lid}: {g.source} grants dynamodb:{g.action} on {table}, where functions may "
+                                    f"change only {sorted(allowed)} (no attribute condition limits {g.action})")
+                elif g.action == "UpdateItem":
+                    for p in attribute_condition_problems(g, keys, allowed):
+                        problems.append(f"{lid}: dynamodb:UpdateItem on {table} ({g.source}): {p}")
         other = {g.service for g in grants} - {"dynamodb", "secretsmanager", "ses"}
         if other:
             problems.append(f"{lid}: grants for {sorted(other)}, which no function needs")
@@ -1304,6 +1400,59 @@ def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str,
         if ses_actions - {"SendEmail"}:
             problems.append(f"{lid}: SES actions {sorted(ses_actions)}; only SendEmail is needed")
     return problems
+
+
+# checkov (the template's security scanner) lives in an environment of its own: its exact
+# boto3 pin and aws-sam-cli's cannot share one (scripts/checkov-requirements.txt says more).
+CHECKOV_REQUIREMENTS = ROOT / "scripts" / "checkov-requirements.txt"
+CHECKOV_VENV = LOCAL_DIR / "checkov-venv"
+
+
+def ensure_checkov(sup: Supervisor) -> Path:
+    """checkov from .local/checkov-venv, (re)installed when scripts/checkov-requirements.txt
+    changed (a stamp holds the hash of what was installed, as scripts/dev does for .venv)."""
+    import hashlib
+
+    digest = hashlib.sha256(CHECKOV_REQUIREMENTS.read_bytes()).hexdigest()
+    stamp = CHECKOV_VENV / ".requirements.sha256"
+    checkov = CHECKOV_VENV / "bin" / "checkov"
+    if checkov.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return checkov
+    print(f"stack: installing checkov into {CHECKOV_VENV.relative_to(ROOT)} ({CHECKOV_REQUIREMENTS.name})", flush=True)
+    python = CHECKOV_VENV / "bin" / "python"
+    if not python.exists() and sup.run("venv", [sys.executable, "-m", "venv", str(CHECKOV_VENV)]) != 0:
+        raise StackError(f"could not create {CHECKOV_VENV}")
+    if sup.run("pip install checkov", [str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                                       "--no-input", "-q", "-r", str(CHECKOV_REQUIREMENTS)]) != 0:
+        raise StackError(f"could not install {CHECKOV_REQUIREMENTS.name} into {CHECKOV_VENV}")
+    stamp.write_text(digest + "\n")
+    return checkov
+
+
+def edge_variant(template_text: str) -> str:
+    """template.yaml with EdgeProtection defaulting to "true": checkov evaluates conditions
+    with the parameters' defaults, so the edge resources are scanned only in this copy."""
+    text, n = re.subn(r'(\n  EdgeProtection:\n(?:    .*\n)*?    Default: )"false"', r'\1"true"', template_text)
+    if n != 1:
+        raise StackError('template.yaml: no EdgeProtection parameter with Default: "false"')
+    return text
+
+
+def run_checkov(sup: Supervisor) -> bool:
+    """checkov on template.yaml as it is and with EdgeProtection on; every failed check fails
+    (a check that does not apply is skipped in the template, beside the resource, with its
+    reason). Offline: --skip-download keeps it from asking Prisma Cloud for its mappings."""
+    try:
+        checkov = ensure_checkov(sup)
+    except StackError as e:
+        print(f"  {e}", file=sys.stderr)
+        return False
+    edge = LOCAL_DIR / "checkov" / "template-edge-protection.yaml"
+    edge.parent.mkdir(parents=True, exist_ok=True)
+    edge.write_text(edge_variant(TEMPLATE.read_text()))
+    return sup.run("checkov", [str(checkov), "--framework", "cloudformation", "--compact", "--quiet",
+                               "--skip-download", "-f", str(TEMPLATE), "-f", str(edge)],
+                   env=process_env({})) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1544,6 +1693,7 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
 
     step("cfn-lint template.yaml",
          sup.run("cfn-lint", [str(VENV_BIN / "cfn-lint"), str(TEMPLATE)], env=process_env({})) == 0)
+    step("checkov template.yaml (as is and with EdgeProtection=true)", run_checkov(sup))
     step("sam validate --lint",
          sup.run("sam validate", [str(VENV_BIN / "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)],
                  env=process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})) == 0)
