@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// and otherwise not more often than this. Records are written only by these functions, yet
 /// a forged key id must not make each request a Secrets Manager call.
 pub const KEY_RELOAD_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the keys read are used before a request reads them again (a rotation's new
+/// active key reaches a warm function's writes within this).
+pub const KEYS_FRESH_FOR: Duration = Duration::from_secs(10 * 60);
 /// Distinct unknown key ids that may each trigger a read of the secret at once.
 const NEW_KEY_IDS_READ_AT_ONCE: usize = 4;
 
@@ -437,9 +440,28 @@ impl Context {
         }
     }
 
-    /// The encryption keys, read from Secrets Manager once per cold start.
+    /// The encryption keys, read from Secrets Manager once per cold start, and again once
+    /// they are [`KEYS_FRESH_FOR`] old, so that after a rotation a warm function also writes
+    /// with the new active key (the request that finds them stale reads them; the others go
+    /// on with the keys in hand, and a failed read keeps them).
     pub async fn keyring(&self) -> Result<Arc<Keyring>, ApiError> {
         if let Some(keyring) = self.keys.get() {
+            if let Ok(mut last_load) = self.keys.load.try_lock() {
+                if last_load.is_some_and(|at| at.elapsed() >= KEYS_FRESH_FOR) {
+                    match self.read_keys().await {
+                        Ok(fresh) => {
+                            *last_load = Some(Instant::now());
+                            return Ok(self.keys.set(fresh));
+                        }
+                        Err(_) => {
+                            // Keep the keys in hand; try again after another period, not on
+                            // every request of an outage.
+                            *last_load = Some(Instant::now());
+                            tracing::warn!("the encryption keys could not be read again");
+                        }
+                    }
+                }
+            }
             return Ok(keyring);
         }
         let mut last_load = self.keys.load.lock().await;
@@ -471,7 +493,7 @@ impl Context {
                 .keys
                 .reloaded_for
                 .lock()
-                .map_err(|_| ApiError::Internal)?;
+                .map_err(|_| ApiError::internal("keys.reloaded_for", "lock poisoned"))?;
             let new: Vec<&str> = key_ids
                 .iter()
                 .copied()

@@ -124,7 +124,7 @@ impl Keyring {
                     aad: &aad,
                 },
             )
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|_| ApiError::internal("crypto.encrypt", "AES-GCM refused the input"))?;
         let mut out = Vec::with_capacity(1 + self.active.len() + NONCE_LEN + sealed.len());
         out.push(self.active.len() as u8);
         out.extend_from_slice(self.active.as_bytes());

@@ -68,6 +68,13 @@ impl ApiError {
         )
     }
 
+    /// A failure that is a bug of ours (or a broken deployment), never the caller's: what
+    /// failed and its kind are logged (never data), the answer is a 500.
+    pub fn internal(operation: &'static str, kind: &'static str) -> Self {
+        tracing::error!(operation, kind, "internal failure");
+        ApiError::Internal
+    }
+
     /// A JSON (de)serialisation that cannot fail on our own types did: a bug of ours. Its
     /// category is logged (never the data), and the answer is a 500.
     pub fn serialisation(what: &'static str, err: &serde_json::Error) -> Self {

@@ -28,6 +28,18 @@ pub fn check_body_size(req: &Request) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// U+FFFD as UTF-8: what a text body's invalid bytes become on their way to the function.
+const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
+
+fn not_utf8(media: &str) -> ApiError {
+    let kind = if media == "application/x-www-form-urlencoded" {
+        "Form"
+    } else {
+        "JSON"
+    };
+    ApiError::Parse(format!("{kind} parse error - the body is not valid UTF-8."))
+}
+
 /// Decodes a JSON or form-encoded body into fields. An empty body is no fields; a JSON body
 /// that is not an object is refused the way DRF refuses it.
 pub fn parse_fields(req: &Request) -> Result<Fields, ApiError> {
@@ -50,9 +62,16 @@ pub fn parse_fields(req: &Request) -> Result<Fields, ApiError> {
     {
         return Ok(Fields::new());
     }
+    // A body that was not UTF-8 reaches the function either as raw bytes (API Gateway
+    // base64-encodes what it does not read as text) or, when its content type is a text one,
+    // with each invalid sequence replaced by U+FFFD: refuse both, as RFC 8259 and DRF do.
+    let replaced = bytes.windows(REPLACEMENT.len()).any(|w| w == REPLACEMENT);
     if media.is_empty() || media == "application/json" || media.ends_with("+json") {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Fields::new());
+        }
+        if replaced {
+            return Err(not_utf8(&media));
         }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::Parse(format!("JSON parse error - {e}")))?;
@@ -71,6 +90,15 @@ pub fn parse_fields(req: &Request) -> Result<Fields, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).map_err(|_| {
             ApiError::Parse("Form parse error - the body is not valid form data.".into())
         })?;
+        // serde_urlencoded reads a name or value that is not UTF-8 (raw or %-encoded)
+        // lossily, as U+FFFD.
+        if replaced
+            || pairs
+                .iter()
+                .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+        {
+            return Err(not_utf8(&media));
+        }
         // As in Django's QueryDict, the last value of a repeated key wins.
         return Ok(pairs
             .into_iter()
@@ -81,12 +109,13 @@ pub fn parse_fields(req: &Request) -> Result<Fields, ApiError> {
 }
 
 pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Result<Response<Body>, ApiError> {
-    let body = serde_json::to_string(value).map_err(|_| ApiError::Internal)?;
+    let body =
+        serde_json::to_string(value).map_err(|e| ApiError::serialisation("response body", &e))?;
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .body(Body::Text(body))
-        .map_err(|_| ApiError::Internal)
+        .map_err(|_| ApiError::internal("http.response", "response not built"))
 }
 
 pub fn ok<T: Serialize + ?Sized>(value: &T) -> Result<Response<Body>, ApiError> {
@@ -97,7 +126,7 @@ pub fn no_content() -> Result<Response<Body>, ApiError> {
     Response::builder()
         .status(204)
         .body(Body::Empty)
-        .map_err(|_| ApiError::Internal)
+        .map_err(|_| ApiError::internal("http.response", "response not built"))
 }
 
 /// The header the optional CloudFront distribution in front of the API adds to every request

@@ -51,7 +51,7 @@ impl TotpSecret {
             .with_issuer(issuer.map(|i| i.replace(':', " ")))
             .with_account_name(account.replace(':', " "))
             .build()
-            .map_err(|_| ApiError::Internal)
+            .map_err(|_| ApiError::internal("totp.build", "TOTP parameters refused"))
     }
 
     /// The `otpauth://` URI for a QR code or an authenticator app, naming every parameter.
@@ -59,7 +59,7 @@ impl TotpSecret {
         let url = self
             .totp(Some(issuer), account)?
             .to_url()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|_| ApiError::internal("totp.url", "otpauth URI refused"))?;
         let mut url = url;
         for (name, value) in [("algorithm", "SHA1"), ("digits", "6"), ("period", "30")] {
             if !url.contains(&format!("&{name}=")) && !url.contains(&format!("?{name}=")) {

@@ -89,7 +89,8 @@ pub fn seal_backup_codes(
     user_uuid: &str,
     codes: &[String],
 ) -> Result<BackupCodes, ApiError> {
-    let plain = serde_json::to_vec(codes).map_err(|_| ApiError::Internal)?;
+    let plain =
+        serde_json::to_vec(codes).map_err(|e| ApiError::serialisation("backup codes", &e))?;
     Ok(BackupCodes {
         user_uuid: user_uuid.to_string(),
         kind: BACKUP_CODES.to_string(),
@@ -101,7 +102,7 @@ pub fn seal_backup_codes(
 
 pub fn open_backup_codes(keyring: &Keyring, codes: &BackupCodes) -> Result<Vec<String>, ApiError> {
     let plain = keyring.decrypt(&codes.user_uuid, BACKUP_CODES, &codes.codes_enc)?;
-    serde_json::from_slice(&plain).map_err(|_| ApiError::Internal)
+    serde_json::from_slice(&plain).map_err(|e| ApiError::serialisation("backup codes", &e))
 }
 
 /// A backup code as typed: case and spaces ignored. `None` if it cannot be one.

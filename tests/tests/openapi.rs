@@ -245,9 +245,9 @@ async fn openapi_documents_every_status_an_operation_can_answer() {
     );
 }
 
-/// A JSON body that is not UTF-8 is a 400 `parse_error` (the schemathesis step cannot send
-/// one: cargo lambda watch answers such a body with its own 500 before any function runs, so
-/// this is checked straight into the handlers, as API Gateway would invoke them).
+/// A JSON body that is not UTF-8 is a 400 `parse_error`, straight into the handlers as API
+/// Gateway would invoke them with its raw bytes (tests/tests/bodies.rs covers every route,
+/// over HTTP too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_json_bodies_are_parse_errors() {
     let api = Api::in_process().await;

@@ -63,10 +63,14 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     // is also what the user item will hold, so its size is checked before anything is sent.
     let mut user =
         serde_json::to_value(&view.user).map_err(|e| ApiError::serialisation("user record", &e))?;
+    let stored_len = user.to_string().len();
     if let Some(object) = user.as_object_mut() {
         object.extend(changes.clone());
     }
-    if user.to_string().len() > MAX_USER_BYTES {
+    // Only an update that grows a record past the bound is refused: one that was already
+    // that large (scenes are set elsewhere) can still be changed and shrunk.
+    let updated_len = user.to_string().len();
+    if updated_len > MAX_USER_BYTES && updated_len > stored_len {
         return Err(ApiError::item_too_large());
     }
     view.user = serde_json::from_value::<UserRecord>(user)

@@ -127,6 +127,29 @@ impl Store {
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
+    /// The transaction item that only checks a failure state is still `seen`: a success that
+    /// must be counted against the state read, without resetting it (a backup code: anyone
+    /// holding the account's key can mint new ones, so their use must not lift the lock).
+    pub fn failures_still(
+        &self,
+        uuid: &str,
+        check: CodeCheck,
+        seen: &FailureState,
+    ) -> Result<TransactWriteItem, ApiError> {
+        let (expression, names, values) = failures_unchanged(seen);
+        let condition = aws_sdk_dynamodb::types::ConditionCheck::builder()
+            .table_name(&self.tables.limits)
+            .set_key(Some(failures_key(uuid, check)))
+            .condition_expression(expression)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(|e| super::builder_failed("limits.check", e))?;
+        Ok(TransactWriteItem::builder()
+            .condition_check(condition)
+            .build())
+    }
+
     /// The email-change mails sent to this user's new addresses lately.
     pub async fn email_change_mail_log(&self, uuid: &str) -> Result<MailLog, ApiError> {
         let out = self
@@ -168,7 +191,9 @@ impl Store {
                 "sent_ms",
                 AttributeValue::L(sent_ms.iter().map(n).collect()),
             )
-            .item("version", n(seen.version + 1))
+            // A fresh version each write (not a counter: once the TTL removes the item, a
+            // counter would start again at a value a stale reader may have seen).
+            .item("version", n(super::now_micros().max(seen.version + 1)))
             .item("expires_at", n(super::now_secs() + keep_secs));
         put = if seen.version == 0 {
             put.condition_expression("attribute_not_exists(kind)")

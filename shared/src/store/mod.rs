@@ -144,7 +144,12 @@ impl Store {
             let code = |r: &aws_sdk_dynamodb::types::CancellationReason| {
                 r.code().unwrap_or("None").to_string()
             };
-            if reasons.iter().any(|r| code(r) == "ValidationError") {
+            let too_large = |r: &aws_sdk_dynamodb::types::CancellationReason| {
+                code(r) == "ValidationError"
+                    && r.message()
+                        .is_some_and(|m| m.to_ascii_lowercase().contains("size"))
+            };
+            if reasons.iter().any(too_large) {
                 tracing::warn!(operation, "transaction refused: an item would be too large");
                 return Err(ApiError::item_too_large());
             }
@@ -185,7 +190,9 @@ impl Store {
             };
             request.insert(
                 table.to_string(),
-                builder.build().map_err(|_| ApiError::Internal)?,
+                builder
+                    .build()
+                    .map_err(|e| builder_failed("batch_get", e))?,
             );
         }
         let mut found: HashMap<String, Vec<Item>> = HashMap::new();

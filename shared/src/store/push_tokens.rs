@@ -164,7 +164,7 @@ impl Store {
                             .set_item(Some(to_item(&record)?))
                             .condition_expression("attribute_not_exists(token_hash)")
                             .build()
-                            .map_err(|_| ApiError::Internal)?,
+                            .map_err(|e| super::builder_failed("push_tokens", e))?,
                     )
                     .build(),
                 self.bump_push_tokens_version(uuid, version)?,
@@ -178,7 +178,7 @@ impl Store {
                                 .key("user_uuid", s(uuid))
                                 .key("token_hash", s(&evicted.token_hash))
                                 .build()
-                                .map_err(|_| ApiError::Internal)?,
+                                .map_err(|e| super::builder_failed("push_tokens", e))?,
                         )
                         .build(),
                 );
@@ -212,7 +212,11 @@ impl Store {
             update.condition_expression("version = :seen")
         };
         Ok(TransactWriteItem::builder()
-            .update(update.build().map_err(|_| ApiError::Internal)?)
+            .update(
+                update
+                    .build()
+                    .map_err(|e| super::builder_failed("push_tokens", e))?,
+            )
             .build())
     }
 }

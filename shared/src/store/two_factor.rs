@@ -251,8 +251,9 @@ impl Store {
     }
 
     /// Writes a user's backup codes, replacing every earlier one, provided a confirmed device
-    /// exists and (with `seen_version`) the codes are still those read. Returns false when a
-    /// condition failed.
+    /// exists and (with `seen_version`) the codes are still those read, and (with `failures`,
+    /// for a backup code's use at sign-in) the sign-in failure state is still the one read; a
+    /// backup code does not reset it. Returns false when a condition failed.
     pub async fn put_backup_codes(
         &self,
         codes: &BackupCodes,
@@ -284,7 +285,7 @@ impl Store {
             TransactWriteItem::builder().condition_check(device).build(),
         ];
         if let Some(failures) = failures {
-            items.push(self.reset_failures(&codes.user_uuid, CodeCheck::SignIn, failures)?);
+            items.push(self.failures_still(&codes.user_uuid, CodeCheck::SignIn, failures)?);
         }
         Ok(self.transact("two_factor.put_backup_codes", items).await? == Tx::Done)
     }

@@ -171,7 +171,7 @@ impl Store {
             .condition_expression("attribute_not_exists(#uuid)")
             .expression_attribute_names("#uuid", "uuid")
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("users", e))?;
         let items = vec![
             TransactWriteItem::builder().put(put_user).build(),
             self.claim_email(&user.email, &user.uuid)?,
@@ -211,7 +211,7 @@ impl Store {
             .condition_expression("attribute_not_exists(email) OR user_uuid = :me")
             .expression_attribute_values(":me", s(uuid))
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("users", e))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
@@ -226,7 +226,7 @@ impl Store {
             .condition_expression("attribute_not_exists(email) OR user_uuid = :me")
             .expression_attribute_values(":me", s(uuid))
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("users", e))?;
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
@@ -267,14 +267,14 @@ impl Store {
                 .expression_attribute_names("#uuid", "uuid")
                 .expression_attribute_values(":yes", AttributeValue::Bool(true))
                 .build()
-                .map_err(|_| ApiError::Internal)?;
+                .map_err(|e| super::builder_failed("users", e))?;
             return Ok(TransactWriteItem::builder().condition_check(check).build());
         }
         let update = update
             .update_expression(format!("SET {}", sets.join(", ")))
             .condition_expression(condition)
             .build()
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| super::builder_failed("users", e))?;
         Ok(TransactWriteItem::builder().update(update).build())
     }
 
