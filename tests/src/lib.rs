@@ -675,3 +675,33 @@ pub fn binaries_dir() -> std::path::PathBuf {
     let deps = exe.parent().expect("deps folder");
     deps.parent().expect("profile folder").to_path_buf()
 }
+
+/// Waits, if needed, so that at least 4 seconds remain in the current 30-second step: the
+/// codes a test computes stay in the step they were computed for. Returns the time then.
+pub async fn step_margin() -> u64 {
+    loop {
+        let now = shared::store::now_secs();
+        if now % 30 <= 25 {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// A user's failure state for one kind of code check, as stored.
+pub async fn failures_of(
+    ctx: &Context,
+    uuid: &str,
+    check: shared::throttle::CodeCheck,
+) -> shared::throttle::FailureState {
+    let found = ctx
+        .store
+        .get_many(&[(
+            ctx.store.tables.limits.as_str(),
+            shared::store::limits::failures_key(uuid, check),
+        )])
+        .await
+        .expect("read the failure state");
+    shared::throttle::FailureState::from_item(found.into_iter().next().flatten())
+        .expect("a failure state")
+}

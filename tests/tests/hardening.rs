@@ -4,10 +4,9 @@
 //! the right error under contention, and refusals that cost no DynamoDB call.
 use api_tests::*;
 use serde_json::{json, Value};
-use shared::store::limits::{failures_key, FailureCharge};
+use shared::store::limits::FailureCharge;
 use shared::store::now_secs;
 use shared::throttle::{CodeCheck, FailureState};
-use std::time::Duration;
 
 const VERIFY_EMAIL: &str = "/api/users/verify_email/";
 const WRONG_EMAIL_CODE: &str = "This verification code is invalid or has expired.";
@@ -39,6 +38,17 @@ fn assert_wrong_email_code(reply: &Reply) {
     );
 }
 
+/// A new user with an open email-change request: the user, the new address and its code.
+async fn pending_change(api: &Api, ctx: &shared::Context, tag: &str) -> (TestUser, String, String) {
+    let user = create_user(ctx, false, &["*"]).await;
+    let new_email = unique_email(tag);
+    request_change(api, &user.key, &new_email)
+        .await
+        .user_object();
+    let code = code_mailed_to(&new_email).await;
+    (user, new_email, code)
+}
+
 /// A 429 whose `Retry-After` (and detail) lies in `range`; returns it.
 #[track_caller]
 fn assert_throttled(reply: &Reply, range: std::ops::RangeInclusive<u64>) -> u64 {
@@ -62,16 +72,6 @@ fn assert_throttled(reply: &Reply, range: std::ops::RangeInclusive<u64>) -> u64 
     retry
 }
 
-/// A user's failure state for one kind of code check, as stored.
-async fn failures_of(ctx: &shared::Context, uuid: &str, check: CodeCheck) -> FailureState {
-    let found = ctx
-        .store
-        .get_many(&[(ctx.store.tables.limits.as_str(), failures_key(uuid, check))])
-        .await
-        .expect("read the failure state");
-    FailureState::from_item(found.into_iter().next().flatten()).expect("a failure state")
-}
-
 /// Lifts a lock the way time would (the count stays): a compare-and-set on the state read.
 async fn let_lock_expire(ctx: &shared::Context, uuid: &str, check: CodeCheck) {
     let seen = failures_of(ctx, uuid, check).await;
@@ -84,16 +84,6 @@ async fn let_lock_expire(ctx: &shared::Context, uuid: &str, check: CodeCheck) {
         .charge_failure(uuid, check, &expired, *FailureCharge::of(seen))
         .await
         .expect("charge"));
-}
-
-async fn step_margin() -> u64 {
-    loop {
-        let now = now_secs();
-        if now % 30 <= 25 {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Starts and confirms a TOTP setup; returns the secret.
@@ -137,12 +127,7 @@ async fn disable_2fa(api: &Api, key: &str) {
 both!(
     disabling_2fa_does_not_lift_the_email_code_lock,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
-        let new_email = unique_email("locked");
-        request_change(&api, &user.key, &new_email)
-            .await
-            .user_object();
-        let code = code_mailed_to(&new_email).await;
+        let (user, _, code) = pending_change(&api, &ctx, "locked").await;
         for _ in 0..5 {
             assert_wrong_email_code(
                 &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
@@ -333,12 +318,7 @@ both!(
 both!(
     the_lock_is_checked_before_any_comparison_and_retry_after_is_exact,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
-        let new_email = unique_email("exact");
-        request_change(&api, &user.key, &new_email)
-            .await
-            .user_object();
-        let code = code_mailed_to(&new_email).await;
+        let (user, _, code) = pending_change(&api, &ctx, "exact").await;
         for _ in 0..4 {
             assert_wrong_email_code(
                 &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
@@ -373,12 +353,7 @@ both!(
 both!(
     an_email_change_request_is_void_after_five_wrong_codes,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
-        let new_email = unique_email("void");
-        request_change(&api, &user.key, &new_email)
-            .await
-            .user_object();
-        let code = code_mailed_to(&new_email).await;
+        let (user, new_email, code) = pending_change(&api, &ctx, "void").await;
         for i in 0..5 {
             assert_wrong_email_code(
                 &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
@@ -417,12 +392,7 @@ both!(
 both!(
     racing_wrong_codes_are_each_counted_against_the_request,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
-        let new_email = unique_email("race");
-        request_change(&api, &user.key, &new_email)
-            .await
-            .user_object();
-        let code = code_mailed_to(&new_email).await;
+        let (user, _, code) = pending_change(&api, &ctx, "race").await;
         let mut tasks = Vec::new();
         for i in 0..12u32 {
             let (api, key, uuid) = (api.clone(), user.key.clone(), user.uuid().to_string());

@@ -1,23 +1,11 @@
 //! The 2FA routes (API.md §4.3–4.9, §5 two_factor_verify, §6), with codes from pyotp.
 use api_tests::*;
 use serde_json::{json, Value};
-use shared::store::limits::{failures_key, FailureCharge};
+use shared::store::limits::FailureCharge;
 use shared::store::now_secs;
 use shared::store::two_factor::{self as tf, PendingSetup};
 use shared::throttle::{CodeCheck, FailureState};
 use std::time::Duration;
-
-/// Waits, if needed, so that at least 4 seconds remain in the current 30-second step: the
-/// codes a test computes stay in the step they were computed for.
-async fn step_margin() -> u64 {
-    loop {
-        let now = now_secs();
-        if now % 30 <= 25 {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 async fn start(api: &Api, user: &TestUser) -> Value {
     let reply = api
@@ -664,16 +652,6 @@ both!(
         );
     }
 );
-
-/// A user's failure state for one kind of code check, as stored.
-async fn failures_of(ctx: &shared::Context, uuid: &str, check: CodeCheck) -> FailureState {
-    let found = ctx
-        .store
-        .get_many(&[(ctx.store.tables.limits.as_str(), failures_key(uuid, check))])
-        .await
-        .unwrap();
-    FailureState::from_item(found.into_iter().next().flatten()).unwrap()
-}
 
 both!(
     the_lock_doubles_after_each_further_failure_and_success_resets,

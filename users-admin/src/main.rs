@@ -121,6 +121,11 @@ fn describe(error: &ApiError) -> String {
     }
 }
 
+/// A Secrets Manager call's failure, with the SDK's whole cause chain (no secret is in it).
+fn secrets_failed(err: impl std::error::Error) -> Failure {
+    Failure::Secrets(aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string())
+}
+
 /// A user's uuid as typed, in its canonical form.
 fn user_uuid(user: &str) -> Result<String, Failure> {
     uuid::Uuid::parse_str(user.trim())
@@ -224,11 +229,7 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 .secret_id(&id)
                 .send()
                 .await
-                .map_err(|e| {
-                    Failure::Secrets(
-                        aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
-                    )
-                })?;
+                .map_err(secrets_failed)?;
             let (rotated, key_id) = shared::crypto::secret_with_new_active_key(
                 current.secret_string().unwrap_or_default(),
             )?;
@@ -238,11 +239,7 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 .secret_string(rotated)
                 .send()
                 .await
-                .map_err(|e| {
-                    Failure::Secrets(
-                        aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
-                    )
-                })?;
+                .map_err(secrets_failed)?;
             Ok(json!({"ok": true, "active_key_id": key_id}))
         }
         Command::DeactivateUser { user } => {
