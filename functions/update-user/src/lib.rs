@@ -30,24 +30,19 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let uuid = call.target.uuid.to_string();
     let mails_code = new_email.is_some() && ctx.mailer.enabled();
     let (view, owner, mail_log, keyring) = match &new_email {
-        Some(email) => {
-            let (view, owner, mail_log, keyring) = tokio::join!(
-                ctx.store.user_view(&uuid),
+        Some(email) if mails_code => {
+            let (view_and_log, owner, keyring) = tokio::join!(
+                ctx.store.user_view_and_mail_log(&uuid),
                 ctx.store.email_owner(email),
-                async {
-                    match mails_code {
-                        true => ctx.store.email_change_mail_log(&uuid).await.map(Some),
-                        false => Ok(None),
-                    }
-                },
-                async {
-                    match mails_code {
-                        true => ctx.keyring().await.map(Some),
-                        false => Ok(None),
-                    }
-                },
+                ctx.keyring(),
             );
-            (view?, owner?, mail_log?, keyring?)
+            let (view, mail_log) = view_and_log?;
+            (view, owner?, Some(mail_log), Some(keyring?))
+        }
+        Some(email) => {
+            let (view, owner) =
+                tokio::join!(ctx.store.user_view(&uuid), ctx.store.email_owner(email));
+            (view?, owner?, None, None)
         }
         None => (ctx.store.user_view(&uuid).await?, None, None, None),
     };

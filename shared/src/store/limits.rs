@@ -79,6 +79,22 @@ pub struct MailLog {
     version: u64,
 }
 
+impl MailLog {
+    /// The log as read (none read is an empty log).
+    pub(crate) fn from_item(item: Option<Item>) -> Self {
+        let Some(item) = item else {
+            return MailLog::default();
+        };
+        let number = |v: &AttributeValue| v.as_n().ok().and_then(|n| n.parse::<u64>().ok());
+        let sent_ms = match item.get("sent_ms") {
+            Some(AttributeValue::L(list)) => list.iter().filter_map(number).collect(),
+            _ => Vec::new(),
+        };
+        let version = item.get("version").and_then(number).unwrap_or(0);
+        MailLog { sent_ms, version }
+    }
+}
+
 impl Store {
     /// Records one more failure, if the state is still `charge.seen` (compare-and-set, so
     /// every revealed result of a check is counted exactly once), together with whatever
@@ -150,27 +166,9 @@ impl Store {
             .build())
     }
 
-    /// The email-change mails sent to this user's new addresses lately.
-    pub async fn email_change_mail_log(&self, uuid: &str) -> Result<MailLog, ApiError> {
-        let out = self
-            .db
-            .get_item()
-            .table_name(&self.tables.limits)
-            .set_key(Some(key(uuid, EMAIL_CHANGE_MAIL)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(super::sdk("limits.mail_log"))?;
-        let Some(item) = out.item else {
-            return Ok(MailLog::default());
-        };
-        let number = |v: &AttributeValue| v.as_n().ok().and_then(|n| n.parse::<u64>().ok());
-        let sent_ms = match item.get("sent_ms") {
-            Some(AttributeValue::L(list)) => list.iter().filter_map(number).collect(),
-            _ => Vec::new(),
-        };
-        let version = item.get("version").and_then(number).unwrap_or(0);
-        Ok(MailLog { sent_ms, version })
+    /// The key of a user's email-change mail log (for a BatchGetItem).
+    pub(crate) fn mail_log_key(&self, uuid: &str) -> Item {
+        key(uuid, EMAIL_CHANGE_MAIL)
     }
 
     /// The transaction item that replaces the mail log read as `seen` with `sent_ms`

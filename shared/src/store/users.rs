@@ -54,7 +54,7 @@ impl Store {
 
     /// An active user with its 2FA flag and pending email, in one BatchGetItem.
     pub async fn user_view(&self, uuid: &str) -> Result<Option<UserView>, ApiError> {
-        let (user, is_2fa_enabled, pending_email) = self.batch_view(uuid, true).await?;
+        let (user, is_2fa_enabled, pending_email, _) = self.batch_view(uuid, true, false).await?;
         Ok(user.filter(|u| u.is_active).map(|user| UserView {
             user,
             is_2fa_enabled,
@@ -62,9 +62,25 @@ impl Store {
         }))
     }
 
+    /// [`Store::user_view`] and the user's email-change mail log, in the same BatchGetItem
+    /// (for a request that may mail a code).
+    pub async fn user_view_and_mail_log(
+        &self,
+        uuid: &str,
+    ) -> Result<(Option<UserView>, super::limits::MailLog), ApiError> {
+        let (user, is_2fa_enabled, pending_email, log) = self.batch_view(uuid, true, true).await?;
+        let view = user.filter(|u| u.is_active).map(|user| UserView {
+            user,
+            is_2fa_enabled,
+            pending_email,
+        });
+        Ok((view, super::limits::MailLog::from_item(log)))
+    }
+
     /// The user object parts that live outside the users table, for a record in hand.
     pub async fn view_of(&self, user: UserRecord) -> Result<UserView, ApiError> {
-        let (_, is_2fa_enabled, pending_email) = self.batch_view(&user.uuid, false).await?;
+        let (_, is_2fa_enabled, pending_email, _) =
+            self.batch_view(&user.uuid, false, false).await?;
         Ok(UserView {
             user,
             is_2fa_enabled,
@@ -76,7 +92,16 @@ impl Store {
         &self,
         uuid: &str,
         with_user: bool,
-    ) -> Result<(Option<UserRecord>, bool, Option<String>), ApiError> {
+        with_mail_log: bool,
+    ) -> Result<
+        (
+            Option<UserRecord>,
+            bool,
+            Option<String>,
+            Option<super::Item>,
+        ),
+        ApiError,
+    > {
         let mut keys = vec![
             (
                 self.tables.two_factor.as_str(),
@@ -93,6 +118,9 @@ impl Store {
                 HashMap::from([("uuid".to_string(), s(uuid))]),
             ));
         }
+        if with_mail_log {
+            keys.push((self.tables.limits.as_str(), self.mail_log_key(uuid)));
+        }
         let mut found = self.get_many(&keys).await?.into_iter();
         let is_2fa_enabled = found.next().flatten().is_some();
         let pending_email = match found.next().flatten() {
@@ -101,11 +129,12 @@ impl Store {
                 .map(|r| r.new_email),
             None => None,
         };
-        let user = match found.next().flatten() {
+        let user = match with_user.then(|| found.next().flatten()).flatten() {
             Some(item) => Some(from_item::<UserRecord>(item)?),
             None => None,
         };
-        Ok((user, is_2fa_enabled, pending_email))
+        let mail_log = with_mail_log.then(|| found.next().flatten()).flatten();
+        Ok((user, is_2fa_enabled, pending_email, mail_log))
     }
 
     /// Sets the dashboard of a scene, keeping when the scene was first set, in one atomic
