@@ -506,14 +506,16 @@ impl Context {
             fresh
         };
         if !first_sight && last_load.is_some_and(|at| at.elapsed() < KEY_RELOAD_MIN_INTERVAL) {
-            tracing::error!("a record names an encryption key the secret did not have lately");
+            tracing::error!(
+                "a record names an encryption key id not in the key store when last read"
+            );
             return Err(ApiError::Internal);
         }
         let keyring = self.read_keys().await?;
         *last_load = Some(Instant::now());
         let keyring = self.keys.set(keyring);
         if !knows_all(&keyring) {
-            tracing::error!("a record names an encryption key the secret does not have");
+            tracing::error!("a record names an encryption key id the key store does not have");
             return Err(ApiError::Internal);
         }
         tracing::info!("encryption keys read again: a record named a newer key");
