@@ -1214,7 +1214,10 @@ def read_observed(directory: Path) -> dict[str, set[tuple[str, str]]]:
                 continue
             try:
                 rec = json.loads(line)
-                observed.setdefault(str(rec["function"]), set()).add((str(rec["action"]), str(rec["table"])))
+                if rec.get("service", "dynamodb") != "dynamodb":
+                    continue
+                table = rec["resource"] if "resource" in rec else rec["table"]
+                observed.setdefault(str(rec["function"]), set()).add((str(rec["action"]), str(table)))
             except (ValueError, KeyError, TypeError) as e:
                 raise StackError(f"{path.name}:{n}: not an observation ({e}): {line[:200]}") from e
     return observed

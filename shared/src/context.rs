@@ -10,6 +10,7 @@ use crate::runtime::Queue;
 use crate::store::Store;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
 use lambda_http::Request;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -384,6 +385,42 @@ impl Context {
             keys: self.keys.clone(),
             used_keys: Queue::default(),
         }
+    }
+
+    /// The same context with every client's calls also going through `interceptor` (tests
+    /// and benchmarks count what a request calls, and on which resource), sharing the loaded
+    /// keys; what it queues for after the response is its own, as with [`Context::with_store`].
+    pub fn instrumented<I>(&self, interceptor: I) -> Self
+    where
+        I: Intercept + Clone + 'static,
+    {
+        let db = &self.store.db;
+        let db = db
+            .config()
+            .to_builder()
+            .interceptor(interceptor.clone())
+            .build();
+        let mut ctx = self.with_store(Store::new(
+            aws_sdk_dynamodb::Client::from_conf(db),
+            self.store.tables.clone(),
+        ));
+        ctx.mailer = self.mailer.instrumented(interceptor.clone());
+        ctx.secrets = self.secrets.as_ref().map(|secrets| {
+            let conf = secrets
+                .config()
+                .to_builder()
+                .interceptor(interceptor)
+                .build();
+            aws_sdk_secretsmanager::Client::from_conf(conf)
+        });
+        ctx
+    }
+
+    /// The same context with no keys loaded yet, as at a cold start: its first request that
+    /// needs them reads the secret.
+    pub fn with_keys_unloaded(mut self) -> Self {
+        self.keys = Arc::default();
+        self
     }
 
     /// The same context reading its keys through another Secrets Manager client (one that

@@ -42,6 +42,20 @@ impl Mailer {
         }
     }
 
+    /// The same mailer with an empty outbox of its own, whose client's calls also go through
+    /// `interceptor` (tests observe what a function sends).
+    pub fn instrumented(
+        &self,
+        interceptor: impl aws_smithy_runtime_api::client::interceptors::Intercept + 'static,
+    ) -> Self {
+        Mailer {
+            client: OnceLock::new(),
+            conf: self.conf.to_builder().interceptor(interceptor).build(),
+            sender: self.sender.clone(),
+            outbox: Queue::default(),
+        }
+    }
+
     /// A mailer whose SES client is built from `sdk` when it first sends.
     pub fn lazy(sdk: &aws_config::SdkConfig, sender: Option<String>) -> Self {
         Mailer {

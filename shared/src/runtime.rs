@@ -15,6 +15,64 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
+/// What every function's `main` does ([`crate::main!`]): JSON logs, then `body` on a
+/// single-threaded runtime (an execution environment handles one event at a time).
+pub fn start<Fut>(body: impl FnOnce() -> Fut) -> Result<(), Error>
+where
+    Fut: Future<Output = Result<(), Error>>,
+{
+    crate::init_tracing();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(body())
+}
+
+/// A function crate's whole `main.rs`: `shared::main!(get_user);` serves `get_user::handle`
+/// with a [`Context`] built once per cold start; `shared::main!(fallback, without_context);`
+/// serves a handler that needs no AWS client.
+#[macro_export]
+macro_rules! main {
+    ($function:ident) => {
+        fn main() -> ::std::result::Result<(), $crate::lambda_http::Error> {
+            $crate::runtime::start(|| async {
+                let ctx = $crate::Context::from_env().await?;
+                let handler = |req| $function::handle(&ctx, req);
+                $crate::run(&ctx, $crate::lambda_http::service_fn(handler)).await
+            })
+        }
+    };
+    ($function:ident, without_context) => {
+        fn main() -> ::std::result::Result<(), $crate::lambda_http::Error> {
+            $crate::runtime::start(|| {
+                $crate::lambda_http::run($crate::lambda_http::service_fn($function::handle))
+            })
+        }
+    };
+}
+
+/// The public face of an endpoint's crate, in its `lib.rs`: `shared::endpoint!(get);` gives
+/// it `FUNCTION` (its crate's name, which the route table and template.yaml use) and the
+/// Lambda handler `handle`, which answers with `get(ctx, req)` or its error's envelope.
+#[macro_export]
+macro_rules! endpoint {
+    ($serve:ident) => {
+        /// This function's name: its crate's, as the route table and template.yaml name it.
+        pub const FUNCTION: &str = env!("CARGO_PKG_NAME");
+
+        /// The Lambda handler: the request's answer, or its error in the envelope.
+        pub async fn handle(
+            ctx: &$crate::Context,
+            req: $crate::lambda_http::Request,
+        ) -> ::std::result::Result<
+            $crate::lambda_http::Response<$crate::lambda_http::Body>,
+            ::std::convert::Infallible,
+        > {
+            Ok($crate::http::serve(&req, |req| $serve(ctx, req)).await)
+        }
+    };
+}
+
 /// Runs `handler` for every event, and [`Context::after_response`] after each response.
 pub async fn run<'a, S, R, E>(ctx: &Context, handler: S) -> Result<(), Error>
 where

@@ -1,29 +1,46 @@
-//! Counts the DynamoDB calls a request makes, with an SDK interceptor: which operation,
-//! which actions on which tables (IAM's view, so a transaction counts each of its items),
-//! and when, so the calls that ran one after another can be told from those that overlapped.
+//! Records the AWS calls a request makes, with an SDK interceptor on each of its clients
+//! (DynamoDB, Secrets Manager, SES): which operation, which actions on which resources (IAM's
+//! view, so a transaction counts each of its items), and when, so the calls that ran one after
+//! another can be told from those that overlapped. The test command compares what each
+//! function was seen to call with its IAM policies.
 use aws_sdk_dynamodb::config::interceptors::{
     BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
     FinalizerInterceptorContextRef,
 };
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// One DynamoDB call.
+/// The services the functions call, as IAM names them.
+pub const DYNAMODB: &str = "dynamodb";
+pub const SECRETS_MANAGER: &str = "secretsmanager";
+pub const SES: &str = "ses";
+
+/// One AWS call.
 #[derive(Debug, Clone)]
-pub struct DynamoCall {
+pub struct SdkCall {
+    /// IAM's name of the service: [`DYNAMODB`], [`SECRETS_MANAGER`] or [`SES`].
+    pub service: &'static str,
     pub operation: String,
-    /// `(IAM action, table name)` for every item of the call.
+    /// `(IAM action, resource)` for every item of the call: a table name, a secret id, or
+    /// `*` for SES.
     pub actions: Vec<(String, String)>,
     pub start: Instant,
     pub end: Instant,
 }
 
+impl SdkCall {
+    pub fn is_dynamodb(&self) -> bool {
+        self.service == DYNAMODB
+    }
+}
+
 #[derive(Debug, Clone)]
-struct Started(Instant, String, Vec<(String, String)>);
+struct Started(Instant, &'static str, String, Vec<(String, String)>);
 
 impl Storable for Started {
     type Storer = StoreReplace<Self>;
@@ -32,17 +49,30 @@ impl Storable for Started {
 /// The interceptor; clones share one log.
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
-    calls: Arc<Mutex<Vec<DynamoCall>>>,
+    calls: Arc<Mutex<Vec<SdkCall>>>,
 }
 
 impl Recorder {
     /// The calls recorded since the last `take`.
-    pub fn take(&self) -> Vec<DynamoCall> {
+    pub fn take(&self) -> Vec<SdkCall> {
         std::mem::take(&mut *self.calls.lock().expect("recorder lock"))
     }
 
+    /// The DynamoDB calls recorded since the last `take` (the others are dropped).
+    pub fn take_dynamodb(&self) -> Vec<SdkCall> {
+        self.take()
+            .into_iter()
+            .filter(SdkCall::is_dynamodb)
+            .collect()
+    }
+
+    /// A context like `ctx` whose clients all record into this recorder.
+    pub fn instrument(&self, ctx: &shared::Context) -> shared::Context {
+        ctx.instrumented(self.clone())
+    }
+
     /// A DynamoDB client like `client` that records into this recorder.
-    pub fn instrument(&self, client: &aws_sdk_dynamodb::Client) -> aws_sdk_dynamodb::Client {
+    pub fn instrument_client(&self, client: &aws_sdk_dynamodb::Client) -> aws_sdk_dynamodb::Client {
         let config = client
             .config()
             .to_builder()
@@ -54,8 +84,8 @@ impl Recorder {
 
 /// How many calls ran one after another: the longest chain of calls each starting after
 /// the previous one ended.
-pub fn sequential_depth(calls: &[DynamoCall]) -> usize {
-    let mut sorted: Vec<&DynamoCall> = calls.iter().collect();
+pub fn sequential_depth(calls: &[SdkCall]) -> usize {
+    let mut sorted: Vec<&SdkCall> = calls.iter().collect();
     sorted.sort_by_key(|c| c.start);
     let mut depth = vec![1usize; sorted.len()];
     for i in 0..sorted.len() {
@@ -68,7 +98,7 @@ pub fn sequential_depth(calls: &[DynamoCall]) -> usize {
     depth.into_iter().max().unwrap_or(0)
 }
 
-fn actions(operation: &str, body: &Value) -> Vec<(String, String)> {
+fn dynamodb_actions(operation: &str, body: &Value) -> Vec<(String, String)> {
     let table = |v: &Value| v["TableName"].as_str().unwrap_or("?").to_string();
     match operation {
         "BatchGetItem" | "BatchWriteItem" => body["RequestItems"]
@@ -103,9 +133,24 @@ fn actions(operation: &str, body: &Value) -> Vec<(String, String)> {
     }
 }
 
+/// IAM's name of a service, from the SDK's own name for it.
+fn iam_service(sdk_name: &str) -> &'static str {
+    match sdk_name {
+        "DynamoDB" => DYNAMODB,
+        "SESv2" => SES,
+        _ if sdk_name
+            .replace(' ', "")
+            .eq_ignore_ascii_case("SecretsManager") =>
+        {
+            SECRETS_MANAGER
+        }
+        other => panic!("a call to a service the functions are not meant to use: {other}"),
+    }
+}
+
 impl Intercept for Recorder {
     fn name(&self) -> &'static str {
-        "DynamoCallRecorder"
+        "SdkCallRecorder"
     }
 
     /// The call starts when the operation is issued (not when its bytes leave), so two calls
@@ -116,7 +161,7 @@ impl Intercept for Recorder {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         cfg.interceptor_state()
-            .store_put(Started(Instant::now(), "?".into(), vec![]));
+            .store_put(Started(Instant::now(), "?", "?".into(), vec![]));
         Ok(())
     }
 
@@ -126,14 +171,12 @@ impl Intercept for Recorder {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let request = context.request();
-        let operation = request
-            .headers()
-            .get("x-amz-target")
-            .and_then(|t| t.rsplit('.').next())
-            .unwrap_or("?")
-            .to_string();
-        let body: Value = request
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map(|m| (iam_service(m.service()), m.name().to_string()))
+            .ok_or("no operation metadata")?;
+        let body: Value = context
+            .request()
             .body()
             .bytes()
             .and_then(|b| serde_json::from_slice(b).ok())
@@ -142,9 +185,16 @@ impl Intercept for Recorder {
             .load::<Started>()
             .map(|s| s.0)
             .unwrap_or_else(Instant::now);
-        let actions = actions(&operation, &body);
+        let actions = match service {
+            DYNAMODB => dynamodb_actions(&operation, &body),
+            SECRETS_MANAGER => vec![(
+                operation.clone(),
+                body["SecretId"].as_str().unwrap_or("?").to_string(),
+            )],
+            _ => vec![(operation.clone(), "*".to_string())],
+        };
         cfg.interceptor_state()
-            .store_put(Started(start, operation, actions));
+            .store_put(Started(start, service, operation, actions));
         Ok(())
     }
 
@@ -154,8 +204,9 @@ impl Intercept for Recorder {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(Started(start, operation, actions)) = cfg.load::<Started>().cloned() {
-            self.calls.lock().expect("recorder lock").push(DynamoCall {
+        if let Some(Started(start, service, operation, actions)) = cfg.load::<Started>().cloned() {
+            self.calls.lock().expect("recorder lock").push(SdkCall {
+                service,
                 operation,
                 actions,
                 start,
@@ -166,9 +217,9 @@ impl Intercept for Recorder {
     }
 }
 
-/// Appends what a function did to `$OBSERVED_DIR/<pid>.jsonl` (one line per action and
-/// table), where the test command compares it with the function's IAM policies.
-pub fn observe(function: &str, calls: &[DynamoCall]) {
+/// Appends what a function did to `$OBSERVED_DIR/<pid>.jsonl` (one line per service, action
+/// and resource), where the test command compares it with the function's IAM policies.
+pub fn observe(function: &str, calls: &[SdkCall]) {
     let Ok(dir) = std::env::var("OBSERVED_DIR") else {
         return;
     };
@@ -176,11 +227,14 @@ pub fn observe(function: &str, calls: &[DynamoCall]) {
     let path = std::path::Path::new(&dir).join(format!("{}.jsonl", std::process::id()));
     let mut lines = String::new();
     for call in calls {
-        for (action, table) in &call.actions {
-            lines.push_str(
-                &serde_json::json!({"function": function, "action": action, "table": table})
-                    .to_string(),
-            );
+        for (action, resource) in &call.actions {
+            let line = serde_json::json!({
+                "function": function,
+                "service": call.service,
+                "action": action,
+                "resource": resource,
+            });
+            lines.push_str(&line.to_string());
             lines.push('\n');
         }
     }

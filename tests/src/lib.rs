@@ -38,6 +38,9 @@ pub async fn context_without_email() -> Context {
 pub enum Api {
     /// Straight into the handler the route table names (what API Gateway would invoke).
     InProcess(Arc<Context>),
+    /// Like `InProcess`, but each request finds no encryption keys loaded, as the first one
+    /// of a cold start does, and reads them itself: its Secrets Manager call is observed.
+    InProcessColdKeys(Arc<Context>),
     /// Over HTTP to the local API (`cargo lambda watch`).
     Http(reqwest::Client, String),
 }
@@ -117,6 +120,10 @@ impl<'a> Call<'a> {
         match self.api {
             Api::InProcess(ctx) => {
                 dispatch(ctx, self.method, self.path, self.headers, self.body).await
+            }
+            Api::InProcessColdKeys(ctx) => {
+                let cold = ctx.with_store(ctx.store.clone()).with_keys_unloaded();
+                dispatch(&cold, self.method, self.path, self.headers, self.body).await
             }
             Api::Http(client, base) => {
                 let method = reqwest::Method::from_bytes(self.method.as_bytes()).expect("method");
@@ -199,6 +206,46 @@ pub fn lambda_request(
         .expect("request")
 }
 
+/// The function crates, by name: what [`invoke`] can call. The test command checks this list
+/// against the route table (tests/tests/api/routes.rs).
+macro_rules! functions {
+    ($($function:ident),* $(,)?) => {
+        /// The name of every function the harness can invoke.
+        pub const FUNCTIONS: &[&str] = &[$($function::FUNCTION,)* fallback::FUNCTION];
+
+        /// Calls the named function's handler.
+        async fn invoke(
+            function: &str,
+            ctx: &Context,
+            request: Request,
+        ) -> Result<shared::lambda_http::Response<Body>, std::convert::Infallible> {
+            $(if function == $function::FUNCTION {
+                return $function::handle(ctx, request).await;
+            })*
+            if function == fallback::FUNCTION {
+                return fallback::handle(request).await;
+            }
+            panic!("the route table names a function the harness does not know: {function}")
+        }
+    };
+}
+
+functions!(
+    push_tokens_unregister,
+    push_tokens_register,
+    scene_personalisation,
+    two_factor_start_setup,
+    two_factor_validate,
+    two_factor_verify,
+    two_factor_status,
+    two_factor_backup_codes,
+    two_factor_disable,
+    cancel_email_change_request,
+    verify_email,
+    get_user,
+    update_user,
+);
+
 /// Invokes the function that API Gateway would for this method and path.
 async fn dispatch(
     ctx: &Context,
@@ -211,31 +258,12 @@ async fn dispatch(
     let function = shared::routes::resolve(&method, &path)
         .map(|m| m.route.function)
         .unwrap_or(shared::routes::FALLBACK_FUNCTION);
-    // Each invocation gets its own recorder, so the DynamoDB calls it made are known even
-    // when a test runs requests concurrently.
+    // Each invocation gets its own recorder, so the AWS calls it made are known even when a
+    // test runs requests concurrently.
     let recorder = calls::Recorder::default();
-    let scoped = ctx.with_store(shared::store::Store::new(
-        recorder.instrument(&ctx.store.db),
-        ctx.store.tables.clone(),
-    ));
+    let scoped = recorder.instrument(ctx);
     let ctx = &scoped;
-    let Ok(response) = match function {
-        "push-tokens-unregister" => push_tokens_unregister::handle(ctx, request).await,
-        "push-tokens-register" => push_tokens_register::handle(ctx, request).await,
-        "scene-personalisation" => scene_personalisation::handle(ctx, request).await,
-        "two-factor-start-setup" => two_factor_start_setup::handle(ctx, request).await,
-        "two-factor-validate" => two_factor_validate::handle(ctx, request).await,
-        "two-factor-verify" => two_factor_verify::handle(ctx, request).await,
-        "two-factor-status" => two_factor_status::handle(ctx, request).await,
-        "two-factor-backup-codes" => two_factor_backup_codes::handle(ctx, request).await,
-        "two-factor-disable" => two_factor_disable::handle(ctx, request).await,
-        "cancel-email-change-request" => cancel_email_change_request::handle(ctx, request).await,
-        "verify-email" => verify_email::handle(ctx, request).await,
-        "get-user" => get_user::handle(ctx, request).await,
-        "update-user" => update_user::handle(ctx, request).await,
-        "fallback" => fallback::handle(request).await,
-        other => panic!("the route table names a function the harness does not know: {other}"),
-    };
+    let Ok(response) = invoke(function, ctx, request).await;
     let status = response.status().as_u16();
     let headers = response
         .headers()

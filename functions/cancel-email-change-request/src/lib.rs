@@ -1,15 +1,12 @@
 //! `PATCH /api/users/cancel_email_change_request/`: drop the caller's open email change.
 use shared::lambda_http::{Body, Request, Response};
 use shared::{http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| cancel(ctx, req)).await)
-}
+shared::endpoint!(cancel);
 
 /// Deletes the request (its code dies with it) and returns the user object; the body is ignored.
 async fn cancel(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "cancel-email-change-request").await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid.to_string();
     if ctx.store.cancel_email_change(&uuid).await?.is_none() {
         return Err(ApiError::validation(

@@ -4,6 +4,10 @@ use shared::lambda_http::{Body, Request, Response};
 use shared::{http, routes, ApiError};
 use std::convert::Infallible;
 
+/// This function's name: its crate's, as the route table and template.yaml name it.
+pub const FUNCTION: &str = env!("CARGO_PKG_NAME");
+
+/// The Lambda handler: every request it gets is answered with an error.
 pub async fn handle(req: Request) -> Result<Response<Body>, Infallible> {
     Ok(http::serve(&req, |req| async move { Err(answer(req)) }).await)
 }

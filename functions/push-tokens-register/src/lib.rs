@@ -3,17 +3,14 @@ use serde_json::json;
 use shared::fields::{self, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::{http, ApiError, Context};
-use std::convert::Infallible;
 
 pub const PLATFORMS: &[&str] = &["ios", "android", "web"];
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| register(ctx, req)).await)
-}
+shared::endpoint!(register);
 
 /// Upserts the token; the 21st evicts the least recently seen. The token is not echoed.
 async fn register(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "push-tokens-register").await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     let token = fields::required_text(&body, "token", Text::not_blank(512))?;
     if !body.contains_key("platform") {

@@ -2,15 +2,12 @@
 use shared::fields::{self, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::{http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| unregister(ctx, req)).await)
-}
+shared::endpoint!(unregister);
 
 /// Deletes the caller's row for exactly that token; 204 whether or not one matched.
 async fn unregister(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "push-tokens-unregister").await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     let token = fields::required_text(&body, "token", Text::not_blank(512))?;
     ctx.store

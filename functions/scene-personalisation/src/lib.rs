@@ -4,16 +4,13 @@ use shared::fields::{self, Text};
 use shared::http::Fields;
 use shared::lambda_http::{Body, Request, Response};
 use shared::{http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| personalise(ctx, req)).await)
-}
+shared::endpoint!(personalise);
 
 /// Sets the scene's dashboard (replacing it, or appending a new scene) in one atomic update
 /// and returns the target's user object.
 async fn personalise(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "scene-personalisation").await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     let scene = fields::text(&body, "scene", Text::not_blank(200))?;
     let dashboard = dashboard(&body)?;

@@ -1,10 +1,1 @@
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), shared::lambda_http::Error> {
-    shared::init_tracing();
-    let ctx = shared::Context::from_env().await?;
-    shared::run(
-        &ctx,
-        shared::lambda_http::service_fn(|req| scene_personalisation::handle(&ctx, req)),
-    )
-    .await
-}
+shared::main!(scene_personalisation);

@@ -2,16 +2,13 @@
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
 use shared::{http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| regenerate(ctx, req)).await)
-}
+shared::endpoint!(regenerate);
 
 /// Replaces every earlier code with 10 new ones in one write, conditioned on a confirmed
 /// device existing at that moment.
 async fn regenerate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "two-factor-backup-codes").await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid.to_string();
     let (state, keyring) = tokio::join!(ctx.store.two_factor_state(&uuid), ctx.keyring());
     let state = state?;

@@ -3,17 +3,14 @@ use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
 use shared::two_factor::Notice;
 use shared::{http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| disable(ctx, req)).await)
-}
+shared::endpoint!(disable);
 
 /// Removes the device, any pending setup and the backup codes in one transaction (the code
 /// checks' failure limits stay: disabling must not lift a lock); succeeds when nothing was
 /// enabled. The user is told when a device went.
 async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "two-factor-disable").await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid.to_string();
     let state = ctx.store.two_factor_state(&uuid).await?;
     let user = state.active_user()?;

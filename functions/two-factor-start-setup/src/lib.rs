@@ -4,16 +4,13 @@ use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
 use shared::totp::TotpSecret;
 use shared::{http, two_factor, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| start(ctx, req)).await)
-}
+shared::endpoint!(start);
 
 /// Keeps a new secret as the pending setup for 10 minutes (replacing any earlier one) and
 /// returns it with the `otpauth://` URI for an authenticator app.
 async fn start(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, "two-factor-start-setup").await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid.to_string();
     let (user, keyring) = tokio::join!(ctx.store.user(&uuid), ctx.keyring());
     let (user, keyring) = (

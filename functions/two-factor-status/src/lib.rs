@@ -2,14 +2,11 @@
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
 use shared::{http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| status(ctx, req)).await)
-}
+shared::endpoint!(status);
 
 async fn status(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid.to_string();
     let state = ctx.store.two_factor_state(&uuid).await?;
     if call.target.is_other {

@@ -8,16 +8,13 @@ use shared::store::now_millis;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::two_factor::{token_invalid, Notice};
 use shared::{fields, http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| validate(ctx, req)).await)
-}
+shared::endpoint!(validate);
 
 /// Checks the code against the pending secret under the failure limit; on success the
 /// device is written and the pending setup removed in one transaction.
 async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     let token = fields::required_value(&body, "token")?;
     let code = fields::six_digit_code(token);

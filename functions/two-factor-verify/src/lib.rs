@@ -8,11 +8,8 @@ use shared::store::two_factor::StepUse;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::two_factor::{token_invalid, Notice};
 use shared::{fields, http, totp, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| verify(ctx, req)).await)
-}
+shared::endpoint!(verify);
 
 /// What the caller typed.
 #[derive(Clone, Copy)]
@@ -34,7 +31,7 @@ enum Method {
 /// unused backup code exactly once (a compare-and-set of the code list), under the
 /// failure limit.
 async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     let raw = fields::required_value(&body, "token")?;
     let code = fields::six_digit_code(raw);

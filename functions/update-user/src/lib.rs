@@ -8,14 +8,11 @@ use shared::store::email_changes::EMAIL_CHANGE_TTL_SECS;
 use shared::store::users::{email_taken, EmailUpdate};
 use shared::users::{email_key, UserRecord};
 use shared::{email_change, http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| update(ctx, req)).await)
-}
+shared::endpoint!(update);
 
 async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     let mut changes = profile_changes(&body)?;
     let new_email = match fields::text(&body, "email", Text::not_blank(254))? {

@@ -7,11 +7,8 @@ use shared::store::email_changes::Commit;
 use shared::store::limits::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::{auth, email_change, http, ApiError, Context};
-use std::convert::Infallible;
 
-pub async fn handle(ctx: &Context, req: Request) -> Result<Response<Body>, Infallible> {
-    Ok(http::serve(&req, |req| verify(ctx, req)).await)
-}
+shared::endpoint!(verify);
 
 fn wrong_code() -> ApiError {
     ApiError::invalid_input(
@@ -25,7 +22,7 @@ fn wrong_code() -> ApiError {
 /// removed, in one transaction. A wrong code also counts against the request itself, which
 /// is void after five. Only the caller's own request can be completed, staff included.
 async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
-    let call = ctx.authorize(req, env!("CARGO_PKG_NAME")).await?;
+    let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     let uuid_field = fields::required_text(&body, "uuid", Text::not_blank(64))?;
     if !body.contains_key("code") {

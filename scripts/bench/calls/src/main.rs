@@ -291,7 +291,7 @@ impl Driver {
                 .interceptor(capture.clone())
                 .build(),
         );
-        let db = recorder.instrument(&db);
+        let db = recorder.instrument_client(&db);
         let ses = aws_sdk_sesv2::config::Builder::from(&shared::context::sdk_config().await)
             .interceptor(capture.clone())
             .build();

@@ -132,3 +132,17 @@ fn route_table_covers_the_issue_two_routes() {
         }
     }
 }
+
+/// The harness invokes exactly the functions of the route table (and the fallback): a new
+/// endpoint's crate cannot be left out of the in-process tests.
+#[test]
+fn the_harness_invokes_every_function_of_the_route_table() {
+    let harness: BTreeSet<&str> = FUNCTIONS.iter().copied().collect();
+    assert_eq!(harness.len(), FUNCTIONS.len(), "no function listed twice");
+    let table: BTreeSet<&str> = shared::routes::ROUTES
+        .iter()
+        .map(|r| r.function)
+        .chain([shared::routes::FALLBACK_FUNCTION])
+        .collect();
+    assert_eq!(harness, table);
+}

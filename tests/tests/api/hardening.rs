@@ -1086,10 +1086,7 @@ both!(
 async fn malformed_credentials_cost_no_dynamodb_call() {
     let ctx = context().await;
     let recorder = calls::Recorder::default();
-    let counted = ctx.with_store(shared::store::Store::new(
-        recorder.instrument(&ctx.store.db),
-        ctx.store.tables.clone(),
-    ));
+    let counted = recorder.instrument(&ctx);
     let api = Api::InProcess(std::sync::Arc::new(counted));
     for route in shared::routes::ROUTES {
         let path = route.path.replace("{uuid}", "@me") + "/";
@@ -1123,10 +1120,7 @@ async fn requests_around_the_cloudfront_front_door_are_refused_unread() {
     let ctx = context().await;
     let user = create_user(&ctx, false, &["*"]).await;
     let recorder = calls::Recorder::default();
-    let counted = ctx.with_store(shared::store::Store::new(
-        recorder.instrument(&ctx.store.db),
-        ctx.store.tables.clone(),
-    ));
+    let counted = recorder.instrument(&ctx);
     let api = Api::InProcess(std::sync::Arc::new(counted));
     for header in [None, Some("wrong"), Some("front-door-secret-012345678")] {
         let mut call = api.get("/api/users/@me/").bearer(&user.key);

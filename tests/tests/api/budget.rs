@@ -1,10 +1,10 @@
 //! ARCHITECTURE.md's budget: authentication plus the work of any route costs at most 3
 //! sequential DynamoDB calls. Each route's usual successful request runs in process with an
 //! interceptor counting the calls (a count, not a timing).
-use api_tests::calls::{sequential_depth, DynamoCall, Recorder};
+use api_tests::calls::{sequential_depth, Recorder, SdkCall};
 use api_tests::*;
 use serde_json::json;
-use shared::store::{now_secs, Store};
+use shared::store::now_secs;
 use std::sync::Arc;
 
 struct Budget {
@@ -17,13 +17,12 @@ impl Budget {
     async fn new() -> (Self, Arc<shared::Context>) {
         let base = context().await;
         let recorder = Recorder::default();
-        let ctx = Arc::new(base.with_store(Store::new(
-            recorder.instrument(&base.store.db),
-            base.store.tables.clone(),
-        )));
+        let ctx = Arc::new(recorder.instrument(&base));
         (
             Budget {
-                api: Api::InProcess(ctx.clone()),
+                // Every request reads the keys it needs itself: the test command sees which
+                // functions call Secrets Manager (and SES) in their usual requests.
+                api: Api::InProcessColdKeys(ctx.clone()),
                 recorder,
                 report: vec![],
             },
@@ -35,12 +34,14 @@ impl Budget {
     async fn check(&mut self, label: &str, call: Call<'_>, status: u16) -> Reply {
         self.recorder.take();
         let reply = call.send().await;
+        // The budget is DynamoDB's; reading the keys (Secrets Manager, once per cold start)
+        // and the mail sent after the response are not part of it.
         assert_eq!(reply.status, status, "{label}: {}", reply.body);
         // What runs after the response (shared::run: the note of the key's use, at most
         // hourly) is no part of the request's cost, but it is checked for what it is.
-        let (calls, after): (Vec<DynamoCall>, Vec<DynamoCall>) = self
+        let (calls, after): (Vec<SdkCall>, Vec<SdkCall>) = self
             .recorder
-            .take()
+            .take_dynamodb()
             .into_iter()
             .partition(|c| c.start < reply.responded_at);
         assert!(

@@ -1,0 +1,19 @@
+//! The integration tests: one binary (each module a part of the API), so the fourteen functions
+//! and the harness link once. Run one part with `scripts/dev test -- -E 'test(/^two_factor::/)'`.
+mod admin_cli;
+mod auth;
+mod bodies;
+mod budget;
+mod email_change;
+mod faults;
+mod hardening;
+mod load;
+mod logs;
+mod openapi;
+mod push_tokens;
+mod requests;
+mod routes;
+mod scene;
+mod tls;
+mod two_factor;
+mod users;
