@@ -17,8 +17,9 @@ Run it through `scripts/dev`, which installs the tools first.
   openapi-routes
                 print the operations that openapi.yaml documents, as JSON
   check-policies
-                compare each function's policies with the DynamoDB calls it made in the last
-                test run (too narrow: it would fail in AWS; too wide: a grant never used)
+                compare each function's policies with the AWS calls (DynamoDB, Secrets
+                Manager, SES) it made in the last test run (too narrow: it would fail in AWS;
+                too wide: a grant never used)
   gen-router    write Cargo.toml's [workspace.metadata.lambda.watch.router] from template.yaml
   gen-sam-local-env
                 write scripts/sam-local-env.json (`sam local start-api --env-vars`) from

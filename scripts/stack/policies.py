@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, StackError
-from .observed import read_observed
+from .common import StackError
+from .observed import Call, read_observed
 from .template import Resolver, fallback_function, functions, load_template, routes
 
 DDB_READS = {"GetItem", "BatchGetItem", "Query", "Scan"}
@@ -23,6 +23,9 @@ SAM_DDB_TEMPLATES = ("DynamoDBReadPolicy", "DynamoDBWritePolicy", "DynamoDBCrudP
 # condition can limit those) may be granted there. A function notes an API key's last use.
 ATTRIBUTE_LIMITED_TABLES = {"API_KEYS_TABLE": {"last_used_at"}}
 WHOLE_ITEM_WRITES = {"PutItem", "DeleteItem", "BatchWriteItem"}
+# Beside DynamoDB, the one action a function may be granted of each of these services (by its
+# name in the messages), and only when the tests saw it make that call.
+ONE_ACTION_SERVICES = {"secretsmanager": ("Secrets Manager", "GetSecretValue"), "ses": ("SES", "SendEmail")}
 
 
 def sam_policy_templates() -> dict[str, Any]:
@@ -39,7 +42,7 @@ class Grant:
     source: str      # "DynamoDBReadPolicy", ..., or "inline"
     service: str     # "dynamodb", "secretsmanager", "ses", ...
     action: str      # without the service prefix
-    resource: str    # a table name for DynamoDB, else the resolved resource text
+    resource: str    # a table name for DynamoDB, else the resource's local value (its JSON if it has none)
     condition: str = ""  # the statement's Condition block as JSON ("" when it has none)
 
 
@@ -71,6 +74,27 @@ def _table_of_resource(resolver: Resolver, template: dict[str, Any], resource: A
     return m.group(1) if m else None
 
 
+def _resource_text(resolver: Resolver, resource: Any) -> str:
+    """An IAM resource other than a table as its local value (a secret's `!Ref` is its name,
+    as the ENCRYPTION_SECRET_ID the function is given locally), or its JSON when it has none."""
+    try:
+        value = resolver.resolve(resource)
+    except StackError:
+        value = None
+    return value if isinstance(value, str) else json.dumps(resource, sort_keys=True)
+
+
+def _with_parameters(value: Any, params: dict[str, Any]) -> Any:
+    """A SAM policy template's definition with its parameters (`Ref: Name`) given their values."""
+    if isinstance(value, list):
+        return [_with_parameters(v, params) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"Ref"} and value["Ref"] in params:
+            return params[value["Ref"]]
+        return {k: _with_parameters(v, params) for k, v in value.items()}
+    return value
+
+
 def function_grants(template: dict[str, Any], logical_id: str, sam: dict[str, Any]) -> list[Grant]:
     resolver = Resolver(template)
     props = template["Resources"][logical_id].get("Properties", {})
@@ -94,7 +118,7 @@ def function_grants(template: dict[str, Any], logical_id: str, sam: dict[str, An
                             table = _table_of_resource(resolver, template, resource)
                             grants.append(Grant("inline", service, name, table or f"?{resource}", condition))
                         else:
-                            grants.append(Grant("inline", service, name, json.dumps(resource, sort_keys=True),
+                            grants.append(Grant("inline", service, name, _resource_text(resolver, resource),
                                                 condition))
             continue
         (name, params), = item.items()
@@ -108,18 +132,19 @@ def function_grants(template: dict[str, Any], logical_id: str, sam: dict[str, An
                     table = str(resolver.resolve(params["TableName"]))
                     grants.append(Grant(name, service, act, table))
                 else:
-                    grants.append(Grant(name, service, act, json.dumps(params, sort_keys=True)))
+                    resources = _with_parameters(st["Resource"], params)
+                    for resource in resources if isinstance(resources, list) else [resources]:
+                        grants.append(Grant(name, service, act, _resource_text(resolver, resource)))
     return grants
 
 
-def functions_using(pattern: str) -> set[str]:
-    """Binaries whose handler source matches `pattern` (what the code needs, independently of
-    the template)."""
-    found = set()
-    for lib in sorted((ROOT / "functions").glob("*/src/*.rs")):
-        if re.search(pattern, lib.read_text()):
-            found.add(lib.parent.parent.name)
-    return found
+def _allows(grant: Grant, call: Call) -> bool:
+    """Whether the grant allows the observed call: its action, on the same table or secret (by
+    its local name) or on "*". An SES call names no identity: a grant of its action allows it
+    (the identity ARN and the ses:FromAddress condition are for AWS to check)."""
+    if (grant.service, grant.action) != (call.service, call.action):
+        return False
+    return call.service == "ses" or grant.resource in (call.resource, "*")
 
 
 def _key_attributes(template: dict[str, Any], table: str) -> set[str]:
@@ -175,7 +200,7 @@ def attribute_condition_problems(grant: Grant, table_keys: set[str], allowed: se
     return problems
 
 
-def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str, str]]]) -> list[str]:
+def policy_problems(template: dict[str, Any], observed: dict[str, set[Call]]) -> list[str]:
     sam = sam_policy_templates()
     binaries = functions(template)
     by_binary = {b: lid for lid, b in binaries.items()}
@@ -188,8 +213,6 @@ def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str,
     for binary in sorted(set(observed) - set(by_binary)):
         problems.append(f"observed calls of {binary}, which template.yaml does not define")
 
-    needs_secret = functions_using(r"\bctx\s*\.\s*keyring(?:_\w+)?\s*\(")
-    sends_email = functions_using(r"&\s*ctx\s*\.\s*mailer\b")
     fallback = fallback_function(all_routes)
     resolver = Resolver(template)
     global_env = (template.get("Globals", {}).get("Function", {}).get("Environment", {}) or {}).get("Variables", {})
@@ -204,19 +227,18 @@ def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str,
         grants = function_grants(template, lid, sam)
         props = template["Resources"][lid].get("Properties", {})
         env = (props.get("Environment") or {}).get("Variables") or {}
-        used = observed.get(binary, set())
+        calls = observed.get(binary, set())
         if binary == fallback:
             if grants:
                 problems.append(f"{lid}: the fallback needs no AWS access but is granted {sorted({g.source for g in grants})}")
-            if used:
-                problems.append(f"{lid}: the fallback called DynamoDB: {sorted(used)}")
+            if calls:
+                problems.append(f"{lid}: the fallback needs no AWS access but called {sorted(str(c) for c in calls)}")
             continue
-        # (a) Too narrow: every observed action on a table must be granted.
-        allowed = {(g.action, g.resource) for g in grants if g.service == "dynamodb"}
-        for action, table in sorted(used):
-            if (action, table) not in allowed:
-                problems.append(f"{lid}: used dynamodb:{action} on {table}, which its policies do not grant "
-                                f"(it would fail in AWS)")
+        # (a) Too narrow: every observed call (on a table, a secret, SES) must be granted.
+        for call in sorted(calls):
+            if not any(_allows(g, call) for g in grants):
+                problems.append(f"{lid}: used {call}, which its policies do not grant (it would fail in AWS)")
+        used = {(c.action, c.resource) for c in calls if c.service == "dynamodb"}
         if not used:
             problems.append(f"{lid}: no DynamoDB call of {binary} was observed (did its in-process tests run?)")
             continue
@@ -271,26 +293,25 @@ def policy_problems(template: dict[str, Any], observed: dict[str, set[tuple[str,
                 elif g.action == "UpdateItem":
                     for p in attribute_condition_problems(g, keys, allowed):
                         problems.append(f"{lid}: dynamodb:UpdateItem on {table} ({g.source}): {p}")
-        other = {g.service for g in grants} - {"dynamodb", "secretsmanager", "ses"}
+        other = {g.service for g in grants} - {"dynamodb", *ONE_ACTION_SERVICES}
         if other:
             problems.append(f"{lid}: grants for {sorted(other)}, which no function needs")
-        # Secrets Manager and SES cannot be observed in process: check them against the code.
-        has_secret = any(g.service == "secretsmanager" for g in grants)
-        secret_actions = {g.action for g in grants if g.service == "secretsmanager"}
-        wants_secret = binary in needs_secret
-        if wants_secret != has_secret:
-            problems.append(f"{lid}: {'needs' if wants_secret else 'does not use'} the encryption keys but "
-                            f"{'has no' if wants_secret else 'has a'} Secrets Manager policy")
-        if has_secret and secret_actions != {"GetSecretValue"}:
-            problems.append(f"{lid}: Secrets Manager actions {sorted(secret_actions)}; only GetSecretValue is needed")
-        if wants_secret != ("ENCRYPTION_SECRET_ID" in env):
-            problems.append(f"{lid}: ENCRYPTION_SECRET_ID is {'missing' if wants_secret else 'set but unused'}")
-        ses_actions = {g.action for g in grants if g.service == "ses"}
-        if (binary in sends_email) != bool(ses_actions):
-            problems.append(f"{lid}: {'sends' if binary in sends_email else 'sends no'} email but "
-                            f"{'has no' if binary in sends_email else 'has an'} SES policy")
-        if ses_actions - {"SendEmail"}:
-            problems.append(f"{lid}: SES actions {sorted(ses_actions)}; only SendEmail is needed")
+        # (e) Secrets Manager and SES: only the one action, and only where the tests saw the
+        # function make that call (a call without its grant is too narrow, in (a)).
+        for service, (title, action) in ONE_ACTION_SERVICES.items():
+            service_grants = [g for g in grants if g.service == service]
+            actions = {g.action for g in service_grants}
+            if actions and actions != {action}:
+                problems.append(f"{lid}: {title} actions {sorted(actions)}; only {action} is needed")
+            for g in service_grants:
+                if g.action == action and not any(_allows(g, c) for c in calls):
+                    problems.append(f"{lid}: {g.source} {Call(service, action, g.resource)} was never observed")
+        # The secret's id reaches a function in ENCRYPTION_SECRET_ID: only where it reads it.
+        reads_secret = any(c.service == "secretsmanager" and c.action == "GetSecretValue" for c in calls)
+        if reads_secret and "ENCRYPTION_SECRET_ID" not in env:
+            problems.append(f"{lid}: ENCRYPTION_SECRET_ID is missing (it called GetSecretValue)")
+        if "ENCRYPTION_SECRET_ID" in env and not reads_secret:
+            problems.append(f"{lid}: ENCRYPTION_SECRET_ID is set, but it never called GetSecretValue")
     return problems
 
 
