@@ -2,7 +2,7 @@
 """`scripts/dev bench`: measures every function against the budgets of ARCHITECTURE.md and
 writes BENCHMARKS.md (tables) and BENCHMARKS.json (every figure) at the repository root.
 
-It starts its own DynamoDB Local and moto on free ports (scripts/stack.py: tables, secret
+It starts its own DynamoDB Local and moto on free ports (scripts/stack: tables, secret
 and SES sender from template.yaml, the functions' local environment), builds the workspace
 with the release profile, and then, in one run:
 
@@ -59,12 +59,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import stack  # noqa: E402  (the local stack: services, tables, environment)
+# The local stack (scripts/stack): services, tables, environment.
+from stack.common import (  # noqa: E402
+    ACCOUNT_ID, LOCAL_DIR, LOG_DIR, REGION, ROOT, VENV_BIN, StackError, cargo_target_dir, process_env, require_tool,
+)
+from stack.services import (  # noqa: E402
+    free_port, port_is_free, setup_services, stack_env, start_services, wait_services, wait_until,
+)
+from stack.supervisor import Supervisor, supervised  # noqa: E402
+from stack.template import functions, load_template  # noqa: E402
 
-ROOT = stack.ROOT
 BENCH_DIR = ROOT / "scripts" / "bench"
 PY_FUNCTION_DIR = BENCH_DIR / "python-function"
-PY_VENV = stack.LOCAL_DIR / "bench-python"
+PY_VENV = LOCAL_DIR / "bench-python"
 OUT_MD = ROOT / "BENCHMARKS.md"
 OUT_JSON = ROOT / "BENCHMARKS.json"
 
@@ -234,7 +241,7 @@ class RuntimeApi:
                     ("Lambda-Runtime-Aws-Request-Id", inv.id),
                     ("Lambda-Runtime-Deadline-Ms", str(deadline)),
                     ("Lambda-Runtime-Invoked-Function-Arn",
-                     f"arn:aws:lambda:{stack.REGION}:{stack.ACCOUNT_ID}:function:{api.function_name}"),
+                     f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{api.function_name}"),
                     ("Lambda-Runtime-Trace-Id",
                      f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0"),
                 ])
@@ -271,7 +278,7 @@ class RuntimeApi:
         with self.asked:
             while self.nexts < nexts:
                 if proc.poll() is not None or time.perf_counter() > deadline:
-                    raise stack.StackError(f"{self.function_name} did not ask for its next event")
+                    raise StackError(f"{self.function_name} did not ask for its next event")
                 self.asked.wait(0.05)
 
     def submit(self, event: dict[str, Any]) -> Invocation:
@@ -321,7 +328,7 @@ def api_event(req: Request) -> dict[str, Any]:
         "rawQueryString": "",
         "headers": headers,
         "requestContext": {
-            "accountId": stack.ACCOUNT_ID,
+            "accountId": ACCOUNT_ID,
             "apiId": "bench",
             "domainName": "127.0.0.1",
             "domainPrefix": "bench",
@@ -351,13 +358,13 @@ class Driver:
                                      stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
         first = self._read()
         if not first.get("ready"):
-            raise stack.StackError(f"bench-calls did not start: {first}")
+            raise StackError(f"bench-calls did not start: {first}")
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise stack.StackError(f"bench-calls exited ({self.proc.poll()}); see {self.log.name}")
+            raise StackError(f"bench-calls exited ({self.proc.poll()}); see {self.log.name}")
         return json.loads(line)
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -374,7 +381,7 @@ class Driver:
         out = self.call({"op": "invoke", "method": req.method, "path": req.path, "headers": headers,
                          "body": req.body, "measured": measured})
         if out["status"] != req.expect:
-            raise stack.StackError(f"{req.method} {req.path} answered {out['status']} in process, "
+            raise StackError(f"{req.method} {req.path} answered {out['status']} in process, "
                                    f"expected {req.expect}: {out['body'][:300]}")
         return out
 
@@ -570,7 +577,7 @@ class VerifyEmail(Scenario):
                                   json.dumps({"email": f"moved-{uuid.uuid4().hex[:12]}@example.com"})))
         codes = [c for m in r["mail"] for c in re.findall(r"(?<!\d)\d{6}(?!\d)", m["text"])]
         if len(codes) != 1:
-            raise stack.StackError(f"verify-email: expected one mailed code, got {r['mail']}")
+            raise StackError(f"verify-email: expected one mailed code, got {r['mail']}")
         return Request("POST", "/api/users/verify_email/", self.key,
                        json.dumps({"uuid": "@me", "code": codes[0]}))
 
@@ -740,16 +747,16 @@ def wait_for(inv: Invocation, proc: subprocess.Popen | None, api: RuntimeApi, ti
     deadline = time.perf_counter() + timeout
     while not inv.done.wait(0.05):
         if proc is not None and proc.poll() is not None:
-            raise stack.StackError(f"{api.function_name} exited with code {proc.returncode} before answering "
+            raise StackError(f"{api.function_name} exited with code {proc.returncode} before answering "
                                    f"(init errors: {[e[:300] for e in api.init_errors]}); see .local/logs/bench-{api.function_name}.log")
         if time.perf_counter() > deadline:
-            raise stack.StackError(f"{api.function_name} did not answer within {timeout:.0f} s")
+            raise StackError(f"{api.function_name} did not answer within {timeout:.0f} s")
 
 
 def check_answer(inv: Invocation, req: Request) -> None:
     status, doc = inv.response()
     if status != req.expect:
-        raise stack.StackError(f"{inv.function_name}: {req.method} {req.path} answered "
+        raise StackError(f"{inv.function_name}: {req.method} {req.path} answered "
                                f"{status or inv.outcome} (expected {req.expect}): {inv.body[:300]!r}")
 
 
@@ -786,7 +793,7 @@ class Result:
 
     def observe_calls(self, out: dict[str, Any]) -> None:
         if out["dynamodb_calls"] != out["captured_dynamodb_calls"]:
-            raise stack.StackError(f"{self.name}: the tests' recorder and the capture disagree: {out}")
+            raise StackError(f"{self.name}: the tests' recorder and the capture disagree: {out}")
         self.call_counts.add((out["dynamodb_calls"], out["sequential"]))
         if self.calls is None or (out["sequential"], out["dynamodb_calls"]) > (
                 self.calls["sequential"], self.calls["dynamodb_calls"]):
@@ -968,31 +975,31 @@ def throughput(procs: Processes, target: Target, driver: Driver, scenario_cls: t
 # ---------------------------------------------------------------------------------------------
 
 
-def run_checked(sup: stack.Supervisor, name: str, argv: list[str], env: dict[str, str]) -> None:
+def run_checked(sup: Supervisor, name: str, argv: list[str], env: dict[str, str]) -> None:
     if sup.run(name, argv, env=env) != 0:
-        raise stack.StackError(f"{name} failed")
+        raise StackError(f"{name} failed")
 
 
 def zig_available(env: dict[str, str]) -> bool:
     if shutil.which("zig", path=env.get("PATH")):
         return True
-    return subprocess.run([str(stack.VENV_BIN / "python"), "-c", "import ziglang"],
+    return subprocess.run([str(VENV_BIN / "python"), "-c", "import ziglang"],
                           capture_output=True).returncode == 0
 
 
-def arm64_sizes(sup: stack.Supervisor, env: dict[str, str], binaries: list[str]) -> dict[str, int]:
+def arm64_sizes(sup: Supervisor, env: dict[str, str], binaries: list[str]) -> dict[str, int]:
     """Builds the functions for arm64 as `sam build` does (cargo lambda, zig) and returns the
     size of each bootstrap."""
     installed = subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True, text=True)
     if "aarch64-unknown-linux-gnu" not in installed.stdout:
         log("adding the aarch64-unknown-linux-gnu target (rustup)")
         run_checked(sup, "rustup target add", ["rustup", "target", "add", "aarch64-unknown-linux-gnu"], env)
-    argv = [str(stack.VENV_BIN / "cargo-lambda"), "lambda", "build", "--release", "--arm64"]
+    argv = [str(VENV_BIN / "cargo-lambda"), "lambda", "build", "--release", "--arm64"]
     for b in binaries:
         argv += ["--bin", b]
     log("building for arm64 (cargo lambda build --release --arm64)")
     run_checked(sup, "cargo lambda build --arm64", argv, env)
-    target_dir = stack.cargo_target_dir()
+    target_dir = cargo_target_dir()
     out = {}
     for b in binaries:
         p = target_dir / "lambda" / b / "bootstrap"
@@ -1001,7 +1008,7 @@ def arm64_sizes(sup: stack.Supervisor, env: dict[str, str], binaries: list[str])
     return out
 
 
-def python_peer(sup: stack.Supervisor) -> Path:
+def python_peer(sup: Supervisor) -> Path:
     """The peer's own environment (.local/bench-python), from its pinned requirements."""
     req = PY_FUNCTION_DIR / "requirements.txt"
     digest = hashlib.sha256(req.read_bytes()).hexdigest()
@@ -1031,7 +1038,7 @@ def lambda_env(stack_env: dict[str, str]) -> dict[str, str]:
 def own_variables(template: dict[str, Any]) -> dict[str, set[str]]:
     """Binary -> the variables its function sets itself (beyond the Globals)."""
     out = {}
-    for logical_id, binary in stack.functions(template).items():
+    for logical_id, binary in functions(template).items():
         props = template["Resources"][logical_id].get("Properties", {})
         out[binary] = set((props.get("Environment", {}).get("Variables", {}) or {}))
     return out
@@ -1351,28 +1358,28 @@ def render(doc: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
-    template = stack.load_template()
+def bench(args: argparse.Namespace, sup: Supervisor) -> int:
+    template = load_template()
     info = machine()
-    stack.require_tool("cargo", "install Rust with rustup")
-    services = stack.start_services(sup, "bench", stack.free_port(), stack.free_port())
-    env = stack.stack_env(template, services)
-    penv = stack.process_env(env)
+    require_tool("cargo", "install Rust with rustup")
+    services = start_services(sup, "bench", free_port(), free_port())
+    env = stack_env(template, services)
+    penv = process_env(env)
     if not args.no_build:
         log("building (cargo build --release --workspace)")
         run_checked(sup, "cargo build --release", ["cargo", "build", "--release", "--workspace"], penv)
     py = python_peer(sup)
-    stack.wait_services(services)
-    stack.setup_services(template, services, env)
-    target_dir = stack.cargo_target_dir()
+    wait_services(services)
+    setup_services(template, services, env)
+    target_dir = cargo_target_dir()
     release = Path(args.binaries) if args.binaries else target_dir / "release"
-    binaries = [b for b in stack.functions(template).values()]
+    binaries = [b for b in functions(template).values()]
     fenv = lambda_env(env)
     if args.secrets_from_memory:
-        port = stack.free_port()
+        port = free_port()
         cache = sup.start("secrets cache", [sys.executable, str(BENCH_DIR / "secrets-cache.py"), str(port),
-                                            services.moto_url], log=stack.LOG_DIR / "bench-secrets-cache.log")
-        stack.wait_until("the secrets cache", lambda: not stack.port_is_free(port), cache, 10)
+                                            services.moto_url], log=LOG_DIR / "bench-secrets-cache.log")
+        wait_until("the secrets cache", lambda: not port_is_free(port), cache, 10)
         fenv["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = f"http://127.0.0.1:{port}"
     own = own_variables(template)
     targets = {b: Target(b, [str(release / b)], ROOT, function_env(fenv, own, b), release / b) for b in binaries}
@@ -1394,10 +1401,10 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
                                           Path(args.compare) / b)
     for t in targets.values():
         if t.binary is not None and not t.binary.exists():
-            raise stack.StackError(f"{t.binary} is missing (build with cargo build --release --workspace)")
+            raise StackError(f"{t.binary} is missing (build with cargo build --release --workspace)")
 
-    driver = Driver(release / "bench-calls", penv, stack.LOG_DIR / "bench-calls.log")
-    procs = Processes(stack.LOG_DIR)
+    driver = Driver(release / "bench-calls", penv, LOG_DIR / "bench-calls.log")
+    procs = Processes(LOG_DIR)
     try:
         scenario_of: dict[str, Scenario] = {}
         for cls in [*SCENARIOS, Empty, PythonGetUser]:
@@ -1411,7 +1418,7 @@ def bench(args: argparse.Namespace, sup: stack.Supervisor) -> int:
                 scenario_of[s.name] = s
         missing = set(binaries) - set(scenario_of)
         if missing:
-            raise stack.StackError(f"no benchmark request for {sorted(missing)}: add a Scenario")
+            raise StackError(f"no benchmark request for {sorted(missing)}: add a Scenario")
         wanted = (lambda n: not args.only or n in args.only or n in (EMPTY, PYTHON)
                   or (is_peer(n) and any(peer_name(o) == n for o in args.only)))
         names = [n for n in scenario_of if n in targets and wanted(n)]
@@ -1524,7 +1531,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out-json", default=str(OUT_JSON))
     args = parser.parse_args(argv)
 
-    return stack.supervised("bench", lambda sup: bench(args, sup))
+    return supervised("bench", lambda sup: bench(args, sup))
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -677,23 +677,23 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
-/// `scripts/stack.py <command>`'s JSON list.
+/// `scripts/stack <command>`'s JSON list (the local stack's package, run as a directory).
 pub async fn stack_json(command: &str) -> Vec<serde_json::Value> {
     let root = workspace_root();
     let out = tokio::process::Command::new(env("TEST_PYTHON"))
-        .arg(root.join("scripts").join("stack.py"))
+        .arg(root.join("scripts").join("stack"))
         .arg(command)
         .current_dir(&root)
         .output()
         .await
-        .expect("scripts/stack.py runs");
+        .expect("scripts/stack runs");
     assert!(
         out.status.success(),
-        "stack.py {command} failed: {}",
+        "scripts/stack {command} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let value: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stack.py prints JSON");
+        serde_json::from_slice(&out.stdout).expect("scripts/stack prints JSON");
     value.as_array().expect("a JSON list").clone()
 }
 

@@ -1,4 +1,4 @@
-//! template.yaml's routes (as `scripts/stack.py routes` reads them) are the route table.
+//! template.yaml's routes (as `scripts/dev routes` reads them) are the route table.
 use api_tests::*;
 use std::collections::BTreeSet;
 

@@ -1,0 +1,332 @@
+"""The local stack: DynamoDB Local, moto (Secrets Manager, SES) and `cargo lambda watch`,
+set up from template.yaml, the one description of the deployed stack.
+
+Run it through `scripts/dev`, which installs the tools first.
+
+  run           start everything on the usual ports, create a demo user and key, serve the
+                API on http://127.0.0.1:3000 until Ctrl-C
+  test [-- ARGS]
+                start everything on free ports, run `cargo nextest run` against it (ARGS go to
+                nextest, e.g. `-- -E 'test(two_factor)'`), fuzz the API with schemathesis
+                against openapi.yaml, then the template checks (cfn-lint, sam validate --lint,
+                the router, and the policies against what each function did in the tests);
+                exits non-zero if anything failed
+  build         `sam build` for arm64 (adds the aarch64 Rust target; zig comes from .venv) and
+                check that every function has an ELF aarch64 bootstrap in .aws-sam/build
+  routes        print the routes that template.yaml declares, as JSON
+  openapi-routes
+                print the operations that openapi.yaml documents, as JSON
+  check-policies
+                compare each function's policies with the AWS calls (DynamoDB, Secrets
+                Manager, SES) it made in the last test run (too narrow: it would fail in AWS;
+                too wide: a grant never used)
+  gen-router    write Cargo.toml's [workspace.metadata.lambda.watch.router] from template.yaml
+  gen-sam-local-env
+                write scripts/sam-local-env.json (`sam local start-api --env-vars`) from
+                template.yaml
+  check-router  fail when Cargo.toml's router differs from what template.yaml implies
+  env           print the environment the functions get locally (for a shell: eval it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+if not __package__:
+    # Run as `python scripts/stack`: Python put scripts/stack itself first on sys.path, where
+    # its modules would pass for top-level ones; the package is imported from scripts/.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from stack.artifacts import SAM_BUILD_DIR, check_sam_artifacts, ensure_arm64_toolchain  # noqa: E402
+from stack.checkov import run_checkov  # noqa: E402
+from stack.common import (  # noqa: E402
+    LOG_DIR, REGION, ROOT, TEMPLATE, VENV_BIN, StackError, cargo_target_dir, process_env, require_tool,
+)
+from stack.fuzz import run_schemathesis  # noqa: E402
+from stack.nextest import NextestCounts  # noqa: E402
+from stack.observed import OBSERVED_DIR, fresh_observed_dir, latest_observed_dir  # noqa: E402
+from stack.openapi import openapi_routes  # noqa: E402
+from stack.policies import check_policies  # noqa: E402
+from stack.router import CARGO_TOML, ROUTER_HEADER, check_router, write_router  # noqa: E402
+from stack.sam_local_env import SAM_LOCAL_ENV, check_sam_local_env, sam_local_env  # noqa: E402
+from stack.services import (  # noqa: E402
+    free_port, port_is_free, setup_services, stack_env, start_services, users_admin, wait_services,
+)
+from stack.supervisor import Supervisor, supervised  # noqa: E402
+from stack.template import functions, load_template, routes  # noqa: E402
+from stack.watch import start_watch, wait_watch, warm_functions  # noqa: E402
+
+DEMO_EMAIL = "demo@example.com"
+
+
+def cmd_routes(_args: argparse.Namespace) -> int:
+    out = [{"method": r.method, "path": r.path, "function": r.function} for r in routes(load_template())]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_openapi_routes(_args: argparse.Namespace) -> int:
+    print(json.dumps(openapi_routes(), indent=2))
+    return 0
+
+
+def cmd_check_policies(args: argparse.Namespace) -> int:
+    directory = Path(args.observed_dir).resolve() if args.observed_dir else latest_observed_dir()
+    problems = check_policies(directory)
+    if problems:
+        print("template.yaml's policies do not match what the functions did in the tests "
+              f"({directory}):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"template.yaml: every function's policies are exactly what it used in the tests ({directory})")
+    return 0
+
+
+def cmd_gen_sam_local_env(_args: argparse.Namespace) -> int:
+    text = sam_local_env(load_template())
+    changed = not SAM_LOCAL_ENV.exists() or SAM_LOCAL_ENV.read_text() != text
+    if changed:
+        SAM_LOCAL_ENV.write_text(text)
+    print(f"{SAM_LOCAL_ENV.relative_to(ROOT)} {'written' if changed else 'already up to date'}")
+    return 0
+
+
+def cmd_gen_router(_args: argparse.Namespace) -> int:
+    changed = write_router(load_template())
+    print(f"{CARGO_TOML.name}: {ROUTER_HEADER} {'written' if changed else 'already up to date'}")
+    return 0
+
+
+def cmd_check_router(_args: argparse.Namespace) -> int:
+    problems = check_router()
+    if problems:
+        print(f"{CARGO_TOML.name}'s {ROUTER_HEADER} differs from template.yaml (fix: scripts/dev gen-router):",
+              file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"{CARGO_TOML.name}: {ROUTER_HEADER} matches template.yaml")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    s = argparse.Namespace(dynamodb_url=f"http://127.0.0.1:{args.dynamodb_port}",
+                           moto_url=f"http://127.0.0.1:{args.moto_port}")
+    env = stack_env(load_template(), s)  # type: ignore[arg-type]
+    for k, v in sorted(env.items()):
+        print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
+    template = load_template()
+    require_tool("cargo", "install Rust with rustup")
+    if problems := check_router():
+        print("warning: Cargo.toml's router differs from template.yaml (run scripts/dev gen-router):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+    if not port_is_free(args.port):
+        raise StackError(f"port {args.port} is in use (another `scripts/dev run`?); choose another with --port")
+    services = start_services(sup, "run", free_port(8000), free_port(5000))
+    env = stack_env(template, services)
+    penv = process_env(env)
+    print("stack: building the workspace (cargo build --workspace)", flush=True)
+    if sup.run("cargo build", ["cargo", "build", "--workspace"], env=penv) != 0:
+        raise StackError("cargo build failed")
+    wait_services(services)
+    setup_services(template, services, env)
+    target = cargo_target_dir()
+    user = users_admin(target, penv, "create-user", "--email", DEMO_EMAIL, "--first-name", "Demo", "--staff")
+    key = users_admin(target, penv, "create-key", "--user", user["uuid"], "--scopes", "*", "--label", "demo")
+    watch = start_watch(sup, args.port, penv, log=None, ignore_changes=False, concurrency=args.concurrency)
+    url = f"http://127.0.0.1:{args.port}"
+    wait_watch(watch, url, timeout=1800)
+    api_key = key["api_key"]
+    print(
+        "\n"
+        f"  API            {url}   (cargo lambda watch; code changes reload the functions)\n"
+        f"  DynamoDB Local {services.dynamodb_url}   (in memory: gone when this stops)\n"
+        f"  moto           {services.moto_url}   (Secrets Manager, SES: {services.moto_url}/moto-api/data.json)\n"
+        f"  logs           {LOG_DIR.relative_to(ROOT)}/run-*.log\n"
+        f"  demo user      {user['email']} ({user['uuid']}), staff\n"
+        f"  API key        {api_key}\n"
+        "\n"
+        f"  curl -s {url}/api/users/@me/ -H 'Authorization: Bearer {api_key}'\n"
+        "\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    code = watch.popen.wait()
+    raise StackError(f"cargo lambda watch exited with code {code}")
+
+def cmd_build(args: argparse.Namespace, sup: Supervisor) -> int:
+    template = load_template()
+    require_tool("cargo", "install Rust with rustup")
+    env = process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})
+    ensure_arm64_toolchain(sup, env)
+    started = time.monotonic()
+    argv = [str(VENV_BIN / "sam"), "build", "--template-file", str(TEMPLATE), "--build-dir", str(SAM_BUILD_DIR)]
+    print(f"stack: sam build (template.yaml -> {SAM_BUILD_DIR.relative_to(ROOT)}): each function is compiled "
+          "and linked in turn, release, thin LTO; sam shows no compiler progress, and a cold build takes long",
+          flush=True)
+    if sup.run("sam build", argv, env=env) != 0:
+        raise StackError("sam build failed")
+    problems = check_sam_artifacts(template)
+    if problems:
+        raise StackError("sam build's output is incomplete:\n  " + "\n  ".join(problems))
+    n = len(functions(template))
+    print(f"stack: {n} functions built for arm64 in {time.monotonic() - started:.0f} s: "
+          f"{SAM_BUILD_DIR.relative_to(ROOT)}/<Function>/bootstrap (ELF aarch64). Deploy with "
+          f"`.venv/bin/sam deploy --guided`.", flush=True)
+    return 0
+
+def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
+    template = load_template()
+    require_tool("cargo", "install Rust with rustup")
+    steps: list[tuple[str, bool]] = []
+    counts = NextestCounts()
+
+    def step(name: str, ok: bool) -> bool:
+        steps.append((name, ok))
+        print(f"stack: {name}: {'ok' if ok else 'FAILED'}", flush=True)
+        return ok
+
+    observed_dir = fresh_observed_dir()
+    filtered = bool(args.nextest_args)
+    services = start_services(sup, "test", free_port(), free_port())
+    env = stack_env(template, services)
+    penv = process_env(env)
+    print("stack: building (cargo build --workspace --all-targets)", flush=True)
+    built = step("cargo build", sup.run("cargo build", ["cargo", "build", "--workspace", "--all-targets"], env=penv) == 0)
+    if built:
+        wait_services(services)
+        setup_services(template, services, env)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        watch_log = LOG_DIR / "test-watch.log"
+        watch = start_watch(sup, port, penv, log=watch_log, ignore_changes=True, concurrency=args.concurrency)
+        try:
+            wait_watch(watch, url, timeout=args.watch_timeout)
+            problems = warm_functions(template, url, timeout=args.watch_timeout)
+        except StackError as e:
+            problems = [str(e)]
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        if step("every function answers through cargo lambda watch", not problems):
+            test_env = dict(penv)
+            test_env.update({
+                "TEST_API_URL": url,
+                "MOTO_URL": services.moto_url,
+                "TEST_PYTHON": str(VENV_BIN / "python"),
+                "TEMPLATE_PATH": str(TEMPLATE),
+                "OBSERVED_DIR": str(observed_dir),
+                "WATCH_LOG": str(watch_log.resolve()),
+            })
+            require_tool("cargo-nextest", "install it with `cargo install cargo-nextest --locked`")
+            require_tool("openssl", "the TLS test makes its certificates with it (apt-get install openssl)")
+            color = ["--color", "always"] if sys.stdout.isatty() else ["--color", "never"]
+            code = sup.run("cargo nextest", ["cargo", "nextest", "run", "--workspace", "--no-fail-fast", *color,
+                                             *args.nextest_args], env=test_env, on_line=counts.feed)
+            step("cargo nextest run", code == 0)
+            if args.no_fuzz or filtered:
+                print("stack: schemathesis: skipped (--no-fuzz, or arguments for nextest were given)", flush=True)
+            else:
+                started = time.monotonic()
+                ok = run_schemathesis(sup, penv, url, seed=args.fuzz_seed, examples=args.fuzz_examples,
+                                      timeout=args.fuzz_timeout)
+                step(f"schemathesis openapi.yaml ({time.monotonic() - started:.0f} s)", ok)
+        else:
+            print(f"stack: cargo lambda watch log: {watch_log.relative_to(ROOT)}", file=sys.stderr)
+            step("cargo nextest run (not run)", False)
+        sup.stop(watch)
+    sup.stop_all()  # the services are not needed for the template checks
+
+    step("cfn-lint template.yaml",
+         sup.run("cfn-lint", [str(VENV_BIN / "cfn-lint"), str(TEMPLATE)], env=process_env({})) == 0)
+    step("checkov template.yaml (as is and with EdgeProtection=true)", run_checkov(sup))
+    step("sam validate --lint",
+         sup.run("sam validate", [str(VENV_BIN / "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)],
+                 env=process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})) == 0)
+    problems = check_router() + check_sam_local_env()
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    step("check-router (Cargo.toml's router and scripts/sam-local-env.json match template.yaml)", not problems)
+    if filtered:
+        print("stack: check-policies: skipped (arguments for nextest were given: the tests that ran may not "
+              "exercise every function)", flush=True)
+    elif built:
+        problems = check_policies(observed_dir)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        step("check-policies (template.yaml grants exactly what the tests used)", not problems)
+
+    failed_steps = [name for name, ok in steps if not ok]
+    print("stack: " + "; ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in steps), flush=True)
+    # The closing line counts tests and checks: nextest's tests, plus the other steps.
+    checks = [ok for name, ok in steps if not name.startswith("cargo nextest")]
+    passed = (counts.passed or 0) + sum(checks)
+    failed = counts.failed + (len(checks) - sum(checks))
+    if any(name.startswith("cargo nextest") and not ok for name, ok in steps) and counts.failed == 0:
+        failed += 1  # nextest failed without a test failing (build error, no tests run, ...)
+    print(f"summary: {passed} passed, {failed} failed", flush=True)
+    return 1 if failed_steps else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/dev", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="serve the API locally with a demo user")
+    p.add_argument("--port", type=int, default=3000, help="port of the API (default 3000)")
+    p.add_argument("--concurrency", type=int, default=1, help="processes per function (default 1)")
+    p = sub.add_parser("test", help="run the tests against a local stack on free ports, then the template checks")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="processes per function, so that concurrent requests really race (default 2)")
+    p.add_argument("--watch-timeout", type=float, default=1800,
+                   help="seconds to wait for a function's first answer, which may compile it (default 1800)")
+    p.add_argument("--no-fuzz", action="store_true", help="skip the schemathesis step")
+    p.add_argument("--fuzz-seed", type=int, default=20261127, help="schemathesis seed (default 20261127)")
+    p.add_argument("--fuzz-examples", type=int, default=50,
+                   help="schemathesis examples per operation in the fuzzing and stateful phases (default 50)")
+    p.add_argument("--fuzz-timeout", type=float, default=420,
+                   help="seconds before the schemathesis step is stopped and failed (default 420)")
+    p.add_argument("nextest_args", nargs=argparse.REMAINDER, help="arguments for cargo nextest run")
+    sub.add_parser("routes", help="print the routes of template.yaml as JSON")
+    sub.add_parser("openapi-routes", help="print the operations of openapi.yaml as JSON")
+    p = sub.add_parser("check-policies",
+                       help="fail when a function's policies are narrower or wider than what it did in the tests")
+    p.add_argument("--observed-dir", default=None,
+                   help=f"the tests' observations (default: the latest run's, in {OBSERVED_DIR.relative_to(ROOT)}/<pid>)")
+    sub.add_parser("gen-router", help="write Cargo.toml's cargo lambda watch router from template.yaml")
+    sub.add_parser("gen-sam-local-env", help="write scripts/sam-local-env.json from template.yaml")
+    sub.add_parser("check-router", help="fail when Cargo.toml's router differs from template.yaml")
+    sub.add_parser("build", help="sam build for arm64: one bootstrap per function in .aws-sam/build")
+    p = sub.add_parser("env", help="print the local environment of the functions as shell exports")
+    p.add_argument("--dynamodb-port", type=int, default=8000)
+    p.add_argument("--moto-port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    if getattr(args, "nextest_args", None) and args.nextest_args[0] == "--":
+        args.nextest_args = args.nextest_args[1:]
+
+    simple = {"routes": cmd_routes, "gen-router": cmd_gen_router, "check-router": cmd_check_router, "env": cmd_env,
+              "openapi-routes": cmd_openapi_routes, "check-policies": cmd_check_policies,
+              "gen-sam-local-env": cmd_gen_sam_local_env}
+    if args.command in simple:
+        try:
+            return simple[args.command](args)
+        except StackError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    commands = {"run": cmd_run, "test": cmd_test, "build": cmd_build}
+    return supervised("stack", lambda sup: commands[args.command](args, sup))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,63 @@
+"""checkov, the template's security scanner, on template.yaml as it is and with
+EdgeProtection on."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from .common import LOCAL_DIR, ROOT, TEMPLATE, StackError, process_env
+from .supervisor import Supervisor
+
+# checkov (the template's security scanner) lives in an environment of its own: its exact
+# boto3 pin and aws-sam-cli's cannot share one (scripts/checkov-requirements.txt says more).
+CHECKOV_REQUIREMENTS = ROOT / "scripts" / "checkov-requirements.txt"
+CHECKOV_VENV = LOCAL_DIR / "checkov-venv"
+
+
+def ensure_checkov(sup: Supervisor) -> Path:
+    """checkov from .local/checkov-venv, (re)installed when scripts/checkov-requirements.txt
+    changed (a stamp holds the hash of what was installed, as scripts/dev does for .venv)."""
+    import hashlib
+
+    digest = hashlib.sha256(CHECKOV_REQUIREMENTS.read_bytes()).hexdigest()
+    stamp = CHECKOV_VENV / ".requirements.sha256"
+    checkov = CHECKOV_VENV / "bin" / "checkov"
+    if checkov.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return checkov
+    print(f"stack: installing checkov into {CHECKOV_VENV.relative_to(ROOT)} ({CHECKOV_REQUIREMENTS.name})", flush=True)
+    python = CHECKOV_VENV / "bin" / "python"
+    if not python.exists() and sup.run("venv", [sys.executable, "-m", "venv", str(CHECKOV_VENV)]) != 0:
+        raise StackError(f"could not create {CHECKOV_VENV}")
+    if sup.run("pip install checkov", [str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                                       "--no-input", "-q", "-r", str(CHECKOV_REQUIREMENTS)]) != 0:
+        raise StackError(f"could not install {CHECKOV_REQUIREMENTS.name} into {CHECKOV_VENV}")
+    stamp.write_text(digest + "\n")
+    return checkov
+
+
+def edge_variant(template_text: str) -> str:
+    """template.yaml with EdgeProtection defaulting to "true": checkov evaluates conditions
+    with the parameters' defaults, so the edge resources are scanned only in this copy."""
+    text, n = re.subn(r'(\n  EdgeProtection:\n(?:    .*\n)*?    Default: )"false"', r'\1"true"', template_text)
+    if n != 1:
+        raise StackError('template.yaml: no EdgeProtection parameter with Default: "false"')
+    return text
+
+
+def run_checkov(sup: Supervisor) -> bool:
+    """checkov on template.yaml as it is and with EdgeProtection on; every failed check fails
+    (a check that does not apply is skipped in the template, beside the resource, with its
+    reason). Offline: --skip-download keeps it from asking Prisma Cloud for its mappings."""
+    try:
+        checkov = ensure_checkov(sup)
+    except StackError as e:
+        print(f"  {e}", file=sys.stderr)
+        return False
+    edge = LOCAL_DIR / "checkov" / "template-edge-protection.yaml"
+    edge.parent.mkdir(parents=True, exist_ok=True)
+    edge.write_text(edge_variant(TEMPLATE.read_text()))
+    return sup.run("checkov", [str(checkov), "--framework", "cloudformation", "--compact", "--quiet",
+                               "--skip-download", "-f", str(TEMPLATE), "-f", str(edge)],
+                   env=process_env({})) == 0
