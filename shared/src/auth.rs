@@ -1,27 +1,30 @@
 //! Personal-API-key authentication, scopes, and whose account a path may name.
 use crate::error::ApiError;
-use crate::routes::{Matched, Target};
-use crate::store::api_keys::ApiKeyRecord;
+pub use crate::routes::Scope;
+use crate::routes::{Matched, Target, NON_STAFF};
 use crate::store::Store;
 use lambda_http::Request;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    UserRead,
-    UserWrite,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::UserRead => "user:read",
-            Scope::UserWrite => "user:write",
-        }
-    }
+/// One key. It carries its user's staff and active flags so that authentication is a
+/// single read; the operator tool keeps them in step when a user is deactivated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub secure_value: String,
+    pub user_uuid: String,
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub label: String,
+    pub mask: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub last_used_at: Option<String>,
+    pub user_is_staff: bool,
+    pub user_is_active: bool,
 }
 
 /// The base57 alphabet of PostHog keys: base62 without `0 1 O I l`.
@@ -149,7 +152,7 @@ pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiErr
         return Err(ApiError::AuthenticationFailed);
     }
     let uuid = Uuid::parse_str(&record.user_uuid).map_err(|_| ApiError::AuthenticationFailed)?;
-    let due = key_use_due(record.last_used_at.as_deref(), crate::store::now_secs());
+    let due = key_use_due(record.last_used_at.as_deref(), crate::clock::now_secs());
     Ok(Caller {
         uuid,
         is_staff: record.user_is_staff,
@@ -157,11 +160,6 @@ pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiErr
         key_to_note: due.then_some(hash),
     })
 }
-
-/// The refusal of another user's uuid (API.md §2), for staff too where the contract gives
-/// staff no access to another user.
-pub const NON_STAFF: &str =
-    "As a non-staff user you're only allowed to access the `@me` user instance.";
 
 /// Whose account the request acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -465,9 +465,9 @@ impl Context {
         if keys.is_empty() {
             return;
         }
-        let micros = crate::store::now_micros();
-        let now = crate::store::iso_at_micros(micros);
-        let since = crate::store::iso_at_micros(
+        let micros = crate::clock::now_micros();
+        let now = crate::clock::iso_at_micros(micros);
+        let since = crate::clock::iso_at_micros(
             micros.saturating_sub(auth::KEY_USE_NOTED_EVERY_SECS * 1_000_000),
         );
         for key in keys {

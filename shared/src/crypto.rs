@@ -172,7 +172,7 @@ pub fn secret_with_new_active_key(secret: &str) -> Result<(String, String), ApiE
     Keyring::from_secret(secret)?;
     let mut object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(secret).map_err(|e| ApiError::serialisation("key secret", &e))?;
-    let mut id = format!("k{}", crate::store::now_secs());
+    let mut id = format!("k{}", crate::clock::now_secs());
     while object.contains_key(&id) {
         id.push('x');
     }

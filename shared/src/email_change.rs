@@ -5,10 +5,47 @@
 use crate::crypto::Keyring;
 use crate::email::Mailer;
 use crate::error::ApiError;
-use crate::store::email_changes::EmailChangeRecord;
-use crate::store::limits::MailLog;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+
+/// Requests live this long.
+pub const EMAIL_CHANGE_TTL_SECS: u64 = 24 * 3600;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EmailChangeRecord {
+    pub user_uuid: String,
+    pub new_email: String,
+    /// HMAC-SHA256 (hex) of the user, request id and code under the MAC key
+    /// `code_key_id`; the code itself is never stored.
+    pub code_hash: String,
+    /// The key of the encryption secret the hash was made with.
+    #[serde(default)]
+    pub code_key_id: String,
+    pub request_id: String,
+    pub requested_at: String,
+    /// Epoch seconds; also the table's TTL attribute. DynamoDB deletes lazily, so reads check it.
+    pub expires_at: u64,
+    /// Wrong codes tried against this request; at
+    /// [`crate::email_change::MAX_WRONG_CODES_PER_REQUEST`] it is removed.
+    #[serde(default)]
+    pub wrong_codes: u32,
+}
+
+/// Email-change mails sent to a user's new addresses in the last hour (epoch ms), and the
+/// version the next write is conditioned on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailLog {
+    pub sent_ms: Vec<u64>,
+    pub(crate) version: u64,
+}
+
+impl EmailChangeRecord {
+    /// The request if it has not expired.
+    pub fn open(self) -> Option<Self> {
+        (self.expires_at > crate::clock::now_secs()).then_some(self)
+    }
+}
 
 /// Wrong codes after which a request is void: a new code must be requested.
 pub const MAX_WRONG_CODES_PER_REQUEST: u32 = 5;
@@ -68,8 +105,8 @@ pub fn new_request(
         code_hash,
         code_key_id: key_id,
         request_id,
-        requested_at: crate::store::iso_now(),
-        expires_at: crate::store::now_secs() + ttl_secs,
+        requested_at: crate::clock::iso_now(),
+        expires_at: crate::clock::now_secs() + ttl_secs,
         wrong_codes: 0,
     };
     Ok((record, code))

@@ -1,8 +1,10 @@
 //! Field validation with PostHog's (DRF's) codes and messages. Each reader reports the
 //! first problem of its field as a 400 naming the field in `attr`.
 use crate::error::ApiError;
-use crate::http::Fields;
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// A request body decoded into its fields (JSON object or form fields).
+pub type Fields = Map<String, Value>;
 
 /// How a text field is read, as DRF's `CharField` does.
 #[derive(Debug, Clone, Copy)]

@@ -1,16 +1,14 @@
 //! Request parsing and response building shared by every handler.
 use crate::error::ApiError;
+use crate::fields::{python_type, Fields};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::future::Future;
 use std::time::Instant;
 
 /// Bodies above this are refused with 413 before any parsing.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// A request body decoded into its fields (JSON object or form fields).
-pub type Fields = Map<String, Value>;
 
 pub fn body_bytes(req: &Request) -> &[u8] {
     match req.body() {
@@ -80,7 +78,7 @@ pub fn parse_fields(req: &Request) -> Result<Fields, ApiError> {
             other => Err(ApiError::invalid_input(
                 format!(
                     "Invalid data. Expected a dictionary, but got {}.",
-                    crate::fields::python_type(&other)
+                    python_type(&other)
                 ),
                 None,
             )),

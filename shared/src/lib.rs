@@ -1,6 +1,7 @@
 //! The domain crate every function uses: configuration, routing, authentication, errors,
 //! the DynamoDB store, encryption, TOTP and email.
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod crypto;
@@ -9,6 +10,7 @@ pub mod email_change;
 pub mod error;
 pub mod fields;
 pub mod http;
+pub mod push_tokens;
 pub mod routes;
 pub mod runtime;
 pub mod store;

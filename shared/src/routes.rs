@@ -1,8 +1,23 @@
 //! The route table: the one list of every route, the function that serves it, the scope it
 //! needs and whose account it may act on. The fallback function, the handlers, the tests
 //! and the checks of `template.yaml` and the local router all read it.
-use crate::auth::Scope;
 use crate::error::ApiError;
+
+/// What a credential must allow for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    UserRead,
+    UserWrite,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::UserRead => "user:read",
+            Scope::UserWrite => "user:write",
+        }
+    }
+}
 
 /// Which account a `{uuid}` path segment may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +42,11 @@ pub struct Route {
     pub scope: Scope,
     pub target: Target,
 }
+
+/// The refusal of another user's uuid (API.md §2), for staff too where the contract gives
+/// staff no access to another user.
+pub const NON_STAFF: &str =
+    "As a non-staff user you're only allowed to access the `@me` user instance.";
 
 const PUSH_TOKENS_ONLY_ME: &str = "Push tokens can only be managed via the `@me` path.";
 const TWO_FACTOR_SETUP_ONLY_ME: &str =
@@ -150,7 +170,7 @@ pub const ROUTES: &[Route] = &[
         "/api/users/{uuid}",
         "update-user",
         UserWrite,
-        Target::CallerOnly(crate::auth::NON_STAFF)
+        Target::CallerOnly(NON_STAFF)
     ),
 ];
 

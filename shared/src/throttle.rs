@@ -4,7 +4,6 @@
 //! to 15 minutes. Only a success of the same kind of check resets it; no other route touches
 //! it (disabling 2FA, a new email-change request, a success of another kind: none do).
 use crate::error::ApiError;
-use crate::store::limits::FailureCharge;
 use serde::{Deserialize, Serialize};
 
 pub const FREE_FAILURES: u32 = 5;
@@ -73,6 +72,19 @@ pub fn after_failure(state: &FailureState, now_ms: u64) -> FailureState {
     }
 }
 
+/// A failure to charge: the state it was read as (the charge is a compare-and-set on it),
+/// and what else must change in the same write (an email-change request's own count).
+pub struct FailureCharge {
+    pub seen: FailureState,
+    pub(crate) also: Option<crate::store::PendingWrite>,
+}
+
+impl FailureCharge {
+    pub fn of(seen: FailureState) -> Box<Self> {
+        Box::new(FailureCharge { seen, also: None })
+    }
+}
+
 /// What one try at a limited code check came to.
 pub enum Attempt<T> {
     /// The code was wrong: charge a failure against the state as read (with whatever else
@@ -108,7 +120,7 @@ where
             Attempt::Done(value) => return Ok(value),
             Attempt::Conflict => continue,
             Attempt::Failed(charge, error) => {
-                let next = after_failure(&charge.seen, crate::store::now_millis());
+                let next = after_failure(&charge.seen, crate::clock::now_millis());
                 if store.charge_failure(uuid, check, &next, *charge).await? {
                     return Err(error);
                 }

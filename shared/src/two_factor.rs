@@ -1,12 +1,96 @@
 //! Two-factor authentication: TOTP devices, backup codes and the emails about them.
 use crate::crypto::Keyring;
 use crate::error::ApiError;
-use crate::store::two_factor::{
-    BackupCodes, PendingSetup, TotpDevice, BACKUP_CODES, PENDING, TOTP,
-};
+use crate::throttle::FailureState;
 use crate::totp::TotpSecret;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+
+/// Everything 2FA knows about a user, read in one BatchGetItem.
+#[derive(Debug, Default)]
+pub struct TwoFactorState {
+    pub user: Option<crate::users::UserRecord>,
+    pub device: Option<TotpDevice>,
+    pub pending: Option<PendingSetup>,
+    pub backup_codes: Option<BackupCodes>,
+    /// The failure state of the check the state was read for (default when none was named).
+    pub failures: FailureState,
+}
+
+impl TwoFactorState {
+    /// The user, if it exists and is active; else the 404 a staff caller gets for a bad uuid.
+    pub fn active_user(&self) -> Result<&crate::users::UserRecord, ApiError> {
+        self.user
+            .as_ref()
+            .filter(|u| u.is_active)
+            .ok_or(ApiError::NotFound)
+    }
+}
+
+/// A setup that was started but not yet confirmed with a code; it expires.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingSetup {
+    pub user_uuid: String,
+    pub kind: String,
+    /// The secret, encrypted with the user and `pending` as associated data.
+    #[serde(with = "serde_bytes")]
+    pub secret_enc: Vec<u8>,
+    pub created_at: String,
+    /// Epoch seconds; also the table's TTL attribute. Checked on read: DynamoDB deletes lazily.
+    pub expires_at: u64,
+}
+
+impl PendingSetup {
+    pub fn open(self) -> Option<Self> {
+        (self.expires_at > crate::clock::now_secs()).then_some(self)
+    }
+}
+
+/// A confirmed TOTP device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TotpDevice {
+    pub user_uuid: String,
+    pub kind: String,
+    /// The secret, encrypted with the user and `totp` as associated data.
+    #[serde(with = "serde_bytes")]
+    pub secret_enc: Vec<u8>,
+    /// The last time step accepted: no code of this step or an earlier one is accepted again.
+    pub last_step: u64,
+    /// Steps between the client's clock and ours at the last accepted code (-1, 0 or 1).
+    #[serde(default)]
+    pub drift: i64,
+    pub confirmed_at: String,
+}
+
+/// The unused backup codes, one encrypted list, replaced as a whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupCodes {
+    pub user_uuid: String,
+    pub kind: String,
+    /// JSON list of codes, encrypted with the user and `backup_codes` as associated data.
+    #[serde(with = "serde_bytes")]
+    pub codes_enc: Vec<u8>,
+    /// Changes with every write, so a use of a code is a compare-and-set.
+    pub version: String,
+    pub created_at: String,
+}
+
+/// How the use of a TOTP step ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StepUse {
+    Done,
+    /// The step (or a later one) was already used: the code is a replay.
+    Replayed,
+    /// The failure state changed meanwhile: read again and retry.
+    Conflict,
+}
+
+/// The kinds of a user's 2FA items; each is also the associated data its secret is sealed
+/// with, so one kind's ciphertext cannot be passed off as another's.
+pub const TOTP: &str = "totp";
+pub const PENDING: &str = "pending";
+pub const BACKUP_CODES: &str = "backup_codes";
 
 pub const SETUP_TTL_SECS: u64 = 10 * 60;
 pub const BACKUP_CODE_COUNT: usize = 10;
@@ -38,8 +122,8 @@ pub fn new_pending_setup(
         user_uuid: user_uuid.to_string(),
         kind: PENDING.to_string(),
         secret_enc: keyring.encrypt(user_uuid, PENDING, secret.as_bytes())?,
-        created_at: crate::store::iso_now(),
-        expires_at: crate::store::now_secs() + SETUP_TTL_SECS,
+        created_at: crate::clock::iso_now(),
+        expires_at: crate::clock::now_secs() + SETUP_TTL_SECS,
     })
 }
 
@@ -62,7 +146,7 @@ pub fn new_device(
         secret_enc: keyring.encrypt(user_uuid, TOTP, secret.as_bytes())?,
         last_step: step,
         drift: step as i64 - crate::totp::step_at(now) as i64,
-        confirmed_at: crate::store::iso_now(),
+        confirmed_at: crate::clock::iso_now(),
     })
 }
 
@@ -96,7 +180,7 @@ pub fn seal_backup_codes(
         kind: BACKUP_CODES.to_string(),
         codes_enc: keyring.encrypt(user_uuid, BACKUP_CODES, &plain)?,
         version: uuid::Uuid::new_v4().to_string(),
-        created_at: crate::store::iso_now(),
+        created_at: crate::clock::iso_now(),
     })
 }
 

@@ -77,7 +77,7 @@ impl UserRecord {
             last_name: last_name.to_string(),
             email: email.to_string(),
             is_email_verified: None,
-            date_joined: crate::store::iso_now(),
+            date_joined: crate::clock::iso_now(),
             is_staff,
             is_active: true,
             notification_settings: default_notification_settings(),

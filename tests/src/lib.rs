@@ -3,9 +3,9 @@
 //! Each scenario runs twice: in process, straight into the handlers, and over HTTP through
 //! `cargo lambda watch` with the template's routes.
 use serde_json::Value;
+use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
 use shared::lambda_http::{Body, Request};
-use shared::store::api_keys::ApiKeyRecord;
 use shared::users::UserRecord;
 use shared::Context;
 use std::sync::Arc;
@@ -319,7 +319,7 @@ pub async fn create_key(ctx: &Context, user: &UserRecord, scopes: &[&str]) -> St
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         label: "test".into(),
         mask,
-        created_at: shared::store::iso_now(),
+        created_at: shared::clock::iso_now(),
         last_used_at: None,
         user_is_staff: user.is_staff,
         user_is_active: true,
@@ -708,7 +708,7 @@ pub fn binaries_dir() -> std::path::PathBuf {
 /// codes a test computes stay in the step they were computed for. Returns the time then.
 pub async fn step_margin() -> u64 {
     loop {
-        let now = shared::store::now_secs();
+        let now = shared::clock::now_secs();
         if now % 30 <= 25 {
             return now;
         }

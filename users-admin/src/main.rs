@@ -3,8 +3,8 @@
 //! between AWS and the local emulators; the table variables are the functions' own.
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
-use shared::store::api_keys::ApiKeyRecord;
 use shared::store::Store;
 use shared::users::UserRecord;
 use shared::ApiError;
@@ -187,7 +187,7 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 scopes: scopes.clone(),
                 label,
                 mask: mask.clone(),
-                created_at: shared::store::iso_now(),
+                created_at: shared::clock::iso_now(),
                 last_used_at: None,
                 user_is_staff: owner.is_staff,
                 user_is_active: true,

@@ -1,7 +1,7 @@
 //! `POST /api/users/{uuid}/scene_personalisation/`: choose the dashboard a scene opens.
 use serde_json::Value;
+use shared::fields::Fields;
 use shared::fields::{self, Text};
-use shared::http::Fields;
 use shared::lambda_http::{Body, Request, Response};
 use shared::{http, ApiError, Context};
 

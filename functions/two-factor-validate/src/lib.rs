@@ -1,10 +1,10 @@
 //! `POST /api/users/{uuid}/two_factor_validate/` (and its alias `validate_2fa/`): confirm a
 //! TOTP setup with a code from the authenticator app.
 use serde_json::json;
+use shared::clock::now_millis;
 use shared::lambda_http::{Body, Request, Response};
-use shared::store::email_changes::Commit;
-use shared::store::limits::FailureCharge;
-use shared::store::now_millis;
+use shared::store::Commit;
+use shared::throttle::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::two_factor::{token_invalid, Notice};
 use shared::{fields, http, ApiError, Context};

@@ -1,11 +1,11 @@
 //! `POST /api/users/{uuid}/two_factor_verify/`: the sign-in check, with a TOTP code or a
 //! backup code.
 use serde_json::{json, Value};
+use shared::clock::now_millis;
 use shared::lambda_http::{Body, Request, Response};
-use shared::store::limits::FailureCharge;
-use shared::store::now_millis;
-use shared::store::two_factor::StepUse;
+use shared::throttle::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
+use shared::two_factor::StepUse;
 use shared::two_factor::{token_invalid, Notice};
 use shared::{fields, http, totp, ApiError, Context};
 

@@ -1,10 +1,10 @@
 //! `PATCH /api/users/{uuid}/`: update the profile fields a user may change, and request an
 //! email change (verified by a code sent to the new address).
 use serde_json::{Map, Value};
+use shared::email_change::EMAIL_CHANGE_TTL_SECS;
+use shared::fields::Fields;
 use shared::fields::{self, Text};
-use shared::http::Fields;
 use shared::lambda_http::{Body, Request, Response};
-use shared::store::email_changes::EMAIL_CHANGE_TTL_SECS;
 use shared::store::users::{email_taken, EmailUpdate};
 use shared::users::{email_key, UserRecord};
 use shared::{email_change, http, ApiError, Context};
@@ -72,7 +72,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let email_update = match (&new_email, mail_log, keyring) {
         (None, ..) => EmailUpdate::Unchanged,
         (Some(new), Some(mail_log), Some(keyring)) => {
-            sent_ms = email_change::one_more_mail(&mail_log, shared::store::now_millis())?;
+            sent_ms = email_change::one_more_mail(&mail_log, shared::clock::now_millis())?;
             let (record, code) =
                 email_change::new_request(&keyring, &uuid, new, EMAIL_CHANGE_TTL_SECS)?;
             code_to_send = Some(code);

@@ -2,9 +2,9 @@
 use serde_json::json;
 use shared::fields::{self, Text};
 use shared::lambda_http::{Body, Request, Response};
-use shared::routes::Target;
-use shared::store::email_changes::Commit;
-use shared::store::limits::FailureCharge;
+use shared::routes::{self, Target};
+use shared::store::Commit;
+use shared::throttle::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::{auth, email_change, http, ApiError, Context};
 
@@ -32,14 +32,14 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let target = auth::target_of(
         &call.caller,
         Some(&uuid_field),
-        Target::CallerOnly(auth::NON_STAFF),
+        Target::CallerOnly(routes::NON_STAFF),
     )?;
     let uuid = target.uuid.to_string();
     let (store, uuid, code) = (&ctx.store, uuid.as_str(), code.as_deref());
     throttle::limited(store, uuid, CodeCheck::EmailChange, move || async move {
         let (user, request, failures) = store.email_change_state(uuid).await?;
         let user = user.filter(|u| u.is_active).ok_or(ApiError::NotFound)?;
-        throttle::check(&failures, shared::store::now_millis())?;
+        throttle::check(&failures, shared::clock::now_millis())?;
         let Some(request) = request else {
             return Ok(Attempt::Failed(FailureCharge::of(failures), wrong_code()));
         };

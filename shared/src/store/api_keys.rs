@@ -1,26 +1,8 @@
 //! Personal API keys, stored only as their `sha256$` hash.
 use super::{from_item, s, sdk, to_item, Store};
-use crate::auth::ApiKeyHash;
+use crate::auth::{ApiKeyHash, ApiKeyRecord};
 use crate::error::ApiError;
 use aws_sdk_dynamodb::types::AttributeValue;
-use serde::{Deserialize, Serialize};
-
-/// One key. It carries its user's staff and active flags so that authentication is a
-/// single read; the operator tool keeps them in step when a user is deactivated.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiKeyRecord {
-    pub secure_value: String,
-    pub user_uuid: String,
-    pub scopes: Vec<String>,
-    #[serde(default)]
-    pub label: String,
-    pub mask: String,
-    pub created_at: String,
-    #[serde(default)]
-    pub last_used_at: Option<String>,
-    pub user_is_staff: bool,
-    pub user_is_active: bool,
-}
 
 /// A key's update when its user is deactivated, and its condition (the key still exists).
 const KEY_INACTIVE: &str = "SET user_is_active = :no";

@@ -1,48 +1,10 @@
 //! Open email-change requests: the new address and a hash of its verification code.
-use super::{from_item, n, s, sdk, Store, Tx};
+use super::{from_item, n, s, sdk, Commit, Store, Tx};
+use crate::email_change::EmailChangeRecord;
 use crate::error::ApiError;
 use crate::throttle::{CodeCheck, FailureState};
 use crate::users::UserRecord;
 use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
-use serde::{Deserialize, Serialize};
-
-/// Requests live this long.
-pub const EMAIL_CHANGE_TTL_SECS: u64 = 24 * 3600;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EmailChangeRecord {
-    pub user_uuid: String,
-    pub new_email: String,
-    /// HMAC-SHA256 (hex) of the user, request id and code under the MAC key
-    /// `code_key_id`; the code itself is never stored.
-    pub code_hash: String,
-    /// The key of the encryption secret the hash was made with.
-    #[serde(default)]
-    pub code_key_id: String,
-    pub request_id: String,
-    pub requested_at: String,
-    /// Epoch seconds; also the table's TTL attribute. DynamoDB deletes lazily, so reads check it.
-    pub expires_at: u64,
-    /// Wrong codes tried against this request; at
-    /// [`crate::email_change::MAX_WRONG_CODES_PER_REQUEST`] it is removed.
-    #[serde(default)]
-    pub wrong_codes: u32,
-}
-
-impl EmailChangeRecord {
-    /// The request if it has not expired.
-    pub fn open(self) -> Option<Self> {
-        (self.expires_at > super::now_secs()).then_some(self)
-    }
-}
-
-/// What became of a commit that raced with another request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Commit {
-    Done,
-    /// A condition saw state that changed since it was read: read again and retry.
-    Conflict,
-}
 
 impl Store {
     /// Deletes the request and returns it, if one was open.
@@ -74,10 +36,10 @@ impl Store {
         &self,
         seen: FailureState,
         request: &EmailChangeRecord,
-    ) -> Result<Box<super::limits::FailureCharge>, ApiError> {
-        Ok(Box::new(super::limits::FailureCharge {
+    ) -> Result<Box<crate::throttle::FailureCharge>, ApiError> {
+        Ok(Box::new(crate::throttle::FailureCharge {
             seen,
-            also: Some(self.count_wrong_code(request)?),
+            also: Some(super::PendingWrite(self.count_wrong_code(request)?)),
         }))
     }
 

@@ -2,8 +2,9 @@
 //! of email-change mails sent. Nothing but the check itself (or the mail it counts) writes
 //! an item here, so no other route can reset a limit.
 use super::{n, s, Item, Store};
+use crate::email_change::MailLog;
 use crate::error::ApiError;
-use crate::throttle::{CodeCheck, FailureState};
+use crate::throttle::{CodeCheck, FailureCharge, FailureState};
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use std::collections::HashMap;
 
@@ -23,19 +24,6 @@ fn key(uuid: &str, kind: &str) -> Item {
 /// The key of a user's failure state for one kind of check (for a BatchGetItem).
 pub fn failures_key(uuid: &str, check: CodeCheck) -> Item {
     key(uuid, check.name())
-}
-
-/// A failure to charge: the state it was read as (the charge is a compare-and-set on it),
-/// and what else must change in the same write (an email-change request's own count).
-pub struct FailureCharge {
-    pub seen: FailureState,
-    pub(crate) also: Option<TransactWriteItem>,
-}
-
-impl FailureCharge {
-    pub fn of(seen: FailureState) -> Box<Self> {
-        Box::new(FailureCharge { seen, also: None })
-    }
 }
 
 impl FailureState {
@@ -71,28 +59,18 @@ fn failures_unchanged(
     }
 }
 
-/// Email-change mails sent to a user's new addresses in the last hour (epoch ms), and the
-/// version the next write is conditioned on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MailLog {
-    pub sent_ms: Vec<u64>,
-    version: u64,
-}
-
-impl MailLog {
-    /// The log as read (none read is an empty log).
-    pub(crate) fn from_item(item: Option<Item>) -> Self {
-        let Some(item) = item else {
-            return MailLog::default();
-        };
-        let number = |v: &AttributeValue| v.as_n().ok().and_then(|n| n.parse::<u64>().ok());
-        let sent_ms = match item.get("sent_ms") {
-            Some(AttributeValue::L(list)) => list.iter().filter_map(number).collect(),
-            _ => Vec::new(),
-        };
-        let version = item.get("version").and_then(number).unwrap_or(0);
-        MailLog { sent_ms, version }
-    }
+/// The mail log as read (none read is an empty log).
+pub(crate) fn mail_log_from_item(item: Option<Item>) -> MailLog {
+    let Some(item) = item else {
+        return MailLog::default();
+    };
+    let number = |v: &AttributeValue| v.as_n().ok().and_then(|n| n.parse::<u64>().ok());
+    let sent_ms = match item.get("sent_ms") {
+        Some(AttributeValue::L(list)) => list.iter().filter_map(number).collect(),
+        _ => Vec::new(),
+    };
+    let version = item.get("version").and_then(number).unwrap_or(0);
+    MailLog { sent_ms, version }
 }
 
 impl Store {
@@ -113,14 +91,17 @@ impl Store {
             .item("kind", s(check.name()))
             .item("count", n(next.count))
             .item("locked_until_ms", n(next.locked_until_ms))
-            .item("expires_at", n(super::now_secs() + FAILURES_KEPT_SECS))
+            .item(
+                "expires_at",
+                n(crate::clock::now_secs() + FAILURES_KEPT_SECS),
+            )
             .condition_expression(expression)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
             .build()
             .map_err(|e| super::builder_failed("limits.charge", e))?;
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        items.extend(charge.also);
+        items.extend(charge.also.map(|write| write.0));
         Ok(self.transact("limits.charge", items).await?.is_done())
     }
 
@@ -191,8 +172,11 @@ impl Store {
             )
             // A fresh version each write (not a counter: once the TTL removes the item, a
             // counter would start again at a value a stale reader may have seen).
-            .item("version", n(super::now_micros().max(seen.version + 1)))
-            .item("expires_at", n(super::now_secs() + keep_secs));
+            .item(
+                "version",
+                n(crate::clock::now_micros().max(seen.version + 1)),
+            )
+            .item("expires_at", n(crate::clock::now_secs() + keep_secs));
         put = if seen.version == 0 {
             put.condition_expression("attribute_not_exists(kind)")
         } else {

@@ -1,36 +1,12 @@
 //! Push tokens of mobile and web clients, at most 20 per user.
 use super::{from_item, is_condition_failed, n, s, sdk, to_item, Store};
-use crate::auth::hex;
 use crate::error::ApiError;
+use crate::push_tokens::{token_hash, PushTokenRecord, MAX_TOKENS_PER_USER};
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-/// A user keeps at most this many tokens; registering one more evicts the least recently seen.
-pub const MAX_TOKENS_PER_USER: usize = 20;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PushTokenRecord {
-    pub user_uuid: String,
-    /// Sort key: hex SHA-256 of the token, so a 512-character token of any script fits
-    /// DynamoDB's 1 KiB sort-key limit.
-    pub token_hash: String,
-    pub token: String,
-    pub platform: String,
-    pub id: String,
-    pub created_at: String,
-    pub last_seen_at: String,
-    /// µs since the epoch, to find the least recently seen token.
-    pub last_seen_micros: u64,
-}
 
 /// Sort key of the item holding the version of a user's token set; no token hash (64 hex
 /// digits) can equal it, and it sorts before all of them.
 const VERSION_KEY: &str = "#version";
-
-pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
 
 impl Store {
     /// Deletes the user's row for exactly this token, if there is one.
@@ -112,8 +88,8 @@ impl Store {
                 .await;
             }
             let (tokens, version) = self.push_token_set(uuid).await?;
-            let now = super::iso_now();
-            let now_micros = super::now_micros();
+            let now = crate::clock::iso_now();
+            let now_micros = crate::clock::now_micros();
             if let Some(existing) = tokens.iter().find(|t| t.token_hash == hash) {
                 let result = self
                     .db

@@ -4,40 +4,17 @@
 use super::{from_item, n, s, sdk, Item, Store, Tx};
 use crate::error::ApiError;
 use crate::throttle::{CodeCheck, FailureState};
+use crate::two_factor::{
+    BackupCodes, PendingSetup, StepUse, TotpDevice, TwoFactorState, BACKUP_CODES, PENDING, TOTP,
+};
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-
-pub const TOTP: &str = "totp";
-pub const PENDING: &str = "pending";
-pub const BACKUP_CODES: &str = "backup_codes";
 
 pub fn key(uuid: &str, kind: &str) -> Item {
     HashMap::from([
         ("user_uuid".to_string(), s(uuid)),
         ("kind".to_string(), s(kind)),
     ])
-}
-
-/// Everything 2FA knows about a user, read in one BatchGetItem.
-#[derive(Debug, Default)]
-pub struct TwoFactorState {
-    pub user: Option<crate::users::UserRecord>,
-    pub device: Option<TotpDevice>,
-    pub pending: Option<PendingSetup>,
-    pub backup_codes: Option<BackupCodes>,
-    /// The failure state of the check the state was read for (default when none was named).
-    pub failures: FailureState,
-}
-
-impl TwoFactorState {
-    /// The user, if it exists and is active; else the 404 a staff caller gets for a bad uuid.
-    pub fn active_user(&self) -> Result<&crate::users::UserRecord, ApiError> {
-        self.user
-            .as_ref()
-            .filter(|u| u.is_active)
-            .ok_or(ApiError::NotFound)
-    }
 }
 
 impl Store {
@@ -113,64 +90,6 @@ impl Store {
     }
 }
 
-/// A setup that was started but not yet confirmed with a code; it expires.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PendingSetup {
-    pub user_uuid: String,
-    pub kind: String,
-    /// The secret, encrypted with the user and `pending` as associated data.
-    #[serde(with = "serde_bytes")]
-    pub secret_enc: Vec<u8>,
-    pub created_at: String,
-    /// Epoch seconds; also the table's TTL attribute. Checked on read: DynamoDB deletes lazily.
-    pub expires_at: u64,
-}
-
-impl PendingSetup {
-    pub fn open(self) -> Option<Self> {
-        (self.expires_at > super::now_secs()).then_some(self)
-    }
-}
-
-/// A confirmed TOTP device.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TotpDevice {
-    pub user_uuid: String,
-    pub kind: String,
-    /// The secret, encrypted with the user and `totp` as associated data.
-    #[serde(with = "serde_bytes")]
-    pub secret_enc: Vec<u8>,
-    /// The last time step accepted: no code of this step or an earlier one is accepted again.
-    pub last_step: u64,
-    /// Steps between the client's clock and ours at the last accepted code (-1, 0 or 1).
-    #[serde(default)]
-    pub drift: i64,
-    pub confirmed_at: String,
-}
-
-/// The unused backup codes, one encrypted list, replaced as a whole.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BackupCodes {
-    pub user_uuid: String,
-    pub kind: String,
-    /// JSON list of codes, encrypted with the user and `backup_codes` as associated data.
-    #[serde(with = "serde_bytes")]
-    pub codes_enc: Vec<u8>,
-    /// Changes with every write, so a use of a code is a compare-and-set.
-    pub version: String,
-    pub created_at: String,
-}
-
-/// How the use of a TOTP step ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StepUse {
-    Done,
-    /// The step (or a later one) was already used: the code is a replay.
-    Replayed,
-    /// The failure state changed meanwhile: read again and retry.
-    Conflict,
-}
-
 impl Store {
     /// Starts (or restarts) a setup, replacing any pending one.
     pub async fn put_pending_setup(&self, pending: &PendingSetup) -> Result<(), ApiError> {
@@ -192,7 +111,7 @@ impl Store {
         device: &TotpDevice,
         pending: &PendingSetup,
         failures: &FailureState,
-    ) -> Result<super::email_changes::Commit, ApiError> {
+    ) -> Result<super::Commit, ApiError> {
         use aws_sdk_dynamodb::types::Put;
         let put = Put::builder()
             .table_name(&self.tables.two_factor)
@@ -215,8 +134,8 @@ impl Store {
             self.reset_failures(&device.user_uuid, CodeCheck::TotpSetup, failures)?,
         ];
         Ok(match self.transact("two_factor.confirm", items).await? {
-            Tx::Done => super::email_changes::Commit::Done,
-            Tx::Refused(_) => super::email_changes::Commit::Conflict,
+            Tx::Done => super::Commit::Done,
+            Tx::Refused(_) => super::Commit::Conflict,
         })
     }
 

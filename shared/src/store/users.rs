@@ -27,8 +27,8 @@ pub enum EmailUpdate<'a> {
     /// as `mail_log` becomes `sent_ms` in the same transaction (a compare-and-set), so no
     /// more than the hourly allowance of codes is ever mailed.
     Request {
-        record: &'a super::email_changes::EmailChangeRecord,
-        mail_log: &'a super::limits::MailLog,
+        record: &'a crate::email_change::EmailChangeRecord,
+        mail_log: &'a crate::email_change::MailLog,
         sent_ms: &'a [u64],
     },
     /// Change it at once (no sender configured), moving the uniqueness marker.
@@ -67,14 +67,14 @@ impl Store {
     pub async fn user_view_and_mail_log(
         &self,
         uuid: &str,
-    ) -> Result<(Option<UserView>, super::limits::MailLog), ApiError> {
+    ) -> Result<(Option<UserView>, crate::email_change::MailLog), ApiError> {
         let (user, is_2fa_enabled, pending_email, log) = self.batch_view(uuid, true, true).await?;
         let view = user.filter(|u| u.is_active).map(|user| UserView {
             user,
             is_2fa_enabled,
             pending_email,
         });
-        Ok((view, super::limits::MailLog::from_item(log)))
+        Ok((view, super::limits::mail_log_from_item(log)))
     }
 
     /// The user object parts that live outside the users table, for a record in hand.
@@ -105,7 +105,7 @@ impl Store {
         let mut keys = vec![
             (
                 self.tables.two_factor.as_str(),
-                super::two_factor::key(uuid, super::two_factor::TOTP),
+                super::two_factor::key(uuid, crate::two_factor::TOTP),
             ),
             (
                 self.tables.email_changes.as_str(),
@@ -124,7 +124,7 @@ impl Store {
         let mut found = self.get_many(&keys).await?.into_iter();
         let is_2fa_enabled = found.next().flatten().is_some();
         let pending_email = match found.next().flatten() {
-            Some(item) => from_item::<super::email_changes::EmailChangeRecord>(item)?
+            Some(item) => from_item::<crate::email_change::EmailChangeRecord>(item)?
                 .open()
                 .map(|r| r.new_email),
             None => None,
@@ -158,7 +158,7 @@ impl Store {
             .expression_attribute_names("#scene", scene)
             .expression_attribute_names("#uuid", "uuid")
             .expression_attribute_values(":d", n(dashboard))
-            .expression_attribute_values(":now", n(super::now_micros()))
+            .expression_attribute_values(":now", n(crate::clock::now_micros()))
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
             .expression_attribute_values(":max", n(MAX_SCENES))
             .return_values(ReturnValue::AllNew)

@@ -526,7 +526,7 @@ async fn noted_after(ctx: &shared::Context, key: &str, old: Option<&str>) -> Opt
 /// Sets the key's `last_used_at` as if it was noted `ago_secs` seconds ago.
 async fn set_last_used(ctx: &shared::Context, key: &str, ago_secs: u64) -> String {
     let at =
-        shared::store::iso_at_micros((shared::store::now_secs() - ago_secs) * 1_000_000 + 123_456);
+        shared::clock::iso_at_micros((shared::clock::now_secs() - ago_secs) * 1_000_000 + 123_456);
     ctx.store
         .db
         .update_item()
@@ -550,11 +550,11 @@ fn secs_of(iso: &str) -> i64 {
 both!(a_key_use_is_noted, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     assert_eq!(last_used(&ctx, &user.key).await, None, "a new key");
-    let before = shared::store::now_secs() as i64;
+    let before = shared::clock::now_secs() as i64;
     let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let noted = noted_after(&ctx, &user.key, None).await.expect("noted");
-    let after = shared::store::now_secs() as i64;
+    let after = shared::clock::now_secs() as i64;
     assert!((before..=after).contains(&secs_of(&noted)), "{noted}");
 
     // Noted more than an hour ago: noted again, by a route of another function.
@@ -601,8 +601,8 @@ async fn a_key_used_within_the_hour_is_not_noted_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noting_a_key_use_is_conditional() {
     let ctx = context().await;
-    let now = shared::store::iso_now();
-    let since = shared::store::iso_at_micros(shared::store::now_micros() - 3_600_000_000);
+    let now = shared::clock::iso_now();
+    let since = shared::clock::iso_at_micros(shared::clock::now_micros() - 3_600_000_000);
     let (gone, _) = shared::auth::generate_api_key();
     let gone = shared::auth::ApiKeyHash::of(&gone);
     assert!(!ctx

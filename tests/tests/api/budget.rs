@@ -4,7 +4,7 @@
 use api_tests::calls::{sequential_depth, Recorder, SdkCall};
 use api_tests::*;
 use serde_json::json;
-use shared::store::now_secs;
+use shared::clock::now_secs;
 use std::sync::Arc;
 
 struct Budget {

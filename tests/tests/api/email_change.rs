@@ -415,7 +415,7 @@ both!(expired_code_is_refused, |api, ctx| async move {
         0,
     )
     .expect("a request");
-    record.expires_at = shared::store::now_secs() - 1;
+    record.expires_at = shared::clock::now_secs() - 1;
     ctx.store
         .db
         .put_item()

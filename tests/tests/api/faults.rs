@@ -780,7 +780,7 @@ async fn secrets_manager_unreachable_at_cold_start() {
     // Kept: Secrets Manager going away again does not matter to a warm context.
     proxy.down().await;
     let secret = setup["secret"].as_str().expect("secret").to_string();
-    let code = pyotp_code(&secret, shared::store::now_secs()).await;
+    let code = pyotp_code(&secret, shared::clock::now_secs()).await;
     api.post("/api/users/@me/two_factor_validate/")
         .bearer(&user.key)
         .json(&json!({"token": code}))
@@ -830,7 +830,7 @@ async fn stalled_mail_after_the_response_stops_before_the_deadline() {
         service_fn(|_: LambdaInvocation| async { Ok::<(), shared::lambda_http::Error>(()) });
     let mut service = shared::runtime::AfterResponse::new(posted, &ctx);
     let mut context = lambda_runtime::Context::default();
-    let now_ms = shared::store::now_micros() / 1000;
+    let now_ms = shared::clock::now_micros() / 1000;
     context.deadline = now_ms + 1_500;
     let invocation = LambdaInvocation {
         parts: shared::lambda_http::http::Response::new(()).into_parts().0,

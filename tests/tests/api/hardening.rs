@@ -4,8 +4,8 @@
 //! the right error under contention, and refusals that cost no DynamoDB call.
 use api_tests::*;
 use serde_json::{json, Value};
-use shared::store::limits::FailureCharge;
-use shared::store::now_secs;
+use shared::clock::now_secs;
+use shared::throttle::FailureCharge;
 use shared::throttle::{CodeCheck, FailureState};
 
 const VERIFY_EMAIL: &str = "/api/users/verify_email/";
@@ -264,7 +264,7 @@ both!(
             .item("new_email", AttributeValue::S(unique_email("legacy")))
             .item("code_hash", AttributeValue::S(old_hash))
             .item("request_id", AttributeValue::S(request_id))
-            .item("requested_at", AttributeValue::S(shared::store::iso_now()))
+            .item("requested_at", AttributeValue::S(shared::clock::iso_now()))
             .item(
                 "expires_at",
                 AttributeValue::N((now_secs() + 3600).to_string()),
@@ -324,20 +324,20 @@ both!(
                 &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
             );
         }
-        let before = shared::store::now_millis();
+        let before = shared::clock::now_millis();
         // The fifth wrong code voids the request (below) and starts the 30 s lock.
         assert_wrong_email_code(
             &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
         );
         let state = failures_of(&ctx, user.uuid(), CodeCheck::EmailChange).await;
         assert!(
-            (before + 30_000..=shared::store::now_millis() + 30_000)
+            (before + 30_000..=shared::clock::now_millis() + 30_000)
                 .contains(&state.locked_until_ms),
             "the lock runs 30 s from the fifth failure"
         );
         let reply = verify_email(&api, &user.key, user.uuid(), &code).await;
         let retry = assert_throttled(&reply, 29..=30);
-        let remaining_ms = state.locked_until_ms - shared::store::now_millis();
+        let remaining_ms = state.locked_until_ms - shared::clock::now_millis();
         assert!(
             retry * 1000 >= remaining_ms && (retry - 1) * 1000 < remaining_ms + 1000,
             "Retry-After {retry} s for {remaining_ms} ms left"
@@ -959,13 +959,13 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
     }
     // And no key can be made for the deactivated user.
     let (key, mask) = shared::auth::generate_api_key();
-    let record = shared::store::api_keys::ApiKeyRecord {
+    let record = shared::auth::ApiKeyRecord {
         secure_value: shared::auth::ApiKeyHash::of(&key).0,
         user_uuid: user.uuid().to_string(),
         scopes: vec!["*".into()],
         label: "late".into(),
         mask,
-        created_at: shared::store::iso_now(),
+        created_at: shared::clock::iso_now(),
         last_used_at: None,
         user_is_staff: false,
         user_is_active: true,
@@ -992,13 +992,13 @@ async fn keys_created_while_deactivating_never_stay_usable() {
                 let (ctx, user) = (ctx.clone(), user.user.clone());
                 tokio::spawn(async move {
                     let (key, mask) = shared::auth::generate_api_key();
-                    let record = shared::store::api_keys::ApiKeyRecord {
+                    let record = shared::auth::ApiKeyRecord {
                         secure_value: shared::auth::ApiKeyHash::of(&key).0,
                         user_uuid: user.uuid.clone(),
                         scopes: vec!["*".into()],
                         label: "racing".into(),
                         mask,
-                        created_at: shared::store::iso_now(),
+                        created_at: shared::clock::iso_now(),
                         last_used_at: None,
                         user_is_staff: false,
                         user_is_active: true,

@@ -10,7 +10,7 @@
 //! one token set, under the cap, so registrations contend on its version).
 use api_tests::*;
 use serde_json::{json, Value};
-use shared::store::push_tokens::MAX_TOKENS_PER_USER;
+use shared::push_tokens::MAX_TOKENS_PER_USER;
 use shared::store::s;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! secret, code, token and body value the flow used.
 use api_tests::*;
 use serde_json::{json, Value};
-use shared::store::now_secs;
+use shared::clock::now_secs;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,11 @@
 //! The 2FA routes (API.md §4.3–4.9, §5 two_factor_verify, §6), with codes from pyotp.
 use api_tests::*;
 use serde_json::{json, Value};
-use shared::store::limits::FailureCharge;
-use shared::store::now_secs;
-use shared::store::two_factor::{self as tf, PendingSetup};
+use shared::clock::now_secs;
+use shared::store::two_factor as tf_items;
+use shared::throttle::FailureCharge;
 use shared::throttle::{CodeCheck, FailureState};
+use shared::two_factor::{self as tf, PendingSetup};
 use std::time::Duration;
 
 async fn start(api: &Api, user: &TestUser) -> Value {
@@ -310,7 +311,7 @@ both!(
             .store
             .get_many(&[(
                 ctx.store.tables.two_factor.as_str(),
-                tf::key(user.uuid(), tf::PENDING),
+                tf_items::key(user.uuid(), tf::PENDING),
             )])
             .await
             .unwrap();
@@ -433,7 +434,7 @@ both!(
                 .store
                 .get_many(&[(
                     ctx.store.tables.two_factor.as_str(),
-                    tf::key(user.uuid(), kind),
+                    tf_items::key(user.uuid(), kind),
                 )])
                 .await
                 .unwrap();
@@ -876,7 +877,7 @@ both!(
             .store
             .get_many(&[(
                 ctx.store.tables.two_factor.as_str(),
-                tf::key(user.uuid(), tf::TOTP),
+                tf_items::key(user.uuid(), tf::TOTP),
             )])
             .await
             .unwrap();
