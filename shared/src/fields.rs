@@ -119,13 +119,21 @@ pub fn boolean(fields: &Fields, attr: &str) -> Result<Option<bool>, ApiError> {
         .ok_or_else(|| ApiError::invalid_input("Must be a valid boolean.", Some(attr)))
 }
 
+/// Whether a field may be sent as `null` (DRF's `allow_null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Null {
+    Allowed,
+    Refused,
+}
+
 /// One of `choices`; `Ok(Some(None))` for an allowed null (or blank), `Ok(None)` when absent.
 pub fn choice(
     fields: &Fields,
     attr: &str,
     choices: &[&str],
-    allow_null: bool,
+    nulls: Null,
 ) -> Result<Option<Option<String>>, ApiError> {
+    let allow_null = nulls == Null::Allowed;
     let value = match fields.get(attr) {
         None => return Ok(None),
         Some(Value::Null) if allow_null => return Ok(Some(None)),
@@ -146,11 +154,8 @@ pub fn choice(
 }
 
 /// A JSON object (a form body may send it as JSON text). `Ok(Some(None))` for an allowed null.
-pub fn object(
-    fields: &Fields,
-    attr: &str,
-    allow_null: bool,
-) -> Result<Option<Option<Value>>, ApiError> {
+pub fn object(fields: &Fields, attr: &str, nulls: Null) -> Result<Option<Option<Value>>, ApiError> {
+    let allow_null = nulls == Null::Allowed;
     let value = match fields.get(attr) {
         None => return Ok(None),
         Some(Value::Null) if allow_null => return Ok(Some(None)),

@@ -115,35 +115,124 @@ impl UserRecord {
             .map(|(scene, dashboard)| json!({"scene": scene, "dashboard": dashboard}))
             .collect()
     }
+}
 
-    /// The user object of API.md §3. Secrets and write-only fields are never part of it.
-    pub fn to_user_object(&self, is_2fa_enabled: bool, pending_email: Option<&str>) -> Value {
-        json!({
-            "uuid": self.uuid,
-            "distinct_id": self.distinct_id,
-            "first_name": self.first_name,
-            "last_name": self.last_name,
-            "email": self.email,
-            "pending_email": pending_email,
-            "is_email_verified": self.is_email_verified,
-            "date_joined": self.date_joined,
-            "is_staff": self.is_staff,
-            "notification_settings": self.notification_settings,
-            "anonymize_data": self.anonymize_data,
-            "allow_impersonation": self.allow_impersonation,
-            "toolbar_mode": self.toolbar_mode,
-            "events_column_config": self.events_column_config,
-            "has_seen_product_intro_for": self.has_seen_product_intro_for,
-            "theme_mode": self.theme_mode,
-            "hedgehog_config": self.hedgehog_config,
-            "allow_sidebar_suggestions": self.allow_sidebar_suggestions,
-            "shortcut_position": self.shortcut_position,
-            "role_at_organization": self.role_at_organization,
-            "passkeys_enabled_for_2fa": self.passkeys_enabled_for_2fa,
-            "hide_mcp_hints": self.hide_mcp_hints,
-            "is_2fa_enabled": is_2fa_enabled,
-            "scene_personalisation": self.scene_personalisation(),
-        })
+/// The fields one update of a user sets, each validated: `None` leaves a field as it is,
+/// and for a nullable field `Some(None)` clears it. What the store writes and what the
+/// response shows are both this patch applied, so they cannot disagree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProfilePatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    /// Set by completing an email change, never by the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_email_verified: Option<bool>,
+    /// The whole object as stored: a partial one from the client is merged first
+    /// ([`ProfilePatch::merge_notification_settings`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notification_settings: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymize_data: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_impersonation: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toolbar_mode: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_column_config: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_seen_product_intro_for: Option<Option<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub theme_mode: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedgehog_config: Option<Option<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_sidebar_suggestions: Option<Option<bool>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortcut_position: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_at_organization: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passkeys_enabled_for_2fa: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hide_mcp_hints: Option<bool>,
+}
+
+impl ProfilePatch {
+    /// Like PostHog, a partial `notification_settings` object updates only the keys it names:
+    /// the patch then carries the stored object with those keys replaced.
+    pub fn merge_notification_settings(&mut self, user: &UserRecord) {
+        if let Some(Value::Object(partial)) = &self.notification_settings {
+            let mut merged = user
+                .notification_settings
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            merged.extend(partial.clone());
+            self.notification_settings = Some(Value::Object(merged));
+        }
+    }
+
+    /// The JSON objects the patch sets, by field name (for size bounds).
+    pub fn objects(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        [
+            ("notification_settings", self.notification_settings.as_ref()),
+            ("events_column_config", self.events_column_config.as_ref()),
+            (
+                "has_seen_product_intro_for",
+                self.has_seen_product_intro_for
+                    .as_ref()
+                    .and_then(Option::as_ref),
+            ),
+            (
+                "hedgehog_config",
+                self.hedgehog_config.as_ref().and_then(Option::as_ref),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+}
+
+impl UserRecord {
+    /// The record with `patch` applied.
+    pub fn apply(&mut self, patch: &ProfilePatch) {
+        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *field = value.clone();
+            }
+        }
+        set(&mut self.first_name, &patch.first_name);
+        set(&mut self.last_name, &patch.last_name);
+        if let Some(verified) = patch.is_email_verified {
+            self.is_email_verified = Some(verified);
+        }
+        set(
+            &mut self.notification_settings,
+            &patch.notification_settings,
+        );
+        set(&mut self.anonymize_data, &patch.anonymize_data);
+        set(&mut self.allow_impersonation, &patch.allow_impersonation);
+        set(&mut self.toolbar_mode, &patch.toolbar_mode);
+        set(&mut self.events_column_config, &patch.events_column_config);
+        set(
+            &mut self.has_seen_product_intro_for,
+            &patch.has_seen_product_intro_for,
+        );
+        set(&mut self.theme_mode, &patch.theme_mode);
+        set(&mut self.hedgehog_config, &patch.hedgehog_config);
+        set(
+            &mut self.allow_sidebar_suggestions,
+            &patch.allow_sidebar_suggestions,
+        );
+        set(&mut self.shortcut_position, &patch.shortcut_position);
+        set(&mut self.role_at_organization, &patch.role_at_organization);
+        set(
+            &mut self.passkeys_enabled_for_2fa,
+            &patch.passkeys_enabled_for_2fa,
+        );
+        set(&mut self.hide_mcp_hints, &patch.hide_mcp_hints);
     }
 }
 
@@ -156,9 +245,35 @@ pub struct UserView {
 }
 
 impl UserView {
+    /// The user object of API.md §3. Secrets and write-only fields are never part of it.
     pub fn to_json(&self) -> Value {
-        self.user
-            .to_user_object(self.is_2fa_enabled, self.pending_email.as_deref())
+        let user = &self.user;
+        json!({
+            "uuid": user.uuid,
+            "distinct_id": user.distinct_id,
+            "first_name": user.first_name,
+            "last_name": user.last_name,
+            "email": user.email,
+            "pending_email": self.pending_email,
+            "is_email_verified": user.is_email_verified,
+            "date_joined": user.date_joined,
+            "is_staff": user.is_staff,
+            "notification_settings": user.notification_settings,
+            "anonymize_data": user.anonymize_data,
+            "allow_impersonation": user.allow_impersonation,
+            "toolbar_mode": user.toolbar_mode,
+            "events_column_config": user.events_column_config,
+            "has_seen_product_intro_for": user.has_seen_product_intro_for,
+            "theme_mode": user.theme_mode,
+            "hedgehog_config": user.hedgehog_config,
+            "allow_sidebar_suggestions": user.allow_sidebar_suggestions,
+            "shortcut_position": user.shortcut_position,
+            "role_at_organization": user.role_at_organization,
+            "passkeys_enabled_for_2fa": user.passkeys_enabled_for_2fa,
+            "hide_mcp_hints": user.hide_mcp_hints,
+            "is_2fa_enabled": self.is_2fa_enabled,
+            "scene_personalisation": user.scene_personalisation(),
+        })
     }
 }
 

@@ -16,7 +16,7 @@ async fn register(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     if !body.contains_key("platform") {
         return Err(ApiError::required("platform"));
     }
-    let platform = fields::choice(&body, "platform", PLATFORMS, false)?
+    let platform = fields::choice(&body, "platform", PLATFORMS, fields::Null::Refused)?
         .flatten()
         .ok_or_else(|| ApiError::required("platform"))?;
     let record = ctx

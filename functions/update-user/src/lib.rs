@@ -1,12 +1,10 @@
 //! `PATCH /api/users/{uuid}/`: update the profile fields a user may change, and request an
 //! email change (verified by a code sent to the new address).
-use serde_json::{Map, Value};
 use shared::email_change::EMAIL_CHANGE_TTL_SECS;
-use shared::fields::Fields;
-use shared::fields::{self, Text};
+use shared::fields::{self, Fields, Null, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::store::users::{email_taken, EmailUpdate};
-use shared::users::{email_key, UserRecord};
+use shared::users::{email_key, ProfilePatch};
 use shared::{email_change, http, ApiError, Context};
 
 shared::endpoint!(update);
@@ -14,7 +12,7 @@ shared::endpoint!(update);
 async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
-    let mut changes = profile_changes(&body)?;
+    let mut patch = profile_patch(&body)?;
     let new_email = match fields::text(&body, "email", Text::not_blank(254))? {
         Some(email) if !email_change::is_valid_email(&email) => {
             return Err(ApiError::invalid_input(
@@ -44,7 +42,8 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         None => (ctx.store.user_view(&uuid).await?, None, None, None),
     };
     let mut view = view.ok_or(ApiError::NotFound)?;
-    merge_partial_objects(&view.user, &mut changes)?;
+    patch.merge_notification_settings(&view.user);
+    check_setting_sizes(&patch)?;
     let new_email = new_email.filter(|e| email_key(e) != email_key(&view.user.email));
     if let Some(owner) = &owner {
         if new_email.is_some() && *owner != uuid {
@@ -53,20 +52,19 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     }
     // The response shows what this update writes, over the record read just before it; it
     // is also what the user item will hold, so its size is checked before anything is sent.
-    let mut user =
-        serde_json::to_value(&view.user).map_err(|e| ApiError::serialisation("user record", &e))?;
-    let stored_len = user.to_string().len();
-    if let Some(object) = user.as_object_mut() {
-        object.extend(changes.clone());
-    }
+    let json_len = |user: &shared::users::UserRecord| {
+        serde_json::to_vec(user)
+            .map(|json| json.len())
+            .map_err(|e| ApiError::serialisation("user record", &e))
+    };
+    let stored_len = json_len(&view.user)?;
+    view.user.apply(&patch);
     // Only an update that grows a record past the bound is refused: one that was already
     // that large (scenes are set elsewhere) can still be changed and shrunk.
-    let updated_len = user.to_string().len();
+    let updated_len = json_len(&view.user)?;
     if updated_len > MAX_USER_BYTES && updated_len > stored_len {
         return Err(ApiError::item_too_large());
     }
-    view.user = serde_json::from_value::<UserRecord>(user)
-        .map_err(|e| ApiError::serialisation("user record", &e))?;
     let mut code_to_send = None;
     let (request, sent_ms);
     let email_update = match (&new_email, mail_log, keyring) {
@@ -89,7 +87,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         },
     };
     ctx.store
-        .update_profile(&uuid, &changes, email_update)
+        .update_profile(&uuid, &patch, email_update)
         .await?;
     if let Some(new) = new_email {
         match code_to_send {
@@ -103,30 +101,11 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     http::ok(&view.to_json())
 }
 
-/// Like PostHog, a partial `notification_settings` object updates only the keys it names.
-/// The merged value is what is stored, so it is the merged value whose size is bounded: a
-/// series of requests each adding new keys cannot grow the user item without limit.
-fn merge_partial_objects(
-    user: &UserRecord,
-    changes: &mut Map<String, Value>,
-) -> Result<(), ApiError> {
-    if let Some(settings) = changes.get_mut("notification_settings") {
-        let mut merged = user
-            .notification_settings
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        merged.extend(settings.as_object().cloned().unwrap_or_default());
-        *settings = Value::Object(merged);
-    }
-    check_setting_sizes(changes)
-}
-
 /// Each JSON setting, as it will be stored, is kept small, and so is the whole user item
 /// (far below DynamoDB's 400 KB).
-fn check_setting_sizes(changes: &Map<String, Value>) -> Result<(), ApiError> {
-    for (name, value) in changes {
-        if value.is_object() && value.to_string().len() > MAX_SETTING_BYTES {
+fn check_setting_sizes(patch: &ProfilePatch) -> Result<(), ApiError> {
+    for (name, value) in patch.objects() {
+        if value.to_string().len() > MAX_SETTING_BYTES {
             return Err(ApiError::invalid_input(
                 format!(
                     "Ensure this value is no larger than {} KiB.",
@@ -160,56 +139,47 @@ const ROLES: &[&str] = &[
 /// The profile fields present in the body, validated, as they will be stored. Read-only
 /// fields (`is_staff`, `uuid`, `pending_email`, `date_joined`, `is_2fa_enabled`...) and
 /// unknown keys are ignored.
-fn profile_changes(body: &Fields) -> Result<Map<String, Value>, ApiError> {
-    let mut changes = Map::new();
-    for name in ["first_name", "last_name"] {
-        if let Some(value) = fields::text(body, name, Text::blank_ok(150))? {
-            changes.insert(name.into(), Value::String(value));
-        }
-    }
-    for name in ["anonymize_data", "allow_impersonation", "hide_mcp_hints"] {
-        if let Some(value) = fields::boolean(body, name)? {
-            changes.insert(name.into(), Value::Bool(value));
-        }
-    }
-    if body
-        .get("allow_sidebar_suggestions")
-        .is_some_and(Value::is_null)
-    {
-        changes.insert("allow_sidebar_suggestions".into(), Value::Null);
-    } else if let Some(value) = fields::boolean(body, "allow_sidebar_suggestions")? {
-        changes.insert("allow_sidebar_suggestions".into(), Value::Bool(value));
-    }
-    if let Some(value) = fields::boolean(body, "passkeys_enabled_for_2fa")? {
-        if value {
+fn profile_patch(body: &Fields) -> Result<ProfilePatch, ApiError> {
+    // Read in PostHog's order: with several bad fields, the first one's error is the answer.
+    let name = |attr| fields::text(body, attr, Text::blank_ok(150));
+    let first_name = name("first_name")?;
+    let last_name = name("last_name")?;
+    let anonymize_data = fields::boolean(body, "anonymize_data")?;
+    let allow_impersonation = fields::boolean(body, "allow_impersonation")?;
+    let hide_mcp_hints = fields::boolean(body, "hide_mcp_hints")?;
+    let allow_sidebar_suggestions = match body.get("allow_sidebar_suggestions") {
+        Some(serde_json::Value::Null) => Some(None),
+        _ => fields::boolean(body, "allow_sidebar_suggestions")?.map(Some),
+    };
+    let passkeys_enabled_for_2fa = match fields::boolean(body, "passkeys_enabled_for_2fa")? {
+        Some(true) => {
             return Err(ApiError::invalid_input(
                 "You need at least one passkey registered to use passkeys for 2FA.",
                 Some("passkeys_enabled_for_2fa"),
-            ));
+            ))
         }
-        changes.insert("passkeys_enabled_for_2fa".into(), Value::Bool(false));
-    }
-    let choices: [(&str, &[&str], bool); 4] = [
-        ("toolbar_mode", TOOLBAR_MODES, true),
-        ("theme_mode", THEME_MODES, true),
-        ("shortcut_position", SHORTCUT_POSITIONS, true),
-        ("role_at_organization", ROLES, true),
-    ];
-    for (name, options, allow_null) in choices {
-        if let Some(value) = fields::choice(body, name, options, allow_null)? {
-            changes.insert(name.into(), value.map(Value::String).unwrap_or(Value::Null));
-        }
-    }
-    for (name, allow_null) in [
-        ("notification_settings", false),
-        ("events_column_config", false),
-        ("has_seen_product_intro_for", true),
-        ("hedgehog_config", true),
-    ] {
-        if let Some(value) = fields::object(body, name, allow_null)? {
-            changes.insert(name.into(), value.unwrap_or(Value::Null));
-        }
-    }
-    check_setting_sizes(&changes)?;
-    Ok(changes)
+        other => other,
+    };
+    let choice = |attr, options| fields::choice(body, attr, options, Null::Allowed);
+    let object = |attr, null| fields::object(body, attr, null);
+    let patch = ProfilePatch {
+        first_name,
+        last_name,
+        is_email_verified: None,
+        anonymize_data,
+        allow_impersonation,
+        hide_mcp_hints,
+        allow_sidebar_suggestions,
+        passkeys_enabled_for_2fa,
+        toolbar_mode: choice("toolbar_mode", TOOLBAR_MODES)?,
+        theme_mode: choice("theme_mode", THEME_MODES)?,
+        shortcut_position: choice("shortcut_position", SHORTCUT_POSITIONS)?,
+        role_at_organization: choice("role_at_organization", ROLES)?,
+        notification_settings: object("notification_settings", Null::Refused)?.flatten(),
+        events_column_config: object("events_column_config", Null::Refused)?.flatten(),
+        has_seen_product_intro_for: object("has_seen_product_intro_for", Null::Allowed)?,
+        hedgehog_config: object("hedgehog_config", Null::Allowed)?,
+    };
+    check_setting_sizes(&patch)?;
+    Ok(patch)
 }

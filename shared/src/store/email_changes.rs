@@ -79,8 +79,10 @@ impl Store {
         request: &EmailChangeRecord,
         failures: &FailureState,
     ) -> Result<Commit, ApiError> {
-        let mut changes = serde_json::Map::new();
-        changes.insert("is_email_verified".into(), serde_json::Value::Bool(true));
+        let verified = crate::users::ProfilePatch {
+            is_email_verified: Some(true),
+            ..Default::default()
+        };
         let delete_request = Delete::builder()
             .table_name(&self.tables.email_changes)
             .key("user_uuid", s(&user.uuid))
@@ -92,7 +94,7 @@ impl Store {
         let mut items = vec![
             self.user_update(
                 &user.uuid,
-                &changes,
+                &verified,
                 Some((&user.email, &request.new_email)),
             )?,
             self.claim_email(&request.new_email, &user.uuid)?,

@@ -48,13 +48,6 @@ pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, ApiError> {
     })
 }
 
-pub(crate) fn to_value<T: Serialize>(value: &T) -> Result<AttributeValue, ApiError> {
-    serde_dynamo::to_attribute_value(value).map_err(|e| {
-        tracing::error!(error = %e, "attribute serialisation failed");
-        ApiError::Internal
-    })
-}
-
 pub fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }

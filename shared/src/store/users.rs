@@ -1,11 +1,10 @@
 //! Users and the uniqueness markers of their email addresses.
-use super::{from_item, is_condition_failed, n, s, sdk, to_item, to_value, Store, Tx};
+use super::{from_item, is_condition_failed, n, s, sdk, to_item, Store, Tx};
 use crate::error::ApiError;
-use crate::users::{email_key, UserRecord, UserView};
+use crate::users::{email_key, ProfilePatch, UserRecord, UserView};
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
 };
-use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 /// Scenes a user can personalise: PostHog has far fewer; the cap keeps the item small.
@@ -38,6 +37,15 @@ pub enum EmailUpdate<'a> {
     },
 }
 
+/// What a view's BatchGetItem reads besides the 2FA device and the pending email change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ViewRead {
+    /// The user record is in hand already.
+    OnlyTheRest,
+    User,
+    UserAndMailLog,
+}
+
 impl Store {
     pub async fn user(&self, uuid: &str) -> Result<Option<UserRecord>, ApiError> {
         let out = self
@@ -54,7 +62,8 @@ impl Store {
 
     /// An active user with its 2FA flag and pending email, in one BatchGetItem.
     pub async fn user_view(&self, uuid: &str) -> Result<Option<UserView>, ApiError> {
-        let (user, is_2fa_enabled, pending_email, _) = self.batch_view(uuid, true, false).await?;
+        let (user, is_2fa_enabled, pending_email, _) =
+            self.batch_view(uuid, ViewRead::User).await?;
         Ok(user.filter(|u| u.is_active).map(|user| UserView {
             user,
             is_2fa_enabled,
@@ -68,7 +77,8 @@ impl Store {
         &self,
         uuid: &str,
     ) -> Result<(Option<UserView>, crate::email_change::MailLog), ApiError> {
-        let (user, is_2fa_enabled, pending_email, log) = self.batch_view(uuid, true, true).await?;
+        let (user, is_2fa_enabled, pending_email, log) =
+            self.batch_view(uuid, ViewRead::UserAndMailLog).await?;
         let view = user.filter(|u| u.is_active).map(|user| UserView {
             user,
             is_2fa_enabled,
@@ -80,7 +90,7 @@ impl Store {
     /// The user object parts that live outside the users table, for a record in hand.
     pub async fn view_of(&self, user: UserRecord) -> Result<UserView, ApiError> {
         let (_, is_2fa_enabled, pending_email, _) =
-            self.batch_view(&user.uuid, false, false).await?;
+            self.batch_view(&user.uuid, ViewRead::OnlyTheRest).await?;
         Ok(UserView {
             user,
             is_2fa_enabled,
@@ -91,8 +101,7 @@ impl Store {
     async fn batch_view(
         &self,
         uuid: &str,
-        with_user: bool,
-        with_mail_log: bool,
+        read: ViewRead,
     ) -> Result<
         (
             Option<UserRecord>,
@@ -112,6 +121,8 @@ impl Store {
                 HashMap::from([("user_uuid".to_string(), s(uuid))]),
             ),
         ];
+        let with_user = read != ViewRead::OnlyTheRest;
+        let with_mail_log = read == ViewRead::UserAndMailLog;
         if with_user {
             keys.push((
                 self.tables.users.as_str(),
@@ -264,7 +275,7 @@ impl Store {
     pub(crate) fn user_update(
         &self,
         uuid: &str,
-        changes: &Map<String, Value>,
+        patch: &ProfilePatch,
         email: Option<(&str, &str)>,
     ) -> Result<TransactWriteItem, ApiError> {
         let mut sets = Vec::new();
@@ -273,11 +284,12 @@ impl Store {
             .key("uuid", s(uuid))
             .expression_attribute_names("#uuid", "uuid")
             .expression_attribute_values(":yes", AttributeValue::Bool(true));
-        for (i, (field, value)) in changes.iter().enumerate() {
+        // The patch's fields are the record's, so their names are the attributes'.
+        for (i, (field, value)) in to_item(patch)?.into_iter().enumerate() {
             sets.push(format!("#f{i} = :v{i}"));
             update = update
                 .expression_attribute_names(format!("#f{i}"), field)
-                .expression_attribute_values(format!(":v{i}"), to_value(value)?);
+                .expression_attribute_values(format!(":v{i}"), value);
         }
         let mut condition = "attribute_exists(#uuid) AND is_active = :yes".to_string();
         if let Some((old, new)) = email {
@@ -312,20 +324,20 @@ impl Store {
     pub async fn update_profile(
         &self,
         uuid: &str,
-        changes: &Map<String, Value>,
+        patch: &ProfilePatch,
         email: EmailUpdate<'_>,
     ) -> Result<(), ApiError> {
         let mut items = Vec::new();
         let mut email_claim_at = None;
         let mut mail_log_at = None;
         match email {
-            EmailUpdate::Unchanged => items.push(self.user_update(uuid, changes, None)?),
+            EmailUpdate::Unchanged => items.push(self.user_update(uuid, patch, None)?),
             EmailUpdate::Request {
                 record,
                 mail_log,
                 sent_ms,
             } => {
-                items.push(self.user_update(uuid, changes, None)?);
+                items.push(self.user_update(uuid, patch, None)?);
                 let put = Put::builder()
                     .table_name(&self.tables.email_changes)
                     .set_item(Some(to_item(record)?))
@@ -341,7 +353,7 @@ impl Store {
                 )?);
             }
             EmailUpdate::Immediate { old, new } => {
-                items.push(self.user_update(uuid, changes, Some((old, new)))?);
+                items.push(self.user_update(uuid, patch, Some((old, new)))?);
                 email_claim_at = Some(items.len());
                 items.push(self.claim_email(new, uuid)?);
                 if email_key(old) != email_key(new) {

@@ -283,11 +283,10 @@ both!(
         let user = create_user(&ctx, false, &["*"]).await;
         // A record larger than the bound (but within DynamoDB's), as one written before the
         // bound or grown by other routes would be.
-        let mut big = serde_json::Map::new();
-        big.insert(
-            "hedgehog_config".into(),
-            json!({"blob": "h".repeat(300 * 1024)}),
-        );
+        let big = shared::users::ProfilePatch {
+            hedgehog_config: Some(Some(json!({"blob": "h".repeat(300 * 1024)}))),
+            ..Default::default()
+        };
         ctx.store
             .update_profile(
                 user.uuid(),
@@ -652,11 +651,10 @@ both!(
 async fn dynamodbs_item_size_refusal_is_a_400() {
     let ctx = context().await;
     let user = create_user(&ctx, false, &["*"]).await;
-    let mut changes = serde_json::Map::new();
-    changes.insert(
-        "hedgehog_config".into(),
-        json!({"blob": "z".repeat(420 * 1024)}),
-    );
+    let changes = shared::users::ProfilePatch {
+        hedgehog_config: Some(Some(json!({"blob": "z".repeat(420 * 1024)}))),
+        ..Default::default()
+    };
     let result = ctx
         .store
         .update_profile(
