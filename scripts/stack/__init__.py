@@ -3,7 +3,7 @@
   common         the repository's paths, the local region and account, StackError, tools
   template       template.yaml: its CloudFormation tags, functions, routes, local values
   openapi        openapi.yaml's operations
-  router         Cargo.toml's cargo lambda watch router, written and checked
+  router         cargo lambda watch's router (.local/cargo-lambda.toml), written from template.yaml
   sam_local_env  scripts/sam-local-env.json, written and checked
   supervisor     child processes in their own sessions, stopped with all they started
   services       DynamoDB Local and moto: started, set up, the functions' environment

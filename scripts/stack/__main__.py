@@ -20,11 +20,12 @@ Run it through `scripts/dev`, which installs the tools first.
                 compare each function's policies with the AWS calls (DynamoDB, Secrets
                 Manager, SES) it made in the last test run (too narrow: it would fail in AWS;
                 too wide: a grant never used)
-  gen-router    write Cargo.toml's [workspace.metadata.lambda.watch.router] from template.yaml
+  gen-router    write .local/cargo-lambda.toml, cargo lambda watch's router, from template.yaml
+                (the local API writes it itself each time it starts)
   gen-sam-local-env
                 write scripts/sam-local-env.json (`sam local start-api --env-vars`) from
                 template.yaml
-  check-router  fail when Cargo.toml's router differs from what template.yaml implies
+  check-router  fail when that router would route otherwise than template.yaml says
   env           print the environment the functions get locally (for a shell: eval it)
 """
 
@@ -52,7 +53,7 @@ from stack.nextest import NextestCounts  # noqa: E402
 from stack.observed import OBSERVED_DIR, fresh_observed_dir, latest_observed_dir  # noqa: E402
 from stack.openapi import openapi_routes  # noqa: E402
 from stack.policies import check_policies  # noqa: E402
-from stack.router import CARGO_TOML, ROUTER_HEADER, check_router, write_router  # noqa: E402
+from stack.router import ROUTER_FILE, check_router, write_router  # noqa: E402
 from stack.sam_local_env import SAM_LOCAL_ENV, check_sam_local_env, sam_local_env  # noqa: E402
 from stack.services import (  # noqa: E402
     free_port, port_is_free, setup_services, stack_env, start_services, users_admin, wait_services,
@@ -98,20 +99,19 @@ def cmd_gen_sam_local_env(_args: argparse.Namespace) -> int:
 
 
 def cmd_gen_router(_args: argparse.Namespace) -> int:
-    changed = write_router(load_template())
-    print(f"{CARGO_TOML.name}: {ROUTER_HEADER} {'written' if changed else 'already up to date'}")
+    path = write_router(load_template())
+    print(f"{path.relative_to(ROOT)} written (cargo lambda watch --global {path.relative_to(ROOT)})")
     return 0
 
 
 def cmd_check_router(_args: argparse.Namespace) -> int:
     problems = check_router()
     if problems:
-        print(f"{CARGO_TOML.name}'s {ROUTER_HEADER} differs from template.yaml (fix: scripts/dev gen-router):",
-              file=sys.stderr)
+        print(f"{ROUTER_FILE.relative_to(ROOT)} does not route as template.yaml does:", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1
-    print(f"{CARGO_TOML.name}: {ROUTER_HEADER} matches template.yaml")
+    print(f"{ROUTER_FILE.relative_to(ROOT)} routes as template.yaml does")
     return 0
 
 
@@ -127,10 +127,6 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
     template = load_template()
     require_tool("cargo", "install Rust with rustup")
-    if problems := check_router():
-        print("warning: Cargo.toml's router differs from template.yaml (run scripts/dev gen-router):", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
     if not port_is_free(args.port):
         raise StackError(f"port {args.port} is in use (another `scripts/dev run`?); choose another with --port")
     services = start_services(sup, "run", free_port(8000), free_port(5000))
@@ -256,7 +252,7 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
     problems = check_router() + check_sam_local_env()
     for p in problems:
         print(f"  {p}", file=sys.stderr)
-    step("check-router (Cargo.toml's router and scripts/sam-local-env.json match template.yaml)", not problems)
+    step("check-router (the local router and scripts/sam-local-env.json match template.yaml)", not problems)
     if filtered:
         print("stack: check-policies: skipped (arguments for nextest were given: the tests that ran may not "
               "exercise every function)", flush=True)
@@ -303,9 +299,9 @@ def main(argv: list[str]) -> int:
                        help="fail when a function's policies are narrower or wider than what it did in the tests")
     p.add_argument("--observed-dir", default=None,
                    help=f"the tests' observations (default: the latest run's, in {OBSERVED_DIR.relative_to(ROOT)}/<pid>)")
-    sub.add_parser("gen-router", help="write Cargo.toml's cargo lambda watch router from template.yaml")
+    sub.add_parser("gen-router", help="write .local/cargo-lambda.toml (cargo lambda watch's router) from template.yaml")
     sub.add_parser("gen-sam-local-env", help="write scripts/sam-local-env.json from template.yaml")
-    sub.add_parser("check-router", help="fail when Cargo.toml's router differs from template.yaml")
+    sub.add_parser("check-router", help="fail when the local router would route otherwise than template.yaml")
     sub.add_parser("build", help="sam build for arm64: one bootstrap per function in .aws-sam/build")
     p = sub.add_parser("env", help="print the local environment of the functions as shell exports")
     p.add_argument("--dynamodb-port", type=int, default=8000)

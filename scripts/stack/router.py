@@ -1,25 +1,25 @@
-"""The cargo lambda watch router: Cargo.toml's [workspace.metadata.lambda.watch.router],
-written from template.yaml's routes (`scripts/dev gen-router`) and checked against them
-(`scripts/dev check-router`)."""
+"""The cargo lambda watch router, made from template.yaml's routes (which the tests check
+against the route table) each time the local API starts: `.local/cargo-lambda.toml`, which
+cargo lambda watch reads as its global configuration (`--global`). Nothing in the repository
+holds a copy that could drift; `scripts/dev gen-router` writes the file for a hand-run
+`cargo lambda watch --global .local/cargo-lambda.toml`."""
 
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, StackError
+from .common import LOCAL_DIR, StackError
 from .template import fallback_function, load_template, routes
 
-CARGO_TOML = ROOT / "Cargo.toml"
-ROUTER_SECTION = "workspace.metadata.lambda.watch.router"
-ROUTER_HEADER = f"[{ROUTER_SECTION}]"
+ROUTER_FILE = LOCAL_DIR / "cargo-lambda.toml"
+ROUTER_HEADER = "[watch.router]"
 ROUTER_COMMENT = (
-    "# Local routes for `cargo lambda watch`, generated from template.yaml by\n"
-    "# `scripts/dev gen-router` (`scripts/dev check-router` checks them). A known path answers\n"
-    "# every method: the ones the template does not route go to the fallback function (405).\n"
+    "# Local routes for `cargo lambda watch`, written from template.yaml by scripts/stack each\n"
+    "# time the local API starts (do not edit). A known path answers every method: the ones the\n"
+    "# template does not route go to the fallback function (405).\n"
 )
 # Methods a known path must answer locally: cargo lambda watch does not fall through to the
 # catch-all when a path matches but its method is not mapped.
@@ -69,70 +69,22 @@ def render_router(router: RouterSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def current_router(cargo_toml: Path = CARGO_TOML) -> RouterSpec | None:
-    with open(cargo_toml, "rb") as f:
-        data = tomllib.load(f)
-    node: Any = data
-    for part in ROUTER_SECTION.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    out: RouterSpec = {}
-    for path, target in node.items():
-        if isinstance(target, str):
-            out[path] = target
-        else:
-            out[path] = {str(entry["method"]): str(entry["function"]) for entry in target}
-    return out
+def write_router(template: dict[str, Any], path: Path = ROUTER_FILE) -> Path:
+    """Writes the router for `cargo lambda watch --global`; returns the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_router(expected_router(template)), encoding="utf-8")
+    return path
 
 
-def router_diff(expected: RouterSpec, actual: RouterSpec | None) -> list[str]:
-    if actual is None:
-        return [f"Cargo.toml has no {ROUTER_HEADER}"]
-    problems = []
-    for path in sorted(set(expected) | set(actual)):
-        e, a = expected.get(path), actual.get(path)
-        if e == a:
-            continue
-        if a is None:
-            problems.append(f"missing {path} -> {e}")
-        elif e is None:
-            problems.append(f"unexpected {path} -> {a}")
-        elif isinstance(e, dict) and isinstance(a, dict):
-            for m in sorted(set(e) | set(a)):
-                if e.get(m) != a.get(m):
-                    problems.append(f"{m} {path}: template says {e.get(m)}, Cargo.toml says {a.get(m)}")
-        else:
-            problems.append(f"{path}: template says {e}, Cargo.toml says {a}")
-    return problems
-
-
-_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*[A-Za-z0-9_.\"'\- ]+\]\]?\s*(#.*)?$")
-
-
-def write_router(template: dict[str, Any], cargo_toml: Path = CARGO_TOML) -> bool:
-    """Writes (or replaces) the router section; returns whether the file changed."""
-    block = render_router(expected_router(template))
-    text = cargo_toml.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.strip() == ROUTER_HEADER), None)
-    if start is None:
-        new_text = text.rstrip("\n") + "\n\n" + block
-    else:
-        # Take the generated comment above the header with it.
-        comment_lines = ROUTER_COMMENT.count("\n")
-        if "".join(lines[max(0, start - comment_lines):start]) == ROUTER_COMMENT:
-            start -= comment_lines
-        end = start + 1
-        while end < len(lines) and not (_TABLE_HEADER.match(lines[end]) and lines[end].strip() != ROUTER_HEADER):
-            end += 1
-        rest = "".join(lines[end:])
-        new_text = "".join(lines[:start]) + block + ("\n" + rest if rest else "")
-    if new_text == text:
-        return False
-    cargo_toml.write_text(new_text, encoding="utf-8")
-    return True
-
-
-def check_router() -> list[str]:
-    return router_diff(expected_router(load_template()), current_router())
+def check_router(path: Path = ROUTER_FILE) -> list[str]:
+    """What the written router would route differently from template.yaml (it reads back as
+    the same table), for the test command."""
+    template = load_template()
+    expected = expected_router(template)
+    with open(write_router(template, path), "rb") as f:
+        node: Any = tomllib.load(f).get("watch", {}).get("router", {})
+    actual: RouterSpec = {
+        p: t if isinstance(t, str) else {str(e["method"]): str(e["function"]) for e in t} for p, t in node.items()
+    }
+    return [f"{p}: template says {expected.get(p)}, the router file says {actual.get(p)}"
+            for p in sorted(set(expected) | set(actual)) if expected.get(p) != actual.get(p)]

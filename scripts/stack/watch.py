@@ -15,7 +15,8 @@ from typing import Any
 from .common import ROOT, StackError
 from .services import free_port
 from .supervisor import Child, Supervisor
-from .template import routes
+from .router import write_router
+from .template import load_template, routes
 
 
 def start_watch(sup: Supervisor, port: int, env: dict[str, str], *, log: Path | None,
@@ -25,8 +26,10 @@ def start_watch(sup: Supervisor, port: int, env: dict[str, str], *, log: Path | 
     watch_port = free_port()
     while watch_port == port:
         watch_port = free_port()
-    argv = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(watch_port),
-            "--concurrency", str(concurrency)]
+    # The routes, from template.yaml, as cargo lambda watch's global configuration.
+    router = write_router(load_template())
+    argv = ["cargo", "lambda", "watch", "--global", str(router), "--invoke-address", "127.0.0.1",
+            "--invoke-port", str(watch_port), "--concurrency", str(concurrency)]
     if ignore_changes:
         argv.append("--ignore-changes")
     # RUST_LOG is for the functions: cargo lambda reads it too and would log every event.
