@@ -66,9 +66,16 @@ fn default_events_column_config() -> Value {
     json!({"active": "DEFAULT"})
 }
 
+/// Whether a user is staff (API.md §2: staff may read other users and manage their 2FA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKind {
+    Regular,
+    Staff,
+}
+
 impl UserRecord {
     /// A new active user with PostHog's defaults.
-    pub fn new(email: &str, first_name: &str, last_name: &str, is_staff: bool) -> Self {
+    pub fn new(email: &str, first_name: &str, last_name: &str, kind: UserKind) -> Self {
         let uuid = uuid::Uuid::new_v4();
         UserRecord {
             uuid: uuid.to_string(),
@@ -78,7 +85,7 @@ impl UserRecord {
             email: email.to_string(),
             is_email_verified: None,
             date_joined: crate::clock::iso_now(),
-            is_staff,
+            is_staff: kind == UserKind::Staff,
             is_active: true,
             notification_settings: default_notification_settings(),
             anonymize_data: false,

@@ -305,7 +305,12 @@ pub fn unique_email(tag: &str) -> String {
 }
 
 pub async fn create_user(ctx: &Context, staff: bool, scopes: &[&str]) -> TestUser {
-    let user = UserRecord::new(&unique_email("user"), "Test", "User", staff);
+    let kind = if staff {
+        shared::users::UserKind::Staff
+    } else {
+        shared::users::UserKind::Regular
+    };
+    let user = UserRecord::new(&unique_email("user"), "Test", "User", kind);
     ctx.store.create_user(&user).await.expect("create user");
     let key = create_key(ctx, &user, scopes).await;
     TestUser { user, key }

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
 use shared::store::Store;
-use shared::users::UserRecord;
+use shared::users::{UserKind, UserRecord};
 use shared::ApiError;
 use std::process::ExitCode;
 
@@ -151,7 +151,12 @@ async fn run(command: Command) -> Result<Value, Failure> {
             if !shared::email_change::is_valid_email(&email) {
                 return Err(Failure::InvalidEmail(email));
             }
-            let user = UserRecord::new(&email, first_name.trim(), last_name.trim(), staff);
+            let kind = if staff {
+                UserKind::Staff
+            } else {
+                UserKind::Regular
+            };
+            let user = UserRecord::new(&email, first_name.trim(), last_name.trim(), kind);
             store.create_user(&user).await.map_err(|e| match e {
                 ApiError::Validation { code: "unique", .. } => Failure::EmailTaken(email),
                 other => Failure::Store(other),

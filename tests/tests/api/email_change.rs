@@ -97,7 +97,12 @@ both!(
             "There is already an account with this email address.",
             Some("email"),
         );
-        let reuse = shared::users::UserRecord::new(&user.user.email, "Re", "Use", false);
+        let reuse = shared::users::UserRecord::new(
+            &user.user.email,
+            "Re",
+            "Use",
+            shared::users::UserKind::Regular,
+        );
         ctx.store
             .create_user(&reuse)
             .await
