@@ -1,7 +1,6 @@
 //! API.md §2: credentials, scopes and whose account a path may name, on the routes of issue 2.
 use api_tests::*;
 use serde_json::json;
-use shared::store::s;
 
 /// A write route of every issue-2 function, as (method, path, body) for `@me`.
 fn write_routes() -> Vec<(&'static str, &'static str, serde_json::Value)> {
@@ -161,10 +160,7 @@ both!(write_key_implies_read, |api, ctx| async move {
     let user = create_user(&ctx, false, &["user:write"]).await;
     assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .json(&json!({"scene": "home", "dashboard": 7}))
-        .send()
+        .set_scene(&user.key, &json!({"scene": "home", "dashboard": 7}))
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
@@ -176,17 +172,11 @@ both!(star_key_reads_and_writes, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
     let reply = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&user.key)
-        .json(&json!({"token": "star-token", "platform": "web"}))
-        .send()
+        .register_push_token(&user.key, "star-token", "web")
         .await;
     assert_eq!(reply.ok_json()["platform"], "web");
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .json(&json!({"token": "star-token"}))
-        .send()
+        .unregister_push_token(&user.key, &json!({"token": "star-token"}))
         .await;
     reply.assert_no_content();
     assert!(ctx
@@ -320,10 +310,7 @@ both!(push_tokens_only_via_me, |api, ctx| async move {
     let plain = create_user(&ctx, false, &["*"]).await;
     let victim = create_user(&ctx, false, &["*"]).await;
     let register = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&victim.key)
-        .json(&json!({"token": "victim-token", "platform": "ios"}))
-        .send()
+        .register_push_token(&victim.key, "victim-token", "ios")
         .await;
     register.assert_status(200);
     let unknown = uuid::Uuid::new_v4().to_string();
@@ -478,14 +465,15 @@ async fn deactivating_again_finishes_a_partial_deactivation() {
     let ctx = context().await;
     let user = create_user(&ctx, false, &["*"]).await;
     let second = create_key(&ctx, &user.user, &["user:read"]).await;
+    // Only the user's own flag, through the store's update of the user's fields (a put of
+    // the whole record would drop the user's list of key hashes, which deactivation reads).
+    let inactive = json!({"is_active": false});
     ctx.store
-        .db
-        .update_item()
-        .table_name(&ctx.store.tables.users)
-        .key("uuid", shared::store::s(user.uuid()))
-        .update_expression("SET is_active = :no")
-        .expression_attribute_values(":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
-        .send()
+        .update_profile(
+            user.uuid(),
+            inactive.as_object().unwrap(),
+            shared::store::users::EmailUpdate::Unchanged,
+        )
         .await
         .expect("user inactive");
     let stored = stored_keys(&ctx, user.uuid()).await;
@@ -527,13 +515,14 @@ async fn noted_after(ctx: &shared::Context, key: &str, old: Option<&str>) -> Opt
 async fn set_last_used(ctx: &shared::Context, key: &str, ago_secs: u64) -> String {
     let at =
         shared::clock::iso_at_micros((shared::clock::now_secs() - ago_secs) * 1_000_000 + 123_456);
+    let hash = shared::auth::ApiKeyHash::of(key);
+    let mut record = ctx.store.api_key(&hash).await.unwrap().expect("the key");
+    record.last_used_at = Some(at.clone());
     ctx.store
         .db
-        .update_item()
+        .put_item()
         .table_name(&ctx.store.tables.api_keys)
-        .key("secure_value", s(shared::auth::ApiKeyHash::of(key).0))
-        .update_expression("SET last_used_at = :t")
-        .expression_attribute_values(":t", s(&at))
+        .set_item(Some(shared::store::to_item(&record).unwrap()))
         .send()
         .await
         .expect("DynamoDB answers");
@@ -560,10 +549,7 @@ both!(a_key_use_is_noted, |api, ctx| async move {
     // Noted more than an hour ago: noted again, by a route of another function.
     let old = set_last_used(&ctx, &user.key, 3_700).await;
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .json(&json!({"scene": "s", "dashboard": 1}))
-        .send()
+        .set_scene(&user.key, &json!({"scene": "s", "dashboard": 1}))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let renoted = noted_after(&ctx, &user.key, Some(&old))
@@ -587,12 +573,7 @@ async fn a_key_used_within_the_hour_is_not_noted_again() {
     assert_eq!(last_used(&ctx, &user.key).await, Some(recent));
     // A refused request (missing scope) still authenticated the key: noted once due.
     let old = set_last_used(&ctx, &user.key, 7_200).await;
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"first_name": "X"}))
-        .send()
-        .await;
+    let reply = api.patch_me(&user.key, &json!({"first_name": "X"})).await;
     assert_eq!(reply.status, 403, "{}", reply.body);
     assert_ne!(last_used(&ctx, &user.key).await, Some(old));
 }

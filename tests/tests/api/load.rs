@@ -9,9 +9,9 @@
 //! one of four users with seven other clients (their scene updates race; their tokens live in
 //! one token set, under the cap, so registrations contend on its version).
 use api_tests::*;
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{json, Value};
 use shared::push_tokens::MAX_TOKENS_PER_USER;
-use shared::store::s;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -397,7 +397,7 @@ async fn items_of(
             .table_name(table)
             .key_condition_expression("#k = :u")
             .expression_attribute_names("#k", key)
-            .expression_attribute_values(":u", s(uuid))
+            .expression_attribute_values(":u", AttributeValue::S(uuid.to_string()))
             .consistent_read(true)
             .set_exclusive_start_key(start)
             .send()
