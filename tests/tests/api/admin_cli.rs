@@ -168,10 +168,7 @@ async fn create_key_prints_a_working_key() {
     assert_eq!(me["uuid"], uuid);
     assert_eq!(me["email"], user["email"]);
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(key)
-        .json(&json!({"scene": "cli", "dashboard": 1}))
-        .send()
+        .set_scene(key, &json!({"scene": "cli", "dashboard": 1}))
         .await;
     reply.assert_status(200);
 
@@ -183,10 +180,7 @@ async fn create_key_prints_a_working_key() {
     assert_eq!(read["scopes"], json!(["user:read"]));
     assert_eq!(api.me(read_key).await["uuid"], uuid);
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(read_key)
-        .json(&json!({"scene": "cli", "dashboard": 2}))
-        .send()
+        .set_scene(read_key, &json!({"scene": "cli", "dashboard": 2}))
         .await;
     reply.assert_forbidden(MISSING_WRITE_SCOPE);
 
@@ -289,12 +283,7 @@ async fn deactivate_user_then_401() {
     for key in &keys {
         let reply = api.get("/api/users/@me/").bearer(key).send().await;
         reply.assert_unauthorized("authentication_failed");
-        let reply = api
-            .post("/api/users/@me/push_tokens/")
-            .bearer(key)
-            .json(&json!({"token": "t", "platform": "ios"}))
-            .send()
-            .await;
+        let reply = api.register_push_token(key, "t", "ios").await;
         reply.assert_unauthorized("authentication_failed");
     }
     assert_eq!(api.me(&bystander_key).await["uuid"], bystander["uuid"]);

@@ -108,11 +108,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     )
     .await;
     let newer = unique_email("budget2");
-    api.patch("/api/users/@me/")
-        .bearer(&k)
-        .json(&json!({"email": newer}))
-        .send()
-        .await;
+    api.patch_me(&k, &json!({"email": newer})).await;
     let code = code_mailed_to(&newer).await;
     b.check(
         "verify-email",
@@ -131,10 +127,8 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     )
     .await;
     for i in 0..20 {
-        api.post("/api/users/@me/push_tokens/")
-            .bearer(&k)
-            .json(&json!({"token": format!("t{i}"), "platform": "ios"}))
-            .send()
+        api.post(PUSH_TOKENS)
+            .send_json(&k, &json!({"token": format!("t{i}"), "platform": "ios"}))
             .await;
     }
     b.check(

@@ -690,10 +690,7 @@ async fn throttled_dynamodb_is_retried_with_backoff() {
     // A write is retried the same way and lands once.
     proxy.throttle(2);
     let object = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .json(&json!({"scene": "throttled", "dashboard": 3}))
-        .send()
+        .set_scene(&user.key, &json!({"scene": "throttled", "dashboard": 3}))
         .await
         .user_object();
     assert_eq!(
@@ -781,12 +778,7 @@ async fn secrets_manager_unreachable_at_cold_start() {
     proxy.down().await;
     let secret = setup["secret"].as_str().expect("secret").to_string();
     let code = pyotp_code(&secret, shared::clock::now_secs()).await;
-    api.post("/api/users/@me/two_factor_validate/")
-        .bearer(&user.key)
-        .json(&json!({"token": code}))
-        .send()
-        .await
-        .ok_json();
+    api.validate_2fa(&user.key, code).await.ok_json();
     let status = api
         .get("/api/users/@me/two_factor_status/")
         .bearer(&user.key)

@@ -274,13 +274,7 @@ async fn non_utf8_json_bodies_are_parse_errors() {
                 .raw("application/json", body)
                 .send()
                 .await;
-            reply.assert_error_prefix(
-                400,
-                "invalid_request",
-                "parse_error",
-                "JSON parse error - ",
-                None,
-            );
+            reply.assert_parse_error();
         }
     }
 }

@@ -2,14 +2,8 @@
 use api_tests::*;
 use serde_json::{json, Value};
 
-const REGISTER: &str = "/api/users/@me/push_tokens/";
-const UNREGISTER: &str = "/api/users/@me/push_tokens/unregister/";
-
 async fn register(api: &Api, key: &str, token: &str, platform: &str) -> Value {
-    api.post(REGISTER)
-        .bearer(key)
-        .json(&json!({"token": token, "platform": platform}))
-        .send()
+    api.register_push_token(key, token, platform)
         .await
         .ok_json()
 }
@@ -148,13 +142,8 @@ both!(
             ),
         ];
         for (body, code, detail, attr) in cases {
-            let reply = api
-                .post(REGISTER)
-                .bearer(&user.key)
-                .json(&body)
-                .send()
-                .await;
-            reply.assert_error(400, "validation_error", code, &detail, Some(attr));
+            let reply = api.post(PUSH_TOKENS).send_json(&user.key, &body).await;
+            reply.assert_invalid(attr, code, &detail);
         }
         assert!(
             tokens_of(&ctx, user.uuid()).await.is_empty(),
@@ -227,10 +216,7 @@ both!(
         register(&api, &me.key, "keep-me", "ios").await;
         register(&api, &other.key, "shared-token", "android").await;
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": "shared-token"}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": "shared-token"}))
             .await;
         reply.assert_no_content();
         assert_eq!(
@@ -252,20 +238,14 @@ both!(unregister_unknown_token_is_204, |api, ctx| async move {
     let me = create_user(&ctx, false, &["*"]).await;
     register(&api, &me.key, "known", "web").await;
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&me.key)
-        .json(&json!({"token": "never-registered"}))
-        .send()
+        .unregister_push_token(&me.key, &json!({"token": "never-registered"}))
         .await;
     reply.assert_no_content();
     assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["known".to_string()]);
     // Twice the same token: 204 both times.
     for _ in 0..2 {
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": "known"}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": "known"}))
             .await;
         reply.assert_no_content();
     }
@@ -273,10 +253,7 @@ both!(unregister_unknown_token_is_204, |api, ctx| async move {
     // A user with no tokens at all.
     let empty = create_user(&ctx, false, &["*"]).await;
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&empty.key)
-        .json(&json!({"token": "x"}))
-        .send()
+        .unregister_push_token(&empty.key, &json!({"token": "x"}))
         .await;
     reply.assert_no_content();
 });
@@ -286,10 +263,7 @@ both!(unregister_matches_case_sensitively, |api, ctx| async move {
     register(&api, &me.key, "AbCdEf", "ios").await;
     for wrong in ["abcdef", "ABCDEF", "AbCdE", "AbCdEf0"] {
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": wrong}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": wrong}))
             .await;
         reply.assert_no_content();
         assert_eq!(
@@ -299,10 +273,7 @@ both!(unregister_matches_case_sensitively, |api, ctx| async move {
         );
     }
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&me.key)
-        .json(&json!({"token": "AbCdEf"}))
-        .send()
+        .unregister_push_token(&me.key, &json!({"token": "AbCdEf"}))
         .await;
     reply.assert_no_content();
     assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
@@ -315,27 +286,19 @@ both!(
         register(&api, &me.key, "1234567", "android").await;
         register(&api, &me.key, "padded", "android").await;
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": 1234567}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": 1234567}))
             .await;
         reply.assert_no_content();
         assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["padded".to_string()]);
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": "  padded \n"}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": "  padded \n"}))
             .await;
         reply.assert_no_content();
         assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
         // A numeric token registers as its text too.
         let reply = api
-            .post(REGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": 98765, "platform": "ios"}))
-            .send()
+            .post(PUSH_TOKENS)
+            .send_json(&me.key, &json!({"token": 98765, "platform": "ios"}))
             .await;
         reply.assert_status(200);
         assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["98765".to_string()]);
@@ -375,23 +338,12 @@ both!(unregister_validates_the_token, |api, ctx| async move {
         ),
     ];
     for (body, code, detail) in cases {
-        let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&body)
-            .send()
-            .await;
-        reply.assert_error(400, "validation_error", code, &detail, Some("token"));
+        let reply = api.unregister_push_token(&me.key, &body).await;
+        reply.assert_invalid("token", code, &detail);
     }
     // No body at all is a missing token.
-    let reply = api.post(UNREGISTER).bearer(&me.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "required",
-        "This field is required.",
-        Some("token"),
-    );
+    let reply = api.post(UNREGISTER_PUSH_TOKEN).bearer(&me.key).send().await;
+    reply.assert_required("token");
     assert_eq!(
         tokens_of(&ctx, me.uuid()).await.len(),
         1,
@@ -399,10 +351,7 @@ both!(unregister_validates_the_token, |api, ctx| async move {
     );
     // Exactly 512 characters is valid and deletes the row.
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&me.key)
-        .json(&json!({"token": "z".repeat(512)}))
-        .send()
+        .unregister_push_token(&me.key, &json!({"token": "z".repeat(512)}))
         .await;
     reply.assert_no_content();
     assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
@@ -421,10 +370,8 @@ both!(
                     let key = key.clone();
                     async move {
                         let reply = api
-                            .post(REGISTER)
-                            .bearer(&key)
-                            .json(&json!({"token": name, "platform": "ios"}))
-                            .send()
+                            .post(PUSH_TOKENS)
+                            .send_json(&key, &json!({"token": name, "platform": "ios"}))
                             .await;
                         (name, reply)
                     }
@@ -482,10 +429,8 @@ both!(
                 let key = user.key.clone();
                 tokio::spawn(async move {
                     let platform = ["ios", "android", "web"][i % 3];
-                    api.post(REGISTER)
-                        .bearer(&key)
-                        .json(&json!({"token": "same", "platform": platform}))
-                        .send()
+                    api.post(PUSH_TOKENS)
+                        .send_json(&key, &json!({"token": "same", "platform": platform}))
                         .await
                 })
             })

@@ -18,13 +18,7 @@ both!(malformed_json_is_a_parse_error, |api, ctx| async move {
                 .raw("application/json", body)
                 .send()
                 .await;
-            reply.assert_error_prefix(
-                400,
-                "invalid_request",
-                "parse_error",
-                "JSON parse error - ",
-                None,
-            );
+            reply.assert_parse_error();
         }
     }
     assert_eq!(api.me(&user.key).await["first_name"], "Test");
@@ -47,26 +41,14 @@ both!(
                 .json(&json!(["token", "x"]))
                 .send()
                 .await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "invalid_input",
-                "Invalid data. Expected a dictionary, but got list.",
-                None,
-            );
+            reply.assert_not_a_dictionary("list");
             let reply = api
                 .call(method, path)
                 .bearer(&user.key)
                 .json(&json!("text"))
                 .send()
                 .await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "invalid_input",
-                "Invalid data. Expected a dictionary, but got str.",
-                None,
-            );
+            reply.assert_not_a_dictionary("str");
         }
     }
 );
@@ -128,13 +110,7 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
         .raw(form, "other=1")
         .send()
         .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "required",
-        "This field is required.",
-        Some("token"),
-    );
+    reply.assert_required("token");
 });
 
 both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
@@ -170,7 +146,7 @@ both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
             .raw("application/json", make(64 * 1024 + 1))
             .send()
             .await;
-        reply.assert_error_prefix(413, "invalid_request", "request_too_large", "", None);
+        reply.assert_request_too_large();
         // 65 KiB of something that is not even JSON: refused before any parsing.
         let reply = api
             .call(method, path)
@@ -178,7 +154,7 @@ both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
             .raw("application/json", vec![b'{'; 65 * 1024])
             .send()
             .await;
-        reply.assert_error_prefix(413, "invalid_request", "request_too_large", "", None);
+        reply.assert_request_too_large();
     }
     let reply = api
         .post("/api/users/@me/scene_personalisation/")
@@ -236,9 +212,10 @@ both!(
         {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"scene": format!("s{i}"), "dashboard": i + 1}))
-                .send()
+                .send_json(
+                    &user.key,
+                    &json!({"scene": format!("s{i}"), "dashboard": i + 1}),
+                )
                 .await;
             reply.assert_status(200);
         }
@@ -249,9 +226,7 @@ both!(
         for path in ["/api/users/@me/push_tokens", "/api/users/@me/push_tokens/"] {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": path, "platform": "web"}))
-                .send()
+                .send_json(&user.key, &json!({"token": path, "platform": "web"}))
                 .await;
             reply.assert_status(200);
         }
@@ -271,9 +246,7 @@ both!(
         ] {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": token}))
-                .send()
+                .send_json(&user.key, &json!({"token": token}))
                 .await;
             reply.assert_no_content();
         }
@@ -286,9 +259,7 @@ both!(
         for path in ["/api/users/@me", "/api/users/@me/"] {
             let reply = api
                 .patch(path)
-                .bearer(&user.key)
-                .json(&json!({"last_name": path}))
-                .send()
+                .send_json(&user.key, &json!({"last_name": path}))
                 .await;
             assert_eq!(reply.user_object()["last_name"], path);
         }
@@ -297,28 +268,14 @@ both!(
             "/api/users/cancel_email_change_request/",
         ] {
             let reply = api.patch(path).bearer(&user.key).send().await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "email_change_request_not_found",
-                "No active email change requests found.",
-                None,
-            );
+            reply.assert_no_email_change_request();
         }
         for path in ["/api/users/verify_email", "/api/users/verify_email/"] {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"uuid": user.uuid()}))
-                .send()
+                .send_json(&user.key, &json!({"uuid": user.uuid()}))
                 .await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "required",
-                "This field is required.",
-                Some("code"),
-            );
+            reply.assert_required("code");
         }
     }
 );
@@ -376,21 +333,9 @@ both!(wrong_method_is_405, |api, ctx| async move {
             .json(&json!({}))
             .send()
             .await;
-        reply.assert_error(
-            405,
-            "invalid_request",
-            "method_not_allowed",
-            &format!("Method \"{method}\" not allowed."),
-            None,
-        );
+        reply.assert_method_not_allowed(method);
         let reply = api.call(method, path).send().await;
-        reply.assert_error(
-            405,
-            "invalid_request",
-            "method_not_allowed",
-            &format!("Method \"{method}\" not allowed."),
-            None,
-        );
+        reply.assert_method_not_allowed(method);
     }
     // A 405 did nothing.
     let me = api.me(&user.key).await;
@@ -399,18 +344,15 @@ both!(wrong_method_is_405, |api, ctx| async move {
 
 both!(unknown_keys_are_ignored, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&user.key)
-        .json(&json!({"token": "k", "platform": "ios", "user": "someone-else", "id": 5, "extra": [1, 2]}))
-        .send()
-        .await;
+    let extra =
+        json!({"token": "k", "platform": "ios", "user": "someone-else", "id": 5, "extra": [1, 2]});
+    let reply = api.post(PUSH_TOKENS).send_json(&user.key, &extra).await;
     reply.assert_status(200);
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .json(&json!({"token": "k", "platform": "ios", "user_uuid": "x"}))
-        .send()
+        .unregister_push_token(
+            &user.key,
+            &json!({"token": "k", "platform": "ios", "user_uuid": "x"}),
+        )
         .await;
     reply.assert_no_content();
     assert!(ctx
@@ -420,20 +362,20 @@ both!(unknown_keys_are_ignored, |api, ctx| async move {
         .unwrap()
         .is_empty());
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .json(&json!({"scene": "a", "dashboard": 2, "team": 99, "user": "x"}))
-        .send()
+        .set_scene(
+            &user.key,
+            &json!({"scene": "a", "dashboard": 2, "team": 99, "user": "x"}),
+        )
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
         json!([{"scene": "a", "dashboard": 2}])
     );
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"first_name": "K", "no_such_field": true}))
-        .send()
+        .patch_me(
+            &user.key,
+            &json!({"first_name": "K", "no_such_field": true}),
+        )
         .await;
     let object = reply.user_object();
     assert_eq!(object["first_name"], "K");
@@ -443,12 +385,7 @@ both!(success_responses_are_json, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
     assert_eq!(reply.header("content-type"), Some("application/json"));
-    let reply = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&user.key)
-        .json(&json!({"token": "j", "platform": "ios"}))
-        .send()
-        .await;
+    let reply = api.register_push_token(&user.key, "j", "ios").await;
     assert_eq!(reply.header("content-type"), Some("application/json"));
     reply.assert_status(200);
 });
@@ -476,9 +413,7 @@ both!(percent_encoded_me_is_me, |api, ctx| async move {
     assert_eq!(reply.user_object()["uuid"], user.uuid());
     let reply = api
         .post("/api/users/%40me/push_tokens/")
-        .bearer(&user.key)
-        .json(&json!({"token": "encoded", "platform": "ios"}))
-        .send()
+        .send_json(&user.key, &json!({"token": "encoded", "platform": "ios"}))
         .await;
     reply.assert_status(200);
     assert_eq!(

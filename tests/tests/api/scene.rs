@@ -2,15 +2,8 @@
 use api_tests::*;
 use serde_json::{json, Value};
 
-const PATH: &str = "/api/users/@me/scene_personalisation/";
-
 async fn set(api: &Api, key: &str, body: Value) -> Value {
-    api.post(PATH)
-        .bearer(key)
-        .json(&body)
-        .send()
-        .await
-        .user_object()
+    api.set_scene(key, &body).await.user_object()
 }
 
 both!(
@@ -104,17 +97,12 @@ both!(
             (json!({"id": 1}), "dict"),
         ] {
             let reply = api
-                .post(PATH)
-                .bearer(&user.key)
-                .json(&json!({"scene": "home", "dashboard": value}))
-                .send()
+                .set_scene(&user.key, &json!({"scene": "home", "dashboard": value}))
                 .await;
-            reply.assert_error(
-                400,
-                "validation_error",
+            reply.assert_invalid(
+                "dashboard",
                 "incorrect_type",
                 &format!("Incorrect type. Expected pk value, received {kind}."),
-                Some("dashboard"),
             );
         }
         assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
@@ -126,25 +114,13 @@ both!(
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
         let reply = api
-            .post(PATH)
-            .bearer(&user.key)
-            .json(&json!({"scene": "home", "dashboard": null}))
-            .send()
+            .set_scene(&user.key, &json!({"scene": "home", "dashboard": null}))
             .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "null",
-            "This field may not be null.",
-            Some("dashboard"),
-        );
+        reply.assert_null("dashboard");
         // Not a positive integer: a 400 on the field (the contract does not name the code).
         for value in [json!(0), json!(-3), json!("0"), json!("-1")] {
             let reply = api
-                .post(PATH)
-                .bearer(&user.key)
-                .json(&json!({"scene": "home", "dashboard": value}))
-                .send()
+                .set_scene(&user.key, &json!({"scene": "home", "dashboard": value}))
                 .await;
             assert_eq!(reply.status, 400, "{value}: {}", reply.body);
             let body = reply.json();
@@ -157,54 +133,15 @@ both!(
 
 both!(missing_fields_are_request_errors, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"scene": "home"}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Dashboard must be provided.",
-        None,
-    );
-    let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"dashboard": 1}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Scene must be provided.",
-        None,
-    );
+    let reply = api.set_scene(&user.key, &json!({"scene": "home"})).await;
+    reply.assert_validation_error("invalid_input", "Dashboard must be provided.");
+    let reply = api.set_scene(&user.key, &json!({"dashboard": 1})).await;
+    reply.assert_validation_error("invalid_input", "Scene must be provided.");
     // Both missing: the dashboard is checked first.
-    let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Dashboard must be provided.",
-        None,
-    );
-    let reply = api.post(PATH).bearer(&user.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Dashboard must be provided.",
-        None,
-    );
+    let reply = api.set_scene(&user.key, &json!({})).await;
+    reply.assert_validation_error("invalid_input", "Dashboard must be provided.");
+    let reply = api.post(SCENE).bearer(&user.key).send().await;
+    reply.assert_validation_error("invalid_input", "Dashboard must be provided.");
     assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
 });
 
@@ -212,45 +149,21 @@ both!(scene_must_be_short_and_not_blank, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     for scene in ["", "   "] {
         let reply = api
-            .post(PATH)
-            .bearer(&user.key)
-            .json(&json!({"scene": scene, "dashboard": 1}))
-            .send()
+            .set_scene(&user.key, &json!({"scene": scene, "dashboard": 1}))
             .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "blank",
-            "This field may not be blank.",
-            Some("scene"),
-        );
+        reply.assert_blank("scene");
     }
     let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"scene": "s".repeat(201), "dashboard": 1}))
-        .send()
+        .set_scene(
+            &user.key,
+            &json!({"scene": "s".repeat(201), "dashboard": 1}),
+        )
         .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "max_length",
-        "Ensure this field has no more than 200 characters.",
-        Some("scene"),
-    );
+    reply.assert_max_length("scene", 200);
     let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"scene": null, "dashboard": 1}))
-        .send()
+        .set_scene(&user.key, &json!({"scene": null, "dashboard": 1}))
         .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "null",
-        "This field may not be null.",
-        Some("scene"),
-    );
+    reply.assert_null("scene");
     assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
     // 200 characters is fine.
     let long = "s".repeat(200);
@@ -300,18 +213,12 @@ both!(
             json!([{"scene": wide, "dashboard": 1}])
         );
         let reply = api
-            .post(PATH)
-            .bearer(&user.key)
-            .json(&json!({"scene": "\u{1F600}".repeat(201), "dashboard": 1}))
-            .send()
+            .set_scene(
+                &user.key,
+                &json!({"scene": "\u{1F600}".repeat(201), "dashboard": 1}),
+            )
             .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "max_length",
-            "Ensure this field has no more than 200 characters.",
-            Some("scene"),
-        );
+        reply.assert_max_length("scene", 200);
     }
 );
 
@@ -326,29 +233,24 @@ async fn scenes_are_capped_at_200() {
     for i in 0..shared::store::users::MAX_SCENES {
         let reply = api
             .post(path)
-            .bearer(&user.key)
-            .json(&json!({"scene": format!("scene-{i:03}"), "dashboard": i + 1}))
-            .send()
+            .send_json(
+                &user.key,
+                &json!({"scene": format!("scene-{i:03}"), "dashboard": i + 1}),
+            )
             .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
     api.post(path)
-        .bearer(&user.key)
-        .json(&json!({"scene": "one-too-many", "dashboard": 1}))
-        .send()
+        .send_json(&user.key, &json!({"scene": "one-too-many", "dashboard": 1}))
         .await
-        .assert_error(
-            400,
-            "validation_error",
+        .assert_invalid(
+            "scene",
             "invalid_input",
             "A user can personalise at most 200 scenes.",
-            Some("scene"),
         );
     let reply = api
         .post(path)
-        .bearer(&user.key)
-        .json(&json!({"scene": "scene-000", "dashboard": 999}))
-        .send()
+        .send_json(&user.key, &json!({"scene": "scene-000", "dashboard": 999}))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let scenes = reply.json()["scene_personalisation"]

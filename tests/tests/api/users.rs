@@ -48,12 +48,7 @@ both!(patch_updates_profile_fields, |api, ctx| async move {
         "hedgehog_config": {"use_as_profile": true},
         "events_column_config": {"active": ["event", "person"]},
     });
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&changes)
-        .send()
-        .await;
+    let reply = api.patch_me(&user.key, &changes).await;
     let object = reply.user_object();
     for (field, value) in changes.as_object().unwrap() {
         assert_eq!(&object[field], value, "{field} in the response");
@@ -65,10 +60,10 @@ both!(patch_updates_profile_fields, |api, ctx| async move {
     assert_eq!(stored["email"], user.user.email);
     // A second, partial update leaves the others as they were.
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"theme_mode": "light", "anonymize_data": false}))
-        .send()
+        .patch_me(
+            &user.key,
+            &json!({"theme_mode": "light", "anonymize_data": false}),
+        )
         .await;
     let object = reply.user_object();
     assert_eq!(object["theme_mode"], "light");
@@ -79,35 +74,26 @@ both!(patch_updates_profile_fields, |api, ctx| async move {
     assert_eq!(stored["theme_mode"], "light");
     assert_eq!(stored["first_name"], "Ada");
     // theme_mode may be cleared.
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"theme_mode": null}))
-        .send()
-        .await;
+    let reply = api.patch_me(&user.key, &json!({"theme_mode": null})).await;
     assert_eq!(reply.user_object()["theme_mode"], Value::Null);
 });
 
 both!(patch_ignores_read_only_fields, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let before = api.me(&user.key).await;
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({
-            "is_staff": true,
-            "uuid": uuid::Uuid::new_v4().to_string(),
-            "distinct_id": "forged",
-            "date_joined": "2000-01-01T00:00:00Z",
-            "pending_email": "forged@example.com",
-            "is_2fa_enabled": true,
-            "is_email_verified": true,
-            "scene_personalisation": [{"scene": "x", "dashboard": 1}],
-            "is_active": false,
-            "first_name": "Changed",
-        }))
-        .send()
-        .await;
+    let forged = json!({
+        "is_staff": true,
+        "uuid": uuid::Uuid::new_v4().to_string(),
+        "distinct_id": "forged",
+        "date_joined": "2000-01-01T00:00:00Z",
+        "pending_email": "forged@example.com",
+        "is_2fa_enabled": true,
+        "is_email_verified": true,
+        "scene_personalisation": [{"scene": "x", "dashboard": 1}],
+        "is_active": false,
+        "first_name": "Changed",
+    });
+    let reply = api.patch_me(&user.key, &forged).await;
     let object = reply.user_object();
     assert_eq!(object["first_name"], "Changed");
     let after = api.me(&user.key).await;
@@ -185,13 +171,8 @@ both!(
             // Each bad field comes with a good one, which must not be applied either.
             let mut body = body;
             body["last_name"] = json!("ShouldNotStick");
-            let reply = api
-                .patch("/api/users/@me/")
-                .bearer(&user.key)
-                .json(&body)
-                .send()
-                .await;
-            reply.assert_error(400, "validation_error", code, detail, Some(attr));
+            let reply = api.patch_me(&user.key, &body).await;
+            reply.assert_invalid(attr, code, detail);
         }
         let after = api.me(&user.key).await;
         assert_eq!(after["last_name"], "User");
@@ -206,12 +187,7 @@ both!(
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
         let before = api.me(&user.key).await;
-        let reply = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({}))
-            .send()
-            .await;
+        let reply = api.patch_me(&user.key, &json!({})).await;
         assert_eq!(reply.user_object(), before);
         let reply = api.patch("/api/users/@me/").bearer(&user.key).send().await;
         assert_eq!(reply.user_object(), before);
@@ -221,18 +197,12 @@ both!(
 both!(json_settings_are_capped_at_16_kib, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let big = json!({"accessories": "x".repeat(17 * 1024)});
-    api.patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"hedgehog_config": big, "first_name": "Nope"}))
-        .send()
-        .await
-        .assert_error(
-            400,
-            "validation_error",
-            "invalid_input",
-            "Ensure this value is no larger than 16 KiB.",
-            Some("hedgehog_config"),
-        );
+    api.patch_me(
+        &user.key,
+        &json!({"hedgehog_config": big, "first_name": "Nope"}),
+    )
+    .await
+    .assert_setting_too_large("hedgehog_config");
     let me = api
         .get("/api/users/@me/")
         .bearer(&user.key)
@@ -243,10 +213,7 @@ both!(json_settings_are_capped_at_16_kib, |api, ctx| async move {
     assert_ne!(me["first_name"], "Nope", "nothing changed");
     let fits = json!({"accessories": "x".repeat(15 * 1024)});
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"hedgehog_config": fits}))
-        .send()
+        .patch_me(&user.key, &json!({"hedgehog_config": fits}))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["hedgehog_config"], fits);
