@@ -25,6 +25,11 @@ impl<'a> Call<'a> {
     pub async fn send_json(self, key: &str, body: &Value) -> Reply {
         self.bearer(key).json(body).send().await
     }
+
+    /// Sends the request with this key and a body of this content type, as it is.
+    pub async fn send_raw(self, key: &str, content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
+        self.bearer(key).raw(content_type, body).send().await
+    }
 }
 
 impl Api {
@@ -136,4 +141,18 @@ pub async fn pending_change(api: &Api, ctx: &Context, tag: &str) -> (TestUser, S
         .user_object();
     let code = code_mailed_to(&new_email).await;
     (user, new_email, code)
+}
+
+/// The user's push tokens as stored, sorted.
+pub async fn push_tokens_of(ctx: &Context, uuid: &str) -> Vec<String> {
+    let mut tokens: Vec<String> = ctx
+        .store
+        .push_tokens_of(uuid)
+        .await
+        .expect("read the push tokens")
+        .into_iter()
+        .map(|t| t.token)
+        .collect();
+    tokens.sort();
+    tokens
 }

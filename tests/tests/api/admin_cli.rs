@@ -238,7 +238,7 @@ async fn revoke_key_then_401() {
     assert_eq!(api.me(&key).await["uuid"], uuid);
     let out = admin(&["revoke-key", "--key", &key]).await.json();
     assert_eq!(out, json!({"ok": true}));
-    let reply = api.get("/api/users/@me/").bearer(&key).send().await;
+    let reply = api.get(ME).bearer(&key).send().await;
     reply.assert_unauthorized("authentication_failed");
     // Only that key.
     assert_eq!(api.me(&kept).await["uuid"], uuid);
@@ -281,7 +281,7 @@ async fn deactivate_user_then_401() {
     let out = admin(&["deactivate-user", "--user", uuid]).await.json();
     assert_eq!(out, json!({"ok": true}));
     for key in &keys {
-        let reply = api.get("/api/users/@me/").bearer(key).send().await;
+        let reply = api.get(ME).bearer(key).send().await;
         reply.assert_unauthorized("authentication_failed");
         let reply = api.register_push_token(key, "t", "ios").await;
         reply.assert_unauthorized("authentication_failed");

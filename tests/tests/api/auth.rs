@@ -60,11 +60,7 @@ both!(basic_scheme_is_not_authenticated, |api, ctx| async move {
             .await;
         reply.assert_unauthorized("not_authenticated");
     }
-    let reply = api
-        .get("/api/users/@me/")
-        .header("authorization", "Bearer")
-        .send()
-        .await;
+    let reply = api.get(ME).header("authorization", "Bearer").send().await;
     reply.assert_unauthorized("not_authenticated");
 });
 
@@ -134,12 +130,7 @@ both!(read_key_cannot_write, |api, ctx| async move {
     let me = api.me(&user.key).await;
     assert_eq!(me["first_name"], "Test");
     assert_eq!(me["scene_personalisation"], json!([]));
-    assert!(ctx
-        .store
-        .push_tokens_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
 });
 
 both!(read_key_reads_me, |api, ctx| async move {
@@ -179,12 +170,7 @@ both!(star_key_reads_and_writes, |api, ctx| async move {
         .unregister_push_token(&user.key, &json!({"token": "star-token"}))
         .await;
     reply.assert_no_content();
-    assert!(ctx
-        .store
-        .push_tokens_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
 });
 
 both!(non_staff_cannot_name_another_user, |api, ctx| async move {
@@ -337,18 +323,8 @@ both!(push_tokens_only_via_me, |api, ctx| async move {
         tokens.iter().map(|t| t.token.as_str()).collect::<Vec<_>>(),
         vec!["victim-token"]
     );
-    assert!(ctx
-        .store
-        .push_tokens_of(staff.uuid())
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(ctx
-        .store
-        .push_tokens_of(plain.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(push_tokens_of(&ctx, staff.uuid()).await.is_empty());
+    assert!(push_tokens_of(&ctx, plain.uuid()).await.is_empty());
 });
 
 both!(own_uuid_works_like_me, |api, ctx| async move {
@@ -379,7 +355,7 @@ both!(own_uuid_works_like_me, |api, ctx| async move {
         .send()
         .await;
     reply.assert_status(200);
-    assert_eq!(ctx.store.push_tokens_of(u).await.unwrap().len(), 1);
+    assert_eq!(push_tokens_of(&ctx, u).await.len(), 1);
     let reply = api
         .post(&format!("/api/users/{u}/push_tokens/unregister/"))
         .bearer(&user.key)
@@ -387,7 +363,7 @@ both!(own_uuid_works_like_me, |api, ctx| async move {
         .send()
         .await;
     reply.assert_no_content();
-    assert!(ctx.store.push_tokens_of(u).await.unwrap().is_empty());
+    assert!(push_tokens_of(&ctx, u).await.is_empty());
 
     let reply = api
         .patch(&format!("/api/users/{u}/"))
@@ -428,7 +404,7 @@ async fn deactivate_and_check_keys(ctx: &shared::Context, uuid: &str, count: usi
 async fn assert_refused(keys: &[&String]) {
     let api = Api::in_process().await;
     for key in keys {
-        api.get("/api/users/@me/")
+        api.get(ME)
             .bearer(key)
             .send()
             .await
@@ -540,7 +516,7 @@ both!(a_key_use_is_noted, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     assert_eq!(last_used(&ctx, &user.key).await, None, "a new key");
     let before = shared::clock::now_secs() as i64;
-    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    let reply = api.get(ME).bearer(&user.key).send().await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let noted = noted_after(&ctx, &user.key, None).await.expect("noted");
     let after = shared::clock::now_secs() as i64;
@@ -567,7 +543,7 @@ async fn a_key_used_within_the_hour_is_not_noted_again() {
     let user = create_user(&ctx, false, &["user:read"]).await;
     let recent = set_last_used(&ctx, &user.key, 3_500).await;
     for _ in 0..3 {
-        let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+        let reply = api.get(ME).bearer(&user.key).send().await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
     assert_eq!(last_used(&ctx, &user.key).await, Some(recent));

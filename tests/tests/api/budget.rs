@@ -81,11 +81,10 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let k = user.key.clone();
     let api = b.api.clone();
 
-    b.check("get-user", api.get("/api/users/@me/").bearer(&k), 200)
-        .await;
+    b.check("get-user", api.get(ME).bearer(&k), 200).await;
     b.check(
         "update-user (profile)",
-        api.patch("/api/users/@me/")
+        api.patch(ME)
             .bearer(&k)
             .json(&json!({"first_name": "Budget"})),
         200,
@@ -94,16 +93,13 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let new_email = unique_email("budget");
     b.check(
         "update-user (email change)",
-        api.patch("/api/users/@me/")
-            .bearer(&k)
-            .json(&json!({"email": new_email})),
+        api.patch(ME).bearer(&k).json(&json!({"email": new_email})),
         200,
     )
     .await;
     b.check(
         "cancel-email-change-request",
-        api.patch("/api/users/cancel_email_change_request/")
-            .bearer(&k),
+        api.patch(CANCEL_EMAIL_CHANGE).bearer(&k),
         200,
     )
     .await;
@@ -112,7 +108,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let code = code_mailed_to(&newer).await;
     b.check(
         "verify-email",
-        api.post("/api/users/verify_email/")
+        api.post(VERIFY_EMAIL)
             .bearer(&k)
             .json(&json!({"uuid": "@me", "code": code})),
         200,
@@ -120,7 +116,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "scene-personalisation",
-        api.post("/api/users/@me/scene_personalisation/")
+        api.post(SCENE)
             .bearer(&k)
             .json(&json!({"scene": "s", "dashboard": 1})),
         200,
@@ -133,7 +129,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     }
     b.check(
         "push-tokens-register (21st, evicting)",
-        api.post("/api/users/@me/push_tokens/")
+        api.post(PUSH_TOKENS)
             .bearer(&k)
             .json(&json!({"token": "t20", "platform": "ios"})),
         200,
@@ -141,7 +137,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "push-tokens-register (refresh)",
-        api.post("/api/users/@me/push_tokens/")
+        api.post(PUSH_TOKENS)
             .bearer(&k)
             .json(&json!({"token": "t20", "platform": "web"})),
         200,
@@ -149,7 +145,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "push-tokens-unregister",
-        api.post("/api/users/@me/push_tokens/unregister/")
+        api.post(UNREGISTER_PUSH_TOKEN)
             .bearer(&k)
             .json(&json!({"token": "t20"})),
         204,
@@ -158,7 +154,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let setup = b
         .check(
             "two-factor-start-setup",
-            api.get("/api/users/@me/two_factor_start_setup/").bearer(&k),
+            api.get(START_2FA_SETUP).bearer(&k),
             200,
         )
         .await;
@@ -171,7 +167,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let code = pyotp_code(&secret, now).await;
     b.check(
         "two-factor-validate",
-        api.post("/api/users/@me/two_factor_validate/")
+        api.post(VALIDATE_2FA)
             .bearer(&k)
             .json(&json!({"token": code})),
         200,
@@ -180,8 +176,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let codes = b
         .check(
             "two-factor-backup-codes",
-            api.post("/api/users/@me/two_factor_backup_codes/")
-                .bearer(&k),
+            api.post(BACKUP_CODES).bearer(&k),
             200,
         )
         .await;
@@ -191,14 +186,14 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
         .to_string();
     b.check(
         "two-factor-status",
-        api.get("/api/users/@me/two_factor_status/").bearer(&k),
+        api.get(TWO_FACTOR_STATUS).bearer(&k),
         200,
     )
     .await;
     let next = pyotp_code(&secret, now + 30).await;
     b.check(
         "two-factor-verify (totp)",
-        api.post("/api/users/@me/two_factor_verify/")
+        api.post(VERIFY_2FA)
             .bearer(&k)
             .json(&json!({"token": next})),
         200,
@@ -206,7 +201,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "two-factor-verify (backup code)",
-        api.post("/api/users/@me/two_factor_verify/")
+        api.post(VERIFY_2FA)
             .bearer(&k)
             .json(&json!({"token": backup})),
         200,
@@ -214,18 +209,14 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "two-factor-verify (wrong code)",
-        api.post("/api/users/@me/two_factor_verify/")
+        api.post(VERIFY_2FA)
             .bearer(&k)
             .json(&json!({"token": "000000"})),
         400,
     )
     .await;
-    b.check(
-        "two-factor-disable",
-        api.post("/api/users/@me/two_factor_disable/").bearer(&k),
-        200,
-    )
-    .await;
+    b.check("two-factor-disable", api.post(DISABLE_2FA).bearer(&k), 200)
+        .await;
     b.check("fallback", api.get("/api/users/@me/nothing/"), 404)
         .await;
 

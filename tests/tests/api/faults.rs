@@ -704,7 +704,7 @@ async fn throttled_dynamodb_is_retried_with_backoff() {
     let n = proxy.requests();
     let answer = timed(
         "GET /api/users/@me/, throttled",
-        api.get("/api/users/@me/").bearer(&user.key),
+        api.get(ME).bearer(&user.key),
     )
     .await;
     assert_unavailable(&answer);
@@ -744,7 +744,7 @@ async fn secrets_manager_unreachable_at_cold_start() {
     assert_unavailable(&timed("start setup, refused", setup()).await);
     // Routes that need no key still answer.
     api.me(&user.key).await;
-    api.get("/api/users/@me/two_factor_status/")
+    api.get(TWO_FACTOR_STATUS)
         .bearer(&user.key)
         .send()
         .await
@@ -780,7 +780,7 @@ async fn secrets_manager_unreachable_at_cold_start() {
     let code = pyotp_code(&secret, shared::clock::now_secs()).await;
     api.validate_2fa(&user.key, code).await.ok_json();
     let status = api
-        .get("/api/users/@me/two_factor_status/")
+        .get(TWO_FACTOR_STATUS)
         .bearer(&user.key)
         .send()
         .await

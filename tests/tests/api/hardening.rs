@@ -831,7 +831,7 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
     assert!(lagging.deactivate_user(user.uuid()).await.unwrap());
     let api = Api::InProcess(std::sync::Arc::new(context().await));
     for key in [&user.key, &second] {
-        api.get("/api/users/@me/")
+        api.get(ME)
             .bearer(key)
             .send()
             .await
@@ -843,7 +843,7 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
         ctx.store.put_api_key(&record).await,
         Err(shared::ApiError::NotFound)
     );
-    api.get("/api/users/@me/")
+    api.get(ME)
         .bearer(&key)
         .send()
         .await
@@ -868,14 +868,14 @@ async fn keys_created_while_deactivating_never_stay_usable() {
         assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
         for creator in creators {
             if let Ok(key) = creator.await.unwrap() {
-                api.get("/api/users/@me/")
+                api.get(ME)
                     .bearer(&key)
                     .send()
                     .await
                     .assert_unauthorized("authentication_failed");
             }
         }
-        api.get("/api/users/@me/")
+        api.get(ME)
             .bearer(&user.key)
             .send()
             .await
@@ -966,7 +966,7 @@ async fn requests_around_the_cloudfront_front_door_are_refused_unread() {
     let counted = recorder.instrument(&ctx);
     let api = Api::InProcess(std::sync::Arc::new(counted));
     for header in [None, Some("wrong"), Some("front-door-secret-012345678")] {
-        let mut call = api.get("/api/users/@me/").bearer(&user.key);
+        let mut call = api.get(ME).bearer(&user.key);
         if let Some(value) = header {
             call = call.header("x-origin-verify", value);
         }
@@ -980,7 +980,7 @@ async fn requests_around_the_cloudfront_front_door_are_refused_unread() {
         recorder.take().is_empty(),
         "refused before any DynamoDB call"
     );
-    api.get("/api/users/@me/")
+    api.get(ME)
         .bearer(&user.key)
         .header("x-origin-verify", "front-door-secret-0123456789")
         .send()

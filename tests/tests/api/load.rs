@@ -724,7 +724,7 @@ async fn mixed_load_without_loss() {
 
     // And the API shows the same.
     for (created, key) in &privates {
-        let reply = Api::http().get("/api/users/@me/").bearer(key).send().await;
+        let reply = Api::http().get(ME).bearer(key).send().await;
         let me = reply.user_object();
         let record = ctx
             .store

@@ -55,11 +55,7 @@ async fn logs_have_one_line_per_request_and_no_secret() {
         .await
         .assert_status(400);
     let bad_key = format!("phx_{}", "Z".repeat(48));
-    api.get("/api/users/@me/")
-        .bearer(&bad_key)
-        .send()
-        .await
-        .assert_status(401);
+    api.get(ME).bearer(&bad_key).send().await.assert_status(401);
 
     let path = env("WATCH_LOG");
     let mut log = String::new();

@@ -8,19 +8,6 @@ async fn register(api: &Api, key: &str, token: &str, platform: &str) -> Value {
         .ok_json()
 }
 
-async fn tokens_of(ctx: &shared::Context, uuid: &str) -> Vec<String> {
-    let mut tokens: Vec<String> = ctx
-        .store
-        .push_tokens_of(uuid)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.token)
-        .collect();
-    tokens.sort();
-    tokens
-}
-
 fn is_iso8601(text: &str) -> bool {
     let b = text.as_bytes();
     b.len() >= 20
@@ -146,7 +133,7 @@ both!(
             reply.assert_invalid(attr, code, &detail);
         }
         assert!(
-            tokens_of(&ctx, user.uuid()).await.is_empty(),
+            push_tokens_of(&ctx, user.uuid()).await.is_empty(),
             "nothing was registered"
         );
         // Every platform of the contract is accepted, and 512 characters are fine.
@@ -157,7 +144,7 @@ both!(
             );
         }
         register(&api, &user.key, &"y".repeat(512), "web").await;
-        assert_eq!(tokens_of(&ctx, user.uuid()).await.len(), 4);
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 4);
     }
 );
 
@@ -169,12 +156,12 @@ both!(
         for name in &names {
             register(&api, &user.key, name, "ios").await;
         }
-        assert_eq!(tokens_of(&ctx, user.uuid()).await, names);
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await, names);
         // Seeing the 1st again makes the 2nd the least recently seen.
         register(&api, &user.key, "token-01", "android").await;
-        assert_eq!(tokens_of(&ctx, user.uuid()).await.len(), 20);
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 20);
         register(&api, &user.key, "token-21", "web").await;
-        let now = tokens_of(&ctx, user.uuid()).await;
+        let now = push_tokens_of(&ctx, user.uuid()).await;
         assert_eq!(now.len(), 20);
         assert!(
             !now.contains(&"token-02".to_string()),
@@ -189,7 +176,7 @@ both!(
         assert_eq!(now, expected);
         // And the next one evicts the 3rd.
         register(&api, &user.key, "token-22", "web").await;
-        let now = tokens_of(&ctx, user.uuid()).await;
+        let now = push_tokens_of(&ctx, user.uuid()).await;
         assert_eq!(now.len(), 20);
         assert!(!now.contains(&"token-03".to_string()), "{now:?}");
         assert!(now.contains(&"token-22".to_string()));
@@ -203,8 +190,11 @@ both!(the_cap_is_per_user, |api, ctx| async move {
     for i in 0..21 {
         register(&api, &a.key, &format!("a-{i:02}"), "ios").await;
     }
-    assert_eq!(tokens_of(&ctx, a.uuid()).await.len(), 20);
-    assert_eq!(tokens_of(&ctx, b.uuid()).await, vec!["b-token".to_string()]);
+    assert_eq!(push_tokens_of(&ctx, a.uuid()).await.len(), 20);
+    assert_eq!(
+        push_tokens_of(&ctx, b.uuid()).await,
+        vec!["b-token".to_string()]
+    );
 });
 
 both!(
@@ -220,7 +210,7 @@ both!(
             .await;
         reply.assert_no_content();
         assert_eq!(
-            tokens_of(&ctx, me.uuid()).await,
+            push_tokens_of(&ctx, me.uuid()).await,
             vec!["keep-me".to_string()]
         );
         let others = ctx.store.push_tokens_of(other.uuid()).await.unwrap();
@@ -241,7 +231,10 @@ both!(unregister_unknown_token_is_204, |api, ctx| async move {
         .unregister_push_token(&me.key, &json!({"token": "never-registered"}))
         .await;
     reply.assert_no_content();
-    assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["known".to_string()]);
+    assert_eq!(
+        push_tokens_of(&ctx, me.uuid()).await,
+        vec!["known".to_string()]
+    );
     // Twice the same token: 204 both times.
     for _ in 0..2 {
         let reply = api
@@ -249,7 +242,7 @@ both!(unregister_unknown_token_is_204, |api, ctx| async move {
             .await;
         reply.assert_no_content();
     }
-    assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+    assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
     // A user with no tokens at all.
     let empty = create_user(&ctx, false, &["*"]).await;
     let reply = api
@@ -267,7 +260,7 @@ both!(unregister_matches_case_sensitively, |api, ctx| async move {
             .await;
         reply.assert_no_content();
         assert_eq!(
-            tokens_of(&ctx, me.uuid()).await,
+            push_tokens_of(&ctx, me.uuid()).await,
             vec!["AbCdEf".to_string()],
             "{wrong} must not match"
         );
@@ -276,7 +269,7 @@ both!(unregister_matches_case_sensitively, |api, ctx| async move {
         .unregister_push_token(&me.key, &json!({"token": "AbCdEf"}))
         .await;
     reply.assert_no_content();
-    assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+    assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
 });
 
 both!(
@@ -289,19 +282,25 @@ both!(
             .unregister_push_token(&me.key, &json!({"token": 1234567}))
             .await;
         reply.assert_no_content();
-        assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["padded".to_string()]);
+        assert_eq!(
+            push_tokens_of(&ctx, me.uuid()).await,
+            vec!["padded".to_string()]
+        );
         let reply = api
             .unregister_push_token(&me.key, &json!({"token": "  padded \n"}))
             .await;
         reply.assert_no_content();
-        assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+        assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
         // A numeric token registers as its text too.
         let reply = api
             .post(PUSH_TOKENS)
             .send_json(&me.key, &json!({"token": 98765, "platform": "ios"}))
             .await;
         reply.assert_status(200);
-        assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["98765".to_string()]);
+        assert_eq!(
+            push_tokens_of(&ctx, me.uuid()).await,
+            vec!["98765".to_string()]
+        );
     }
 );
 
@@ -345,7 +344,7 @@ both!(unregister_validates_the_token, |api, ctx| async move {
     let reply = api.post(UNREGISTER_PUSH_TOKEN).bearer(&me.key).send().await;
     reply.assert_required("token");
     assert_eq!(
-        tokens_of(&ctx, me.uuid()).await.len(),
+        push_tokens_of(&ctx, me.uuid()).await.len(),
         1,
         "nothing was deleted"
     );
@@ -354,7 +353,7 @@ both!(unregister_validates_the_token, |api, ctx| async move {
         .unregister_push_token(&me.key, &json!({"token": "z".repeat(512)}))
         .await;
     reply.assert_no_content();
-    assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+    assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
 });
 
 both!(
@@ -399,7 +398,7 @@ both!(
         accepted.sort();
         assert!(!accepted.is_empty());
         assert_eq!(
-            tokens_of(&ctx, user.uuid()).await,
+            push_tokens_of(&ctx, user.uuid()).await,
             accepted,
             "no accepted token is lost"
         );
@@ -414,7 +413,7 @@ both!(
                 other => panic!("{name}: {other} {}", reply.body),
             }
         }
-        let now = tokens_of(&ctx, user.uuid()).await;
+        let now = push_tokens_of(&ctx, user.uuid()).await;
         assert_eq!(now.len(), total.min(20), "{now:?}");
     }
 );

@@ -14,9 +14,7 @@ both!(malformed_json_is_a_parse_error, |api, ctx| async move {
         for body in ["{not json", "{\"token\": ", "{\"a\": 1,}"] {
             let reply = api
                 .call(method, path)
-                .bearer(&user.key)
-                .raw("application/json", body)
-                .send()
+                .send_raw(&user.key, "application/json", body)
                 .await;
             reply.assert_parse_error();
         }
@@ -57,10 +55,8 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let form = "application/x-www-form-urlencoded";
     let reply = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&user.key)
-        .raw(form, "token=form%20token&platform=android")
-        .send()
+        .post(PUSH_TOKENS)
+        .send_raw(&user.key, form, "token=form%20token&platform=android")
         .await;
     assert_eq!(reply.ok_json()["platform"], "android");
     let tokens = ctx.store.push_tokens_of(user.uuid()).await.unwrap();
@@ -68,24 +64,15 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
     assert_eq!(tokens[0].token, "form token");
 
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .raw(form, "token=form+token")
-        .send()
+        .post(UNREGISTER_PUSH_TOKEN)
+        .send_raw(&user.key, form, "token=form+token")
         .await;
     reply.assert_no_content();
-    assert!(ctx
-        .store
-        .push_tokens_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
 
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .raw(form, "scene=insights&dashboard=12")
-        .send()
+        .post(SCENE)
+        .send_raw(&user.key, form, "scene=insights&dashboard=12")
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
@@ -93,10 +80,12 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
     );
 
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .raw(form, "first_name=Form&anonymize_data=true&theme_mode=dark")
-        .send()
+        .patch(ME)
+        .send_raw(
+            &user.key,
+            form,
+            "first_name=Form&anonymize_data=true&theme_mode=dark",
+        )
         .await;
     let object = reply.user_object();
     assert_eq!(object["first_name"], "Form");
@@ -105,10 +94,8 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
 
     // Field errors are the same as for JSON.
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .raw(form, "other=1")
-        .send()
+        .post(UNREGISTER_PUSH_TOKEN)
+        .send_raw(&user.key, form, "other=1")
         .await;
     reply.assert_required("token");
 });
@@ -125,10 +112,8 @@ both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
     let exact = make(64 * 1024);
     assert_eq!(exact.len(), 65536);
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .raw("application/json", exact)
-        .send()
+        .post(UNREGISTER_PUSH_TOKEN)
+        .send_raw(&user.key, "application/json", exact)
         .await;
     reply.assert_no_content();
 
@@ -142,31 +127,26 @@ both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
     ] {
         let reply = api
             .call(method, path)
-            .bearer(&user.key)
-            .raw("application/json", make(64 * 1024 + 1))
-            .send()
+            .send_raw(&user.key, "application/json", make(64 * 1024 + 1))
             .await;
         reply.assert_request_too_large();
         // 65 KiB of something that is not even JSON: refused before any parsing.
         let reply = api
             .call(method, path)
-            .bearer(&user.key)
-            .raw("application/json", vec![b'{'; 65 * 1024])
-            .send()
+            .send_raw(&user.key, "application/json", vec![b'{'; 65 * 1024])
             .await;
         reply.assert_request_too_large();
     }
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .raw(
+        .post(SCENE)
+        .send_raw(
+            &user.key,
             "application/json",
             make(65 * 1024).replace(
                 "\"token\": \"limit-token\"",
                 "\"scene\": \"s\", \"dashboard\": 1",
             ),
         )
-        .send()
         .await;
     assert_eq!(reply.status, 413, "{}", reply.body);
     assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
@@ -230,10 +210,7 @@ both!(
                 .await;
             reply.assert_status(200);
         }
-        assert_eq!(
-            ctx.store.push_tokens_of(user.uuid()).await.unwrap().len(),
-            2
-        );
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 2);
         for (path, token) in [
             (
                 "/api/users/@me/push_tokens/unregister",
@@ -250,12 +227,7 @@ both!(
                 .await;
             reply.assert_no_content();
         }
-        assert!(ctx
-            .store
-            .push_tokens_of(user.uuid())
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
         for path in ["/api/users/@me", "/api/users/@me/"] {
             let reply = api
                 .patch(path)
@@ -355,12 +327,7 @@ both!(unknown_keys_are_ignored, |api, ctx| async move {
         )
         .await;
     reply.assert_no_content();
-    assert!(ctx
-        .store
-        .push_tokens_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
     let reply = api
         .set_scene(
             &user.key,
@@ -383,7 +350,7 @@ both!(unknown_keys_are_ignored, |api, ctx| async move {
 
 both!(success_responses_are_json, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    let reply = api.get(ME).bearer(&user.key).send().await;
     assert_eq!(reply.header("content-type"), Some("application/json"));
     let reply = api.register_push_token(&user.key, "j", "ios").await;
     assert_eq!(reply.header("content-type"), Some("application/json"));
@@ -393,13 +360,12 @@ both!(success_responses_are_json, |api, ctx| async move {
 both!(json_with_a_charset_is_json, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .raw(
+        .post(SCENE)
+        .send_raw(
+            &user.key,
             "application/json; charset=utf-8",
             r#"{"scene": "charset", "dashboard": 8}"#,
         )
-        .send()
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
@@ -416,8 +382,5 @@ both!(percent_encoded_me_is_me, |api, ctx| async move {
         .send_json(&user.key, &json!({"token": "encoded", "platform": "ios"}))
         .await;
     reply.assert_status(200);
-    assert_eq!(
-        ctx.store.push_tokens_of(user.uuid()).await.unwrap().len(),
-        1
-    );
+    assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 1);
 });

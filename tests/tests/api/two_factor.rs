@@ -101,12 +101,7 @@ both!(
         assert_eq!(api.two_factor_status(&user.key).await, status_with(false));
         api.enable_2fa(&user.key).await;
         assert_eq!(api.two_factor_status(&user.key).await, status_with(true));
-        let me = api
-            .get("/api/users/@me/")
-            .bearer(&user.key)
-            .send()
-            .await
-            .json();
+        let me = api.get(ME).bearer(&user.key).send().await.json();
         assert_eq!(me["is_2fa_enabled"], true);
         // The pending setup is gone: validating again has nothing to confirm.
         api.post("/api/users/@me/validate_2fa/")

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 both!(get_me_is_the_user_object, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    let reply = api.get(ME).bearer(&user.key).send().await;
     let object = reply.user_object();
     assert_eq!(object["uuid"], user.uuid());
     assert_eq!(object["distinct_id"], user.user.distinct_id);
@@ -189,7 +189,7 @@ both!(
         let before = api.me(&user.key).await;
         let reply = api.patch_me(&user.key, &json!({})).await;
         assert_eq!(reply.user_object(), before);
-        let reply = api.patch("/api/users/@me/").bearer(&user.key).send().await;
+        let reply = api.patch(ME).bearer(&user.key).send().await;
         assert_eq!(reply.user_object(), before);
     }
 );
@@ -203,12 +203,7 @@ both!(json_settings_are_capped_at_16_kib, |api, ctx| async move {
     )
     .await
     .assert_setting_too_large("hedgehog_config");
-    let me = api
-        .get("/api/users/@me/")
-        .bearer(&user.key)
-        .send()
-        .await
-        .json();
+    let me = api.get(ME).bearer(&user.key).send().await.json();
     assert_eq!(me["hedgehog_config"], Value::Null, "nothing changed");
     assert_ne!(me["first_name"], "Nope", "nothing changed");
     let fits = json!({"accessories": "x".repeat(15 * 1024)});
