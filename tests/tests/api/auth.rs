@@ -74,7 +74,7 @@ both!(unknown_or_malformed_key_fails, |api, ctx| async move {
         "phx_0000000000000000000000000000000000000000000000",
     ] {
         for (method, path, body) in all_routes() {
-            let reply = api.call(method, path).bearer(key).json(&body).send().await;
+            let reply = api.call(method, path).send_json(key, &body).await;
             reply.assert_unauthorized("authentication_failed");
         }
     }
@@ -90,12 +90,7 @@ both!(revoked_key_fails, |api, ctx| async move {
         .await
         .unwrap());
     for (method, path, body) in all_routes() {
-        let reply = api
-            .call(method, path)
-            .bearer(&user.key)
-            .json(&body)
-            .send()
-            .await;
+        let reply = api.call(method, path).send_json(&user.key, &body).await;
         reply.assert_unauthorized("authentication_failed");
     }
     // The user's other key is untouched.
@@ -109,7 +104,7 @@ both!(deactivated_user_fails, |api, ctx| async move {
     deactivate(&ctx, user.uuid()).await;
     for key in [&user.key, &second_key] {
         for (method, path, body) in all_routes() {
-            let reply = api.call(method, path).bearer(key).json(&body).send().await;
+            let reply = api.call(method, path).send_json(key, &body).await;
             reply.assert_unauthorized("authentication_failed");
         }
     }
@@ -118,12 +113,7 @@ both!(deactivated_user_fails, |api, ctx| async move {
 both!(read_key_cannot_write, |api, ctx| async move {
     let user = create_user(&ctx, false, &["user:read"]).await;
     for (method, path, body) in write_routes() {
-        let reply = api
-            .call(method, path)
-            .bearer(&user.key)
-            .json(&body)
-            .send()
-            .await;
+        let reply = api.call(method, path).send_json(&user.key, &body).await;
         reply.assert_forbidden(MISSING_WRITE_SCOPE);
     }
     // Nothing was written.
@@ -196,12 +186,7 @@ both!(non_staff_cannot_name_another_user, |api, ctx| async move {
         ),
     ];
     for (method, path, body) in &requests {
-        let reply = api
-            .call(method, path)
-            .bearer(&caller.key)
-            .json(body)
-            .send()
-            .await;
+        let reply = api.call(method, path).send_json(&caller.key, body).await;
         reply.assert_forbidden(NON_STAFF_DETAIL);
     }
     // The same holds for an unknown and a malformed uuid.

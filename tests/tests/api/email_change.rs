@@ -22,6 +22,15 @@ async fn plant(ctx: &shared::Context, record: &EmailChangeRecord) {
         .expect("put a request");
 }
 
+/// Checks that `email` is taken: another user's request for it is refused. Returns that user.
+async fn assert_taken(api: &Api, ctx: &shared::Context, email: &str) -> TestUser {
+    let other = create_user(ctx, false, &["*"]).await;
+    api.request_email_change(&other.key, email)
+        .await
+        .assert_email_taken();
+    other
+}
+
 both!(
     request_then_verify_changes_the_email,
     |api, ctx| async move {
@@ -65,10 +74,7 @@ both!(
             .assert_no_email_change_request();
 
         // The new address is now taken; the old one is free again.
-        let third = create_user(&ctx, false, &["*"]).await;
-        api.request_email_change(&third.key, &new_email)
-            .await
-            .assert_email_taken();
+        assert_taken(&api, &ctx, &new_email).await;
         let reuse = shared::users::UserRecord::new(&user.user.email, "Re", "Use", false);
         ctx.store
             .create_user(&reuse)
@@ -364,10 +370,7 @@ async fn without_a_sender_the_email_changes_at_once() {
         .await
         .assert_no_email_change_request();
     // The new address is claimed and the old one released.
-    let other = create_user(&ctx, false, &["*"]).await;
-    api.request_email_change(&other.key, &new_email)
-        .await
-        .assert_email_taken();
+    let other = assert_taken(&api, &ctx, &new_email).await;
     let object = request_change(&api, &other.key, &user.user.email).await;
     assert_eq!(object["email"], user.user.email);
     // Duplicates and malformed addresses are refused the same way.

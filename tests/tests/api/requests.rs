@@ -2,15 +2,18 @@
 use api_tests::*;
 use serde_json::json;
 
+/// The routes whose function reads a body, as (method, path) for `@me`.
+pub(crate) const BODY_ROUTES: &[(&str, &str)] = &[
+    ("POST", UNREGISTER_PUSH_TOKEN),
+    ("POST", PUSH_TOKENS),
+    ("POST", SCENE),
+    ("PATCH", ME),
+    ("POST", VERIFY_EMAIL),
+];
+
 both!(malformed_json_is_a_parse_error, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    for (method, path) in [
-        ("POST", "/api/users/@me/push_tokens/unregister/"),
-        ("POST", "/api/users/@me/push_tokens/"),
-        ("POST", "/api/users/@me/scene_personalisation/"),
-        ("PATCH", "/api/users/@me/"),
-        ("POST", "/api/users/verify_email/"),
-    ] {
+    for (method, path) in BODY_ROUTES {
         for body in ["{not json", "{\"token\": ", "{\"a\": 1,}"] {
             let reply = api
                 .call(method, path)
@@ -26,26 +29,11 @@ both!(
     json_that_is_not_an_object_is_refused,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        for (method, path) in [
-            ("POST", "/api/users/@me/push_tokens/unregister/"),
-            ("POST", "/api/users/@me/push_tokens/"),
-            ("POST", "/api/users/@me/scene_personalisation/"),
-            ("PATCH", "/api/users/@me/"),
-            ("POST", "/api/users/verify_email/"),
-        ] {
-            let reply = api
-                .call(method, path)
-                .bearer(&user.key)
-                .json(&json!(["token", "x"]))
-                .send()
-                .await;
+        for (method, path) in BODY_ROUTES {
+            let call = || api.call(method, path);
+            let reply = call().send_json(&user.key, &json!(["token", "x"])).await;
             reply.assert_not_a_dictionary("list");
-            let reply = api
-                .call(method, path)
-                .bearer(&user.key)
-                .json(&json!("text"))
-                .send()
-                .await;
+            let reply = call().send_json(&user.key, &json!("text")).await;
             reply.assert_not_a_dictionary("str");
         }
     }
@@ -117,14 +105,7 @@ both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
         .await;
     reply.assert_no_content();
 
-    for (method, path) in [
-        ("POST", "/api/users/@me/push_tokens/unregister/"),
-        ("POST", "/api/users/@me/push_tokens/"),
-        ("POST", "/api/users/@me/scene_personalisation/"),
-        ("PATCH", "/api/users/@me/"),
-        ("PATCH", "/api/users/cancel_email_change_request/"),
-        ("POST", "/api/users/verify_email/"),
-    ] {
+    for (method, path) in BODY_ROUTES.iter().chain(&[("PATCH", CANCEL_EMAIL_CHANGE)]) {
         let reply = api
             .call(method, path)
             .send_raw(&user.key, "application/json", make(64 * 1024 + 1))

@@ -2,7 +2,9 @@
 use api_tests::*;
 use serde_json::{json, Value};
 
-async fn set(api: &Api, key: &str, body: Value) -> Value {
+/// Sets the scene's dashboard; returns the user object.
+async fn set(api: &Api, key: &str, scene: &str, dashboard: impl Into<Value>) -> Value {
+    let body = json!({"scene": scene, "dashboard": dashboard.into()});
     api.set_scene(key, &body).await.user_object()
 }
 
@@ -10,41 +12,26 @@ both!(
     sets_replaces_and_appends_in_first_set_order,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "insights", "dashboard": 1}),
-        )
-        .await;
+        let object = set(&api, &user.key, "insights", 1).await;
         assert_eq!(object["uuid"], user.uuid());
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 1}])
         );
 
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "dashboards", "dashboard": 2}),
-        )
-        .await;
+        let object = set(&api, &user.key, "dashboards", 2).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 1}, {"scene": "dashboards", "dashboard": 2}])
         );
         // Replacing the first scene keeps it first.
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "insights", "dashboard": 3}),
-        )
-        .await;
+        let object = set(&api, &user.key, "insights", 3).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 3}, {"scene": "dashboards", "dashboard": 2}])
         );
         // A new scene is appended.
-        let object = set(&api, &user.key, json!({"scene": "persons", "dashboard": 4})).await;
+        let object = set(&api, &user.key, "persons", 4).await;
         let expected = json!([
             {"scene": "insights", "dashboard": 3},
             {"scene": "dashboards", "dashboard": 2},
@@ -65,18 +52,13 @@ both!(
     dashboard_numeric_string_is_accepted,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let object = set(&api, &user.key, json!({"scene": "home", "dashboard": "17"})).await;
+        let object = set(&api, &user.key, "home", "17").await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "home", "dashboard": 17}])
         );
         // Any positive id: this service does not own dashboards.
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "home", "dashboard": 9007199254740993u64}),
-        )
-        .await;
+        let object = set(&api, &user.key, "home", 9007199254740993u64).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "home", "dashboard": 9007199254740993u64}])
@@ -167,7 +149,7 @@ both!(scene_must_be_short_and_not_blank, |api, ctx| async move {
     assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
     // 200 characters is fine.
     let long = "s".repeat(200);
-    let object = set(&api, &user.key, json!({"scene": long, "dashboard": 5})).await;
+    let object = set(&api, &user.key, &long, 5).await;
     assert_eq!(
         object["scene_personalisation"],
         json!([{"scene": long, "dashboard": 5}])
@@ -188,7 +170,7 @@ both!(scene_names_are_kept_verbatim, |api, ctx| async move {
         "\u{1F600}x",
     ];
     for (i, name) in names.iter().enumerate() {
-        set(&api, &user.key, json!({"scene": name, "dashboard": i + 1})).await;
+        set(&api, &user.key, name, i + 1).await;
     }
     let expected: Vec<Value> = names
         .iter()
@@ -207,7 +189,7 @@ both!(
         let user = create_user(&ctx, false, &["*"]).await;
         // 200 characters of 4 bytes each: the limit counts characters.
         let wide = "\u{1F600}".repeat(200);
-        let object = set(&api, &user.key, json!({"scene": wide, "dashboard": 1})).await;
+        let object = set(&api, &user.key, &wide, 1).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": wide, "dashboard": 1}])
@@ -229,31 +211,18 @@ async fn scenes_are_capped_at_200() {
     let ctx = std::sync::Arc::new(context().await);
     let api = Api::InProcess(ctx.clone());
     let user = create_user(&ctx, false, &["*"]).await;
-    let path = "/api/users/@me/scene_personalisation/";
     for i in 0..shared::store::users::MAX_SCENES {
-        let reply = api
-            .post(path)
-            .send_json(
-                &user.key,
-                &json!({"scene": format!("scene-{i:03}"), "dashboard": i + 1}),
-            )
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        let scene = format!("scene-{i:03}");
+        set(&api, &user.key, &scene, i + 1).await;
     }
-    api.post(path)
-        .send_json(&user.key, &json!({"scene": "one-too-many", "dashboard": 1}))
+    api.set_scene(&user.key, &json!({"scene": "one-too-many", "dashboard": 1}))
         .await
         .assert_invalid(
             "scene",
             "invalid_input",
             "A user can personalise at most 200 scenes.",
         );
-    let reply = api
-        .post(path)
-        .send_json(&user.key, &json!({"scene": "scene-000", "dashboard": 999}))
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let scenes = reply.json()["scene_personalisation"]
+    let scenes = set(&api, &user.key, "scene-000", 999).await["scene_personalisation"]
         .as_array()
         .unwrap()
         .clone();
