@@ -224,9 +224,7 @@ both!(
                 "/api/users/{}/scene_personalisation/",
                 other.uuid()
             ))
-            .bearer(&staff.key)
-            .json(&json!({"scene": "insights", "dashboard": 42}))
-            .send()
+            .send_json(&staff.key, &json!({"scene": "insights", "dashboard": 42}))
             .await;
         let object = reply.user_object();
         assert_eq!(object["uuid"], other.uuid(), "the target's user object");
@@ -259,9 +257,7 @@ both!(
             reply.assert_not_found();
             let reply = api
                 .post(&format!("/api/users/{segment}/scene_personalisation/"))
-                .bearer(&staff.key)
-                .json(&json!({"scene": "home", "dashboard": 1}))
-                .send()
+                .send_json(&staff.key, &json!({"scene": "home", "dashboard": 1}))
                 .await;
             reply.assert_not_found();
         }
@@ -289,16 +285,15 @@ both!(push_tokens_only_via_me, |api, ctx| async move {
         for target in [victim.uuid(), unknown.as_str(), "not-a-uuid"] {
             let reply = api
                 .post(&format!("/api/users/{target}/push_tokens/"))
-                .bearer(&caller.key)
-                .json(&json!({"token": "intruder", "platform": "ios"}))
-                .send()
+                .send_json(
+                    &caller.key,
+                    &json!({"token": "intruder", "platform": "ios"}),
+                )
                 .await;
             reply.assert_forbidden(PUSH_TOKENS_ONLY_ME);
             let reply = api
                 .post(&format!("/api/users/{target}/push_tokens/unregister/"))
-                .bearer(&caller.key)
-                .json(&json!({"token": "victim-token"}))
-                .send()
+                .send_json(&caller.key, &json!({"token": "victim-token"}))
                 .await;
             reply.assert_forbidden(PUSH_TOKENS_ONLY_ME);
         }
@@ -324,9 +319,7 @@ both!(own_uuid_works_like_me, |api, ctx| async move {
 
     let reply = api
         .post(&format!("/api/users/{u}/scene_personalisation/"))
-        .bearer(&user.key)
-        .json(&json!({"scene": "home", "dashboard": 3}))
-        .send()
+        .send_json(&user.key, &json!({"scene": "home", "dashboard": 3}))
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
@@ -335,26 +328,23 @@ both!(own_uuid_works_like_me, |api, ctx| async move {
 
     let reply = api
         .post(&format!("/api/users/{u}/push_tokens/"))
-        .bearer(&user.key)
-        .json(&json!({"token": "own-uuid-token", "platform": "android"}))
-        .send()
+        .send_json(
+            &user.key,
+            &json!({"token": "own-uuid-token", "platform": "android"}),
+        )
         .await;
     reply.assert_status(200);
     assert_eq!(push_tokens_of(&ctx, u).await.len(), 1);
     let reply = api
         .post(&format!("/api/users/{u}/push_tokens/unregister/"))
-        .bearer(&user.key)
-        .json(&json!({"token": "own-uuid-token"}))
-        .send()
+        .send_json(&user.key, &json!({"token": "own-uuid-token"}))
         .await;
     reply.assert_no_content();
     assert!(push_tokens_of(&ctx, u).await.is_empty());
 
     let reply = api
         .patch(&format!("/api/users/{u}/"))
-        .bearer(&user.key)
-        .json(&json!({"first_name": "Own"}))
-        .send()
+        .send_json(&user.key, &json!({"first_name": "Own"}))
         .await;
     assert_eq!(reply.user_object()["first_name"], "Own");
 });

@@ -388,9 +388,7 @@ both!(
         ] {
             let reply = api
                 .patch(&format!("/api/users/{}/", plain.uuid()))
-                .bearer(&staff.key)
-                .json(&body)
-                .send()
+                .send_json(&staff.key, &body)
                 .await;
             reply.assert_forbidden(NON_STAFF_DETAIL);
         }
@@ -941,9 +939,7 @@ async fn malformed_credentials_cost_no_dynamodb_call() {
         ] {
             let reply = api
                 .call(route.method, &path)
-                .bearer(credential)
-                .json(&json!({"token": "123456"}))
-                .send()
+                .send_json(credential, &json!({"token": "123456"}))
                 .await;
             reply.assert_unauthorized("authentication_failed");
         }

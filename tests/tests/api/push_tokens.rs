@@ -72,66 +72,36 @@ both!(
     register_validates_token_and_platform,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let cases = [
-            (
-                json!({"platform": "ios"}),
-                "required",
-                "This field is required.".to_string(),
-                "token",
-            ),
-            (
-                json!({"token": "", "platform": "ios"}),
-                "blank",
-                "This field may not be blank.".into(),
-                "token",
-            ),
-            (
-                json!({"token": "   ", "platform": "ios"}),
-                "blank",
-                "This field may not be blank.".into(),
-                "token",
-            ),
-            (
-                json!({"token": null, "platform": "ios"}),
-                "null",
-                "This field may not be null.".into(),
-                "token",
-            ),
-            (
-                json!({"token": "x".repeat(513), "platform": "ios"}),
-                "max_length",
-                "Ensure this field has no more than 512 characters.".into(),
-                "token",
-            ),
-            (
-                json!({"token": "t"}),
-                "required",
-                "This field is required.".into(),
-                "platform",
-            ),
-            (
-                json!({"token": "t", "platform": "blackberry"}),
-                "invalid_choice",
-                "\"blackberry\" is not a valid choice.".into(),
-                "platform",
-            ),
-            (
-                json!({"token": "t", "platform": "IOS"}),
-                "invalid_choice",
-                "\"IOS\" is not a valid choice.".into(),
-                "platform",
-            ),
-            (
-                json!({"token": "t", "platform": null}),
-                "null",
-                "This field may not be null.".into(),
-                "platform",
-            ),
-        ];
-        for (body, code, detail, attr) in cases {
-            let reply = api.post(PUSH_TOKENS).send_json(&user.key, &body).await;
-            reply.assert_invalid(attr, code, &detail);
+        let register_body = |body: Value| {
+            let (api, key) = (api.clone(), user.key.clone());
+            async move { api.post(PUSH_TOKENS).send_json(&key, &body).await }
+        };
+        let long = "x".repeat(513);
+        register_body(json!({"platform": "ios"}))
+            .await
+            .assert_required("token");
+        for blank in ["", "   "] {
+            register_body(json!({"token": blank, "platform": "ios"}))
+                .await
+                .assert_blank("token");
         }
+        register_body(json!({"token": null, "platform": "ios"}))
+            .await
+            .assert_null("token");
+        register_body(json!({"token": long, "platform": "ios"}))
+            .await
+            .assert_max_length("token", 512);
+        register_body(json!({"token": "t"}))
+            .await
+            .assert_required("platform");
+        for other in ["blackberry", "IOS"] {
+            register_body(json!({"token": "t", "platform": other}))
+                .await
+                .assert_invalid_choice("platform", other);
+        }
+        register_body(json!({"token": "t", "platform": null}))
+            .await
+            .assert_null("platform");
         assert!(
             push_tokens_of(&ctx, user.uuid()).await.is_empty(),
             "nothing was registered"
@@ -308,38 +278,24 @@ both!(unregister_validates_the_token, |api, ctx| async move {
     let me = create_user(&ctx, false, &["*"]).await;
     let long = "z".repeat(513);
     register(&api, &me.key, &"z".repeat(512), "ios").await;
-    let cases = [
-        (json!({}), "required", "This field is required.".to_string()),
-        (
-            json!({"platform": "ios"}),
-            "required",
-            "This field is required.".into(),
-        ),
-        (
-            json!({"token": ""}),
-            "blank",
-            "This field may not be blank.".into(),
-        ),
-        (
-            json!({"token": "  \t "}),
-            "blank",
-            "This field may not be blank.".into(),
-        ),
-        (
-            json!({"token": null}),
-            "null",
-            "This field may not be null.".into(),
-        ),
-        (
-            json!({"token": long}),
-            "max_length",
-            "Ensure this field has no more than 512 characters.".into(),
-        ),
-    ];
-    for (body, code, detail) in cases {
-        let reply = api.unregister_push_token(&me.key, &body).await;
-        reply.assert_invalid("token", code, &detail);
+    let unregister = |body: Value| {
+        let (api, key) = (api.clone(), me.key.clone());
+        async move { api.unregister_push_token(&key, &body).await }
+    };
+    for missing in [json!({}), json!({"platform": "ios"})] {
+        unregister(missing).await.assert_required("token");
     }
+    for blank in ["", "  \t "] {
+        unregister(json!({"token": blank}))
+            .await
+            .assert_blank("token");
+    }
+    unregister(json!({"token": null}))
+        .await
+        .assert_null("token");
+    unregister(json!({"token": long}))
+        .await
+        .assert_max_length("token", 512);
     // No body at all is a missing token.
     let reply = api.post(UNREGISTER_PUSH_TOKEN).bearer(&me.key).send().await;
     reply.assert_required("token");

@@ -249,9 +249,7 @@ both!(unknown_routes_are_404, |api, ctx| async move {
         for method in ["GET", "POST", "PATCH"] {
             let reply = api
                 .call(method, path)
-                .bearer(&user.key)
-                .json(&json!({}))
-                .send()
+                .send_json(&user.key, &json!({}))
                 .await;
             reply.assert_not_found();
             // Without credentials too: the fallback does not authenticate.
@@ -282,9 +280,7 @@ both!(wrong_method_is_405, |api, ctx| async move {
     ] {
         let reply = api
             .call(method, path)
-            .bearer(&user.key)
-            .json(&json!({}))
-            .send()
+            .send_json(&user.key, &json!({}))
             .await;
         reply.assert_method_not_allowed(method);
         let reply = api.call(method, path).send().await;

@@ -123,57 +123,37 @@ both!(
     patch_validates_choices_and_booleans,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let cases = [
-            (
-                json!({"theme_mode": "purple"}),
-                "invalid_choice",
-                "\"purple\" is not a valid choice.",
-                "theme_mode",
-            ),
-            (
-                json!({"toolbar_mode": "sometimes"}),
-                "invalid_choice",
-                "\"sometimes\" is not a valid choice.",
-                "toolbar_mode",
-            ),
-            (
-                json!({"shortcut_position": "left"}),
-                "invalid_choice",
-                "\"left\" is not a valid choice.",
-                "shortcut_position",
-            ),
-            (
-                json!({"anonymize_data": "maybe"}),
-                "invalid_input",
-                "Must be a valid boolean.",
-                "anonymize_data",
-            ),
-            (
-                json!({"allow_impersonation": [true]}),
-                "invalid_input",
-                "Must be a valid boolean.",
-                "allow_impersonation",
-            ),
-            (
-                json!({"hide_mcp_hints": null}),
-                "null",
-                "This field may not be null.",
-                "hide_mcp_hints",
-            ),
-            (
-                json!({"first_name": "x".repeat(151)}),
-                "max_length",
-                "Ensure this field has no more than 150 characters.",
-                "first_name",
-            ),
-        ];
-        for (body, code, detail, attr) in cases {
-            // Each bad field comes with a good one, which must not be applied either.
-            let mut body = body;
+        // Each bad field comes with a good one, which must not be applied either.
+        let patch = |mut body: Value| {
             body["last_name"] = json!("ShouldNotStick");
-            let reply = api.patch_me(&user.key, &body).await;
-            reply.assert_invalid(attr, code, detail);
+            let (api, key) = (api.clone(), user.key.clone());
+            async move { api.patch_me(&key, &body).await }
+        };
+        for (field, value) in [
+            ("theme_mode", "purple"),
+            ("toolbar_mode", "sometimes"),
+            ("shortcut_position", "left"),
+        ] {
+            patch(json!({ field: value }))
+                .await
+                .assert_invalid_choice(field, value);
         }
+        for (field, value) in [
+            ("anonymize_data", json!("maybe")),
+            ("allow_impersonation", json!([true])),
+        ] {
+            patch(json!({ field: value })).await.assert_invalid(
+                field,
+                "invalid_input",
+                "Must be a valid boolean.",
+            );
+        }
+        patch(json!({"hide_mcp_hints": null}))
+            .await
+            .assert_null("hide_mcp_hints");
+        patch(json!({"first_name": "x".repeat(151)}))
+            .await
+            .assert_max_length("first_name", 150);
         let after = api.me(&user.key).await;
         assert_eq!(after["last_name"], "User");
         assert_eq!(after["theme_mode"], Value::Null);
