@@ -547,6 +547,15 @@ fn in_process(ctx: shared::Context) -> Api {
     Api::InProcess(Arc::new(ctx))
 }
 
+/// A context straight to DynamoDB, a fault proxy in front of DynamoDB, and the API in
+/// process with a context whose DynamoDB calls go through that proxy.
+async fn behind_a_dynamodb_proxy() -> (shared::Context, FaultProxy, Api) {
+    let direct = context().await;
+    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
+    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    (direct, proxy, api)
+}
+
 // ---------------------------------------------------------------------------------------------
 // DynamoDB
 // ---------------------------------------------------------------------------------------------
@@ -556,9 +565,7 @@ fn in_process(ctx: shared::Context) -> Api {
 /// envelope in time; once DynamoDB is back the same context answers as it did before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_outage_is_503_on_every_route_then_recovers() {
-    let direct = context().await;
-    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
-    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
     let before_user = create_user(&direct, false, &["*"]).await;
     let after_user = create_user(&direct, false, &["*"]).await;
 
@@ -623,9 +630,7 @@ async fn dynamodb_outage_is_503_on_every_route_then_recovers() {
 /// 503 on every route, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_black_hole_is_503_within_the_timeout() {
-    let direct = context().await;
-    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
-    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
     let user = create_user(&direct, false, &["*"]).await;
     api.me(&user.key).await;
 
@@ -652,9 +657,7 @@ async fn dynamodb_black_hole_is_503_within_the_timeout() {
 /// the retry budget is a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_dynamodb_is_retried_with_backoff() {
-    let direct = context().await;
-    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
-    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
     let user = create_user(&direct, false, &["*"]).await;
 
     // How many DynamoDB requests GET @me makes unthrottled (once the key's first use, which

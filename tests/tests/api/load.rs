@@ -200,19 +200,21 @@ async fn run_worker(
         let op = pick(&mut rng);
         sequence += 1;
         let platform = PLATFORMS[rng.below(PLATFORMS.len())];
+        // A token of the client's private user, or of the user it shares, and that user's key.
+        let mut token = |private: bool| {
+            if private {
+                (
+                    format!("p{}-{}", worker.id, rng.below(PRIVATE_TOKENS)),
+                    &key,
+                )
+            } else {
+                let name = format!("s{}-{}", worker.id, rng.below(SHARED_TOKENS));
+                (name, &worker.shared_key)
+            }
+        };
         let (method, path, key, body) = match op {
             Op::RegisterPrivate | Op::RegisterShared => {
-                let (name, k) = if op == Op::RegisterPrivate {
-                    (
-                        format!("p{}-{}", worker.id, rng.below(PRIVATE_TOKENS)),
-                        &key,
-                    )
-                } else {
-                    (
-                        format!("s{}-{}", worker.id, rng.below(SHARED_TOKENS)),
-                        &worker.shared_key,
-                    )
-                };
+                let (name, k) = token(op == Op::RegisterPrivate);
                 let body = json!({"token": name, "platform": platform});
                 (
                     reqwest::Method::POST,
@@ -222,17 +224,7 @@ async fn run_worker(
                 )
             }
             Op::UnregisterPrivate | Op::UnregisterShared => {
-                let (name, k) = if op == Op::UnregisterPrivate {
-                    (
-                        format!("p{}-{}", worker.id, rng.below(PRIVATE_TOKENS)),
-                        &key,
-                    )
-                } else {
-                    (
-                        format!("s{}-{}", worker.id, rng.below(SHARED_TOKENS)),
-                        &worker.shared_key,
-                    )
-                };
+                let (name, k) = token(op == Op::UnregisterPrivate);
                 let body = json!({"token": name});
                 (
                     reqwest::Method::POST,
