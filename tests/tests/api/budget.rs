@@ -4,7 +4,6 @@
 use api_tests::calls::{sequential_depth, Recorder, SdkCall};
 use api_tests::*;
 use serde_json::json;
-use shared::clock::now_secs;
 use std::sync::Arc;
 
 struct Budget {
@@ -159,11 +158,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
         )
         .await;
     let secret = setup.json()["secret"].as_str().unwrap().to_string();
-    let mut now = now_secs();
-    while now % 30 > 25 {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        now = now_secs();
-    }
+    let now = step_margin().await;
     let code = pyotp_code(&secret, now).await;
     b.check(
         "two-factor-validate",
