@@ -10,7 +10,11 @@ use shared::users::UserRecord;
 use shared::Context;
 use std::sync::Arc;
 
+pub mod assertions;
 pub mod calls;
+pub mod flows;
+pub use assertions::*;
+pub use flows::*;
 
 /// A variable the test command sets; without it the test cannot run and says why.
 pub fn env(name: &str) -> String {

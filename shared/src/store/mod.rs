@@ -48,7 +48,7 @@ pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, ApiError> {
     })
 }
 
-pub fn s(value: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 

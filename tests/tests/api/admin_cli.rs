@@ -75,6 +75,19 @@ async fn create_user_cli(email: &str, extra: &[&str]) -> Value {
     admin(&args).await.json()
 }
 
+/// `users-admin create-key` for the user with these scopes and further arguments.
+async fn create_key_cli(uuid: &str, scopes: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["create-key", "--user", uuid, "--scopes", scopes];
+    args.extend_from_slice(extra);
+    admin(&args).await
+}
+
+/// A key made with `users-admin create-key`.
+async fn new_key_cli(uuid: &str, scopes: &str) -> String {
+    let out = create_key_cli(uuid, scopes, &[]).await.json();
+    out["api_key"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_user_prints_uuid_and_email() {
     let ctx = context().await;
@@ -139,17 +152,9 @@ async fn create_user_refuses_a_duplicate_email() {
 async fn create_key_prints_a_working_key() {
     let user = create_user_cli(&unique_email("cli-key"), &[]).await;
     let uuid = user["uuid"].as_str().unwrap();
-    let out = admin(&[
-        "create-key",
-        "--user",
-        uuid,
-        "--scopes",
-        "user:read,user:write",
-        "--label",
-        "ci",
-    ])
-    .await
-    .json();
+    let out = create_key_cli(uuid, "user:read,user:write", &["--label", "ci"])
+        .await
+        .json();
     assert_eq!(keys_of(&out), vec!["api_key", "mask", "scopes"]);
     let key = out["api_key"].as_str().unwrap();
     assert!(key.starts_with("phx_") && key.len() == 52, "{key}");
@@ -168,25 +173,17 @@ async fn create_key_prints_a_working_key() {
     assert_eq!(me["uuid"], uuid);
     assert_eq!(me["email"], user["email"]);
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(key)
-        .json(&json!({"scene": "cli", "dashboard": 1}))
-        .send()
+        .set_scene(key, &json!({"scene": "cli", "dashboard": 1}))
         .await;
     reply.assert_status(200);
 
     // A read-only key reads but does not write.
-    let read = admin(&["create-key", "--user", uuid, "--scopes", "user:read"])
-        .await
-        .json();
+    let read = create_key_cli(uuid, "user:read", &[]).await.json();
     let read_key = read["api_key"].as_str().unwrap();
     assert_eq!(read["scopes"], json!(["user:read"]));
     assert_eq!(api.me(read_key).await["uuid"], uuid);
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(read_key)
-        .json(&json!({"scene": "cli", "dashboard": 2}))
-        .send()
+        .set_scene(read_key, &json!({"scene": "cli", "dashboard": 2}))
         .await;
     reply.assert_forbidden(MISSING_WRITE_SCOPE);
 
@@ -208,16 +205,11 @@ async fn create_key_refuses_unknown_scopes_and_users() {
     let user = create_user_cli(&unique_email("cli-scope"), &[]).await;
     let uuid = user["uuid"].as_str().unwrap();
     for scopes in ["admin", "user:read,everything", "user:delete"] {
-        let out = admin(&["create-key", "--user", uuid, "--scopes", scopes]).await;
-        out.failed();
+        create_key_cli(uuid, scopes, &[]).await.failed();
     }
     let unknown = uuid::Uuid::new_v4().to_string();
-    admin(&["create-key", "--user", &unknown, "--scopes", "*"])
-        .await
-        .failed();
-    admin(&["create-key", "--user", "not-a-uuid", "--scopes", "*"])
-        .await
-        .failed();
+    create_key_cli(&unknown, "*", &[]).await.failed();
+    create_key_cli("not-a-uuid", "*", &[]).await.failed();
     // None of the refused keys exists.
     let ctx = context().await;
     assert!(ctx.store.api_keys_of(uuid).await.unwrap().is_empty());
@@ -228,23 +220,13 @@ async fn create_key_refuses_unknown_scopes_and_users() {
 async fn revoke_key_then_401() {
     let user = create_user_cli(&unique_email("cli-revoke"), &[]).await;
     let uuid = user["uuid"].as_str().unwrap();
-    let key = admin(&["create-key", "--user", uuid, "--scopes", "*"])
-        .await
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let kept = admin(&["create-key", "--user", uuid, "--scopes", "*"])
-        .await
-        .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = new_key_cli(uuid, "*").await;
+    let kept = new_key_cli(uuid, "*").await;
     let api = Api::http();
     assert_eq!(api.me(&key).await["uuid"], uuid);
     let out = admin(&["revoke-key", "--key", &key]).await.json();
     assert_eq!(out, json!({"ok": true}));
-    let reply = api.get("/api/users/@me/").bearer(&key).send().await;
+    let reply = api.get(ME).bearer(&key).send().await;
     reply.assert_unauthorized("authentication_failed");
     // Only that key.
     assert_eq!(api.me(&kept).await["uuid"], uuid);
@@ -259,27 +241,9 @@ async fn deactivate_user_then_401() {
     let bystander = create_user_cli(&unique_email("cli-bystander"), &[]).await;
     let mut keys = Vec::new();
     for scopes in ["*", "user:read"] {
-        keys.push(
-            admin(&["create-key", "--user", uuid, "--scopes", scopes])
-                .await
-                .json()["api_key"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        keys.push(new_key_cli(uuid, scopes).await);
     }
-    let bystander_key = admin(&[
-        "create-key",
-        "--user",
-        bystander["uuid"].as_str().unwrap(),
-        "--scopes",
-        "*",
-    ])
-    .await
-    .json()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bystander_key = new_key_cli(bystander["uuid"].as_str().unwrap(), "*").await;
     let api = Api::http();
     for key in &keys {
         assert_eq!(api.me(key).await["uuid"], uuid);
@@ -287,21 +251,14 @@ async fn deactivate_user_then_401() {
     let out = admin(&["deactivate-user", "--user", uuid]).await.json();
     assert_eq!(out, json!({"ok": true}));
     for key in &keys {
-        let reply = api.get("/api/users/@me/").bearer(key).send().await;
+        let reply = api.get(ME).bearer(key).send().await;
         reply.assert_unauthorized("authentication_failed");
-        let reply = api
-            .post("/api/users/@me/push_tokens/")
-            .bearer(key)
-            .json(&json!({"token": "t", "platform": "ios"}))
-            .send()
-            .await;
+        let reply = api.register_push_token(key, "t", "ios").await;
         reply.assert_unauthorized("authentication_failed");
     }
     assert_eq!(api.me(&bystander_key).await["uuid"], bystander["uuid"]);
     // No new key for an inactive user; an unknown user cannot be deactivated.
-    admin(&["create-key", "--user", uuid, "--scopes", "*"])
-        .await
-        .failed();
+    create_key_cli(uuid, "*", &[]).await.failed();
     admin(&[
         "deactivate-user",
         "--user",
@@ -317,20 +274,8 @@ async fn deactivate_user_then_401() {
 async fn list_keys_shows_masks_and_last_use() {
     let user = create_user_cli(&unique_email("cli-list"), &[]).await;
     let uuid = user["uuid"].as_str().unwrap();
-    let used = admin(&[
-        "create-key",
-        "--user",
-        uuid,
-        "--scopes",
-        "*",
-        "--label",
-        "app",
-    ])
-    .await
-    .json();
-    let idle = admin(&["create-key", "--user", uuid, "--scopes", "user:read"])
-        .await
-        .json();
+    let used = create_key_cli(uuid, "*", &["--label", "app"]).await.json();
+    let idle = create_key_cli(uuid, "user:read", &[]).await.json();
     let used_key = used["api_key"].as_str().unwrap();
     Api::http().me(used_key).await;
 

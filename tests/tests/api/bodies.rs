@@ -108,13 +108,7 @@ both!(
                     match media {
                         // In process the raw bytes, over HTTP their UTF-8 reading (U+FFFD
                         // for each invalid sequence): a parse error either way.
-                        JSON => reply.assert_error_prefix(
-                            400,
-                            "invalid_request",
-                            "parse_error",
-                            "JSON parse error - ",
-                            None,
-                        ),
+                        JSON => reply.assert_parse_error(),
                         TEXT => reply.assert_error(
                             415,
                             "invalid_request",

@@ -4,7 +4,6 @@
 use api_tests::calls::{sequential_depth, Recorder, SdkCall};
 use api_tests::*;
 use serde_json::json;
-use shared::clock::now_secs;
 use std::sync::Arc;
 
 struct Budget {
@@ -81,11 +80,10 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let k = user.key.clone();
     let api = b.api.clone();
 
-    b.check("get-user", api.get("/api/users/@me/").bearer(&k), 200)
-        .await;
+    b.check("get-user", api.get(ME).bearer(&k), 200).await;
     b.check(
         "update-user (profile)",
-        api.patch("/api/users/@me/")
+        api.patch(ME)
             .bearer(&k)
             .json(&json!({"first_name": "Budget"})),
         200,
@@ -94,29 +92,22 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let new_email = unique_email("budget");
     b.check(
         "update-user (email change)",
-        api.patch("/api/users/@me/")
-            .bearer(&k)
-            .json(&json!({"email": new_email})),
+        api.patch(ME).bearer(&k).json(&json!({"email": new_email})),
         200,
     )
     .await;
     b.check(
         "cancel-email-change-request",
-        api.patch("/api/users/cancel_email_change_request/")
-            .bearer(&k),
+        api.patch(CANCEL_EMAIL_CHANGE).bearer(&k),
         200,
     )
     .await;
     let newer = unique_email("budget2");
-    api.patch("/api/users/@me/")
-        .bearer(&k)
-        .json(&json!({"email": newer}))
-        .send()
-        .await;
+    api.patch_me(&k, &json!({"email": newer})).await;
     let code = code_mailed_to(&newer).await;
     b.check(
         "verify-email",
-        api.post("/api/users/verify_email/")
+        api.post(VERIFY_EMAIL)
             .bearer(&k)
             .json(&json!({"uuid": "@me", "code": code})),
         200,
@@ -124,22 +115,20 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "scene-personalisation",
-        api.post("/api/users/@me/scene_personalisation/")
+        api.post(SCENE)
             .bearer(&k)
             .json(&json!({"scene": "s", "dashboard": 1})),
         200,
     )
     .await;
     for i in 0..20 {
-        api.post("/api/users/@me/push_tokens/")
-            .bearer(&k)
-            .json(&json!({"token": format!("t{i}"), "platform": "ios"}))
-            .send()
+        api.post(PUSH_TOKENS)
+            .send_json(&k, &json!({"token": format!("t{i}"), "platform": "ios"}))
             .await;
     }
     b.check(
         "push-tokens-register (21st, evicting)",
-        api.post("/api/users/@me/push_tokens/")
+        api.post(PUSH_TOKENS)
             .bearer(&k)
             .json(&json!({"token": "t20", "platform": "ios"})),
         200,
@@ -147,7 +136,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "push-tokens-register (refresh)",
-        api.post("/api/users/@me/push_tokens/")
+        api.post(PUSH_TOKENS)
             .bearer(&k)
             .json(&json!({"token": "t20", "platform": "web"})),
         200,
@@ -155,7 +144,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "push-tokens-unregister",
-        api.post("/api/users/@me/push_tokens/unregister/")
+        api.post(UNREGISTER_PUSH_TOKEN)
             .bearer(&k)
             .json(&json!({"token": "t20"})),
         204,
@@ -164,20 +153,16 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let setup = b
         .check(
             "two-factor-start-setup",
-            api.get("/api/users/@me/two_factor_start_setup/").bearer(&k),
+            api.get(START_2FA_SETUP).bearer(&k),
             200,
         )
         .await;
     let secret = setup.json()["secret"].as_str().unwrap().to_string();
-    let mut now = now_secs();
-    while now % 30 > 25 {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        now = now_secs();
-    }
+    let now = step_margin().await;
     let code = pyotp_code(&secret, now).await;
     b.check(
         "two-factor-validate",
-        api.post("/api/users/@me/two_factor_validate/")
+        api.post(VALIDATE_2FA)
             .bearer(&k)
             .json(&json!({"token": code})),
         200,
@@ -186,8 +171,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let codes = b
         .check(
             "two-factor-backup-codes",
-            api.post("/api/users/@me/two_factor_backup_codes/")
-                .bearer(&k),
+            api.post(BACKUP_CODES).bearer(&k),
             200,
         )
         .await;
@@ -197,14 +181,14 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
         .to_string();
     b.check(
         "two-factor-status",
-        api.get("/api/users/@me/two_factor_status/").bearer(&k),
+        api.get(TWO_FACTOR_STATUS).bearer(&k),
         200,
     )
     .await;
     let next = pyotp_code(&secret, now + 30).await;
     b.check(
         "two-factor-verify (totp)",
-        api.post("/api/users/@me/two_factor_verify/")
+        api.post(VERIFY_2FA)
             .bearer(&k)
             .json(&json!({"token": next})),
         200,
@@ -212,7 +196,7 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "two-factor-verify (backup code)",
-        api.post("/api/users/@me/two_factor_verify/")
+        api.post(VERIFY_2FA)
             .bearer(&k)
             .json(&json!({"token": backup})),
         200,
@@ -220,18 +204,14 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check(
         "two-factor-verify (wrong code)",
-        api.post("/api/users/@me/two_factor_verify/")
+        api.post(VERIFY_2FA)
             .bearer(&k)
             .json(&json!({"token": "000000"})),
         400,
     )
     .await;
-    b.check(
-        "two-factor-disable",
-        api.post("/api/users/@me/two_factor_disable/").bearer(&k),
-        200,
-    )
-    .await;
+    b.check("two-factor-disable", api.post(DISABLE_2FA).bearer(&k), 200)
+        .await;
     b.check("fallback", api.get("/api/users/@me/nothing/"), 404)
         .await;
 

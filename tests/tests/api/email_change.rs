@@ -1,41 +1,34 @@
 //! Email changes: `PATCH /api/users/@me/` with `email`, `POST /api/users/verify_email/` and
 //! `PATCH /api/users/cancel_email_change_request/`. Codes are read from moto's SES.
 use api_tests::*;
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{json, Value};
+use shared::email_change::EmailChangeRecord;
 use std::sync::Arc;
-
-const CANCEL: &str = "/api/users/cancel_email_change_request/";
-const VERIFY: &str = "/api/users/verify_email/";
-const WRONG_CODE: &str = "This verification code is invalid or has expired.";
 
 /// Opens a request for `new_email`; returns the response's user object.
 async fn request_change(api: &Api, key: &str, new_email: &str) -> Value {
-    api.patch("/api/users/@me/")
-        .bearer(key)
-        .json(&json!({"email": new_email}))
-        .send()
-        .await
-        .user_object()
+    api.request_email_change(key, new_email).await.user_object()
 }
 
-async fn verify(api: &Api, key: &str, uuid: &str, code: &str) -> Reply {
-    api.post(VERIFY)
-        .bearer(key)
-        .json(&json!({"uuid": uuid, "code": code}))
+/// Writes an email-change request straight into its table, as the store writes one.
+async fn plant(ctx: &shared::Context, record: &EmailChangeRecord) {
+    ctx.store
+        .db
+        .put_item()
+        .table_name(&ctx.store.tables.email_changes)
+        .set_item(Some(shared::store::to_item(record).expect("an item")))
         .send()
         .await
+        .expect("put a request");
 }
 
-#[track_caller]
-fn assert_wrong_code(reply: &Reply) {
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        WRONG_CODE,
-        Some("code"),
-    );
+/// Checks that `email` is taken: another user's request for it is refused. Returns that user.
+async fn assert_taken(api: &Api, ctx: &shared::Context, email: &str) -> TestUser {
+    let other = create_user(ctx, false, &["*"]).await;
+    api.request_email_change(&other.key, email)
+        .await
+        .assert_email_taken();
+    other
 }
 
 both!(
@@ -61,8 +54,9 @@ both!(
         let stored = ctx.store.user(user.uuid()).await.unwrap().unwrap();
         assert_eq!(stored.email, user.user.email);
 
-        let reply = verify(&api, &user.key, user.uuid(), &code).await;
-        assert_eq!(reply.ok_json(), json!({"success": true}));
+        api.verify_email(&user.key, user.uuid(), &code)
+            .await
+            .assert_success();
         let me = api.me(&user.key).await;
         assert_eq!(me["email"], new_email.as_str());
         assert_eq!(me["pending_email"], Value::Null);
@@ -72,31 +66,15 @@ both!(
         );
 
         // The request is gone: the same code does not work twice, and there is nothing to cancel.
-        assert_wrong_code(&verify(&api, &user.key, user.uuid(), &code).await);
-        let reply = api.patch(CANCEL).bearer(&user.key).send().await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "email_change_request_not_found",
-            "No active email change requests found.",
-            None,
-        );
+        api.verify_email(&user.key, user.uuid(), &code)
+            .await
+            .assert_wrong_email_code();
+        api.cancel_email_change(&user.key)
+            .await
+            .assert_no_email_change_request();
 
         // The new address is now taken; the old one is free again.
-        let third = create_user(&ctx, false, &["*"]).await;
-        let reply = api
-            .patch("/api/users/@me/")
-            .bearer(&third.key)
-            .json(&json!({"email": new_email}))
-            .send()
-            .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "unique",
-            "There is already an account with this email address.",
-            Some("email"),
-        );
+        assert_taken(&api, &ctx, &new_email).await;
         let reuse = shared::users::UserRecord::new(
             &user.user.email,
             "Re",
@@ -111,38 +89,33 @@ both!(
 );
 
 both!(wrong_code_changes_nothing, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
-    let new_email = unique_email("wrong");
-    request_change(&api, &user.key, &new_email).await;
-    let code = code_mailed_to(&new_email).await;
+    let (user, new_email, code) = pending_change(&api, &ctx, "wrong").await;
     for bad in [
         other_code(&code),
         other_code(&other_code(&code)),
         "abcdef".to_string(),
         "12345".to_string(),
     ] {
-        assert_wrong_code(&verify(&api, &user.key, user.uuid(), &bad).await);
+        api.verify_email(&user.key, user.uuid(), &bad)
+            .await
+            .assert_wrong_email_code();
     }
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], user.user.email);
     assert_eq!(me["pending_email"], new_email.as_str());
     // The right code still works after a few failures (fewer than five).
-    let reply = verify(&api, &user.key, user.uuid(), &code).await;
-    assert_eq!(reply.ok_json(), json!({"success": true}));
+    api.verify_email(&user.key, user.uuid(), &code)
+        .await
+        .assert_success();
     assert_eq!(api.me(&user.key).await["email"], new_email.as_str());
 });
 
 both!(cancel_kills_the_code, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
-    let new_email = unique_email("cancel");
-    request_change(&api, &user.key, &new_email).await;
-    let code = code_mailed_to(&new_email).await;
+    let (user, _, code) = pending_change(&api, &ctx, "cancel").await;
     // The body is ignored.
     let reply = api
-        .patch(CANCEL)
-        .bearer(&user.key)
-        .json(&json!({"email": "x@example.com"}))
-        .send()
+        .patch(CANCEL_EMAIL_CHANGE)
+        .send_json(&user.key, &json!({"email": "x@example.com"}))
         .await;
     let object = reply.user_object();
     assert_eq!(object["uuid"], user.uuid());
@@ -151,42 +124,25 @@ both!(cancel_kills_the_code, |api, ctx| async move {
     let me = api.me(&user.key).await;
     assert_eq!(me["pending_email"], Value::Null);
     assert_eq!(me["email"], user.user.email);
-    assert_wrong_code(&verify(&api, &user.key, user.uuid(), &code).await);
+    api.verify_email(&user.key, user.uuid(), &code)
+        .await
+        .assert_wrong_email_code();
     assert_eq!(api.me(&user.key).await["email"], user.user.email);
     // Nothing left to cancel.
-    let reply = api.patch(CANCEL).bearer(&user.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "email_change_request_not_found",
-        "No active email change requests found.",
-        None,
-    );
+    api.cancel_email_change(&user.key)
+        .await
+        .assert_no_email_change_request();
 });
 
 both!(cancel_with_nothing_pending_is_400, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api.patch(CANCEL).bearer(&user.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "email_change_request_not_found",
-        "No active email change requests found.",
-        None,
-    );
-    let reply = api
-        .patch(CANCEL)
-        .bearer(&user.key)
-        .json(&json!({}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "email_change_request_not_found",
-        "No active email change requests found.",
-        None,
-    );
+    api.cancel_email_change(&user.key)
+        .await
+        .assert_no_email_change_request();
+    api.patch(CANCEL_EMAIL_CHANGE)
+        .send_json(&user.key, &json!({}))
+        .await
+        .assert_no_email_change_request();
 });
 
 both!(cancel_acts_on_the_caller_only, |api, ctx| async move {
@@ -194,32 +150,27 @@ both!(cancel_acts_on_the_caller_only, |api, ctx| async move {
     let b = create_user(&ctx, false, &["*"]).await;
     let a_new = unique_email("a-new");
     request_change(&api, &a.key, &a_new).await;
-    let reply = api.patch(CANCEL).bearer(&b.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "email_change_request_not_found",
-        "No active email change requests found.",
-        None,
-    );
+    api.cancel_email_change(&b.key)
+        .await
+        .assert_no_email_change_request();
     assert_eq!(api.me(&a.key).await["pending_email"], a_new.as_str());
 });
 
 both!(a_new_request_replaces_the_open_one, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
-    let first = unique_email("first");
+    let (user, _, first_code) = pending_change(&api, &ctx, "first").await;
     let second = unique_email("second");
-    request_change(&api, &user.key, &first).await;
-    let first_code = code_mailed_to(&first).await;
     let object = request_change(&api, &user.key, &second).await;
     assert_eq!(object["pending_email"], second.as_str());
     let second_code = code_mailed_to(&second).await;
     assert_eq!(api.me(&user.key).await["pending_email"], second.as_str());
     if first_code != second_code {
-        assert_wrong_code(&verify(&api, &user.key, user.uuid(), &first_code).await);
+        api.verify_email(&user.key, user.uuid(), &first_code)
+            .await
+            .assert_wrong_email_code();
     }
-    let reply = verify(&api, &user.key, user.uuid(), &second_code).await;
-    assert_eq!(reply.ok_json(), json!({"success": true}));
+    api.verify_email(&user.key, user.uuid(), &second_code)
+        .await
+        .assert_success();
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], second.as_str());
     assert_eq!(me["pending_email"], Value::Null);
@@ -233,19 +184,9 @@ both!(duplicate_email_is_refused, |api, ctx| async move {
         other.user.email.to_uppercase(),
         format!("  {}  ", other.user.email),
     ] {
-        let reply = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({"email": taken}))
-            .send()
-            .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "unique",
-            "There is already an account with this email address.",
-            Some("email"),
-        );
+        api.request_email_change(&user.key, &taken)
+            .await
+            .assert_email_taken();
     }
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], user.user.email);
@@ -266,46 +207,16 @@ both!(malformed_email_is_refused, |api, ctx| async move {
         "a@@example.com",
         "a@example..com",
     ] {
-        let reply = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({"email": bad}))
-            .send()
-            .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "invalid_input",
-            "Enter a valid email address.",
-            Some("email"),
-        );
+        api.request_email_change(&user.key, bad)
+            .await
+            .assert_invalid_email();
     }
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"email": ""}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "blank",
-        "This field may not be blank.",
-        Some("email"),
-    );
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"email": null}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "null",
-        "This field may not be null.",
-        Some("email"),
-    );
+    api.request_email_change(&user.key, "")
+        .await
+        .assert_blank("email");
+    api.patch_me(&user.key, &json!({"email": null}))
+        .await
+        .assert_null("email");
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], user.user.email);
     assert_eq!(me["pending_email"], Value::Null);
@@ -324,13 +235,13 @@ both!(
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
         let new_email = unique_email("combo");
-        let reply = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({"email": new_email, "first_name": "Combo"}))
-            .send()
-            .await;
-        let object = reply.user_object();
+        let object = api
+            .patch_me(
+                &user.key,
+                &json!({"email": new_email, "first_name": "Combo"}),
+            )
+            .await
+            .user_object();
         assert_eq!(object["first_name"], "Combo");
         assert_eq!(object["pending_email"], new_email.as_str());
         assert_eq!(object["email"], user.user.email);
@@ -342,68 +253,41 @@ both!(
 );
 
 both!(verify_validates_its_body, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
-    let new_email = unique_email("body");
-    request_change(&api, &user.key, &new_email).await;
-    let code = code_mailed_to(&new_email).await;
-    let reply = api
-        .post(VERIFY)
-        .bearer(&user.key)
-        .json(&json!({"code": code}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "required",
-        "This field is required.",
-        Some("uuid"),
-    );
-    let reply = api
-        .post(VERIFY)
-        .bearer(&user.key)
-        .json(&json!({"uuid": user.uuid()}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "required",
-        "This field is required.",
-        Some("code"),
-    );
-    let reply = api
-        .post(VERIFY)
-        .bearer(&user.key)
-        .json(&json!({"uuid": "", "code": code}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "blank",
-        "This field may not be blank.",
-        Some("uuid"),
-    );
+    let (user, new_email, code) = pending_change(&api, &ctx, "body").await;
+    let verify_with = |body: Value| {
+        let (api, key) = (api.clone(), user.key.clone());
+        async move { api.post(VERIFY_EMAIL).send_json(&key, &body).await }
+    };
+    verify_with(json!({"code": code}))
+        .await
+        .assert_required("uuid");
+    verify_with(json!({"uuid": user.uuid()}))
+        .await
+        .assert_required("code");
+    verify_with(json!({"uuid": "", "code": code}))
+        .await
+        .assert_blank("uuid");
     // Another user's uuid, as a non-staff caller.
     let other = create_user(&ctx, false, &["*"]).await;
-    let reply = verify(&api, &user.key, other.uuid(), &code).await;
-    reply.assert_forbidden(NON_STAFF_DETAIL);
+    api.verify_email(&user.key, other.uuid(), &code)
+        .await
+        .assert_forbidden(NON_STAFF_DETAIL);
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], user.user.email);
     assert_eq!(me["pending_email"], new_email.as_str());
     // Still verifiable.
-    assert_eq!(
-        verify(&api, &user.key, user.uuid(), &code).await.ok_json(),
-        json!({"success": true})
-    );
+    api.verify_email(&user.key, user.uuid(), &code)
+        .await
+        .assert_success();
 });
 
 both!(
     verify_with_nothing_pending_is_a_wrong_code,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        assert_wrong_code(&verify(&api, &user.key, user.uuid(), "123456").await);
+        api.verify_email(&user.key, user.uuid(), "123456")
+            .await
+            .assert_wrong_email_code();
         assert_eq!(api.me(&user.key).await["email"], user.user.email);
     }
 );
@@ -411,117 +295,51 @@ both!(
 both!(expired_code_is_refused, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let new_email = unique_email("expired");
+    let keyring = ctx.keyring().await.expect("keys");
     // A request whose 24 hours are over (DynamoDB deletes expired items lazily, so it is
     // still there to be read).
-    let (mut record, code) = shared::email_change::new_request(
-        &ctx.keyring().await.expect("keys"),
-        user.uuid(),
-        &new_email,
-        0,
-    )
-    .expect("a request");
+    let (mut record, code) =
+        shared::email_change::new_request(&keyring, user.uuid(), &new_email, 0).expect("a request");
     record.expires_at = shared::clock::now_secs() - 1;
-    ctx.store
-        .db
-        .put_item()
-        .table_name(&ctx.store.tables.email_changes)
-        .item("user_uuid", AttributeValue::S(record.user_uuid.clone()))
-        .item("new_email", AttributeValue::S(record.new_email.clone()))
-        .item("code_hash", AttributeValue::S(record.code_hash.clone()))
-        .item("code_key_id", AttributeValue::S(record.code_key_id.clone()))
-        .item("request_id", AttributeValue::S(record.request_id.clone()))
-        .item(
-            "requested_at",
-            AttributeValue::S(record.requested_at.clone()),
-        )
-        .item(
-            "expires_at",
-            AttributeValue::N(record.expires_at.to_string()),
-        )
-        .send()
-        .await
-        .expect("put an expired request");
+    plant(&ctx, &record).await;
     assert_eq!(
         api.me(&user.key).await["pending_email"],
         Value::Null,
         "an expired request is not pending"
     );
-    assert_wrong_code(&verify(&api, &user.key, user.uuid(), &code).await);
+    api.verify_email(&user.key, user.uuid(), &code)
+        .await
+        .assert_wrong_email_code();
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], user.user.email);
-    let reply = api.patch(CANCEL).bearer(&user.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "email_change_request_not_found",
-        "No active email change requests found.",
-        None,
-    );
+    api.cancel_email_change(&user.key)
+        .await
+        .assert_no_email_change_request();
 
     // A live request written the same way verifies: the record above only differs in expiry.
-    let (record, code) = shared::email_change::new_request(
-        &ctx.keyring().await.expect("keys"),
-        user.uuid(),
-        &new_email,
-        3600,
-    )
-    .expect("a request");
-    ctx.store
-        .db
-        .put_item()
-        .table_name(&ctx.store.tables.email_changes)
-        .item("user_uuid", AttributeValue::S(record.user_uuid.clone()))
-        .item("new_email", AttributeValue::S(record.new_email.clone()))
-        .item("code_hash", AttributeValue::S(record.code_hash.clone()))
-        .item("code_key_id", AttributeValue::S(record.code_key_id.clone()))
-        .item("request_id", AttributeValue::S(record.request_id.clone()))
-        .item(
-            "requested_at",
-            AttributeValue::S(record.requested_at.clone()),
-        )
-        .item(
-            "expires_at",
-            AttributeValue::N(record.expires_at.to_string()),
-        )
-        .send()
+    let (record, code) = shared::email_change::new_request(&keyring, user.uuid(), &new_email, 3600)
+        .expect("a request");
+    plant(&ctx, &record).await;
+    api.verify_email(&user.key, user.uuid(), &code)
         .await
-        .expect("put a live request");
-    assert_eq!(
-        verify(&api, &user.key, user.uuid(), &code).await.ok_json(),
-        json!({"success": true})
-    );
+        .assert_success();
     assert_eq!(api.me(&user.key).await["email"], new_email.as_str());
 });
 
 both!(five_wrong_codes_then_throttled, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
-    let new_email = unique_email("throttle");
-    request_change(&api, &user.key, &new_email).await;
-    let code = code_mailed_to(&new_email).await;
+    let (user, _, code) = pending_change(&api, &ctx, "throttle").await;
     let wrong = other_code(&code);
     for _ in 0..5 {
-        assert_wrong_code(&verify(&api, &user.key, user.uuid(), &wrong).await);
+        api.verify_email(&user.key, user.uuid(), &wrong)
+            .await
+            .assert_wrong_email_code();
     }
-    // Refused now, without testing the code: even the right one.
+    // Refused now, without testing the code: even the right one. Locked for 30 s after the
+    // fifth failure.
     for attempt in [wrong.as_str(), code.as_str()] {
-        let reply = verify(&api, &user.key, user.uuid(), attempt).await;
-        assert_eq!(reply.status, 429, "{}", reply.body);
-        let retry_after: u64 = reply
-            .header("retry-after")
-            .expect("a Retry-After header")
-            .parse()
-            .expect("Retry-After is a number of seconds");
-        assert!(
-            (1..=30).contains(&retry_after),
-            "locked for 30 s after the 5th failure: {retry_after}"
-        );
-        reply.assert_error(
-            429,
-            "throttled_error",
-            "throttled",
-            &format!("Request was throttled. Expected available in {retry_after} seconds."),
-            None,
-        );
+        api.verify_email(&user.key, user.uuid(), attempt)
+            .await
+            .assert_throttled(1..=30);
     }
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], user.user.email);
@@ -553,91 +371,55 @@ async fn without_a_sender_the_email_changes_at_once() {
         mail_to(&new_email).await.is_empty(),
         "no mail without a sender"
     );
-    let reply = api.patch(CANCEL).bearer(&user.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "email_change_request_not_found",
-        "No active email change requests found.",
-        None,
-    );
+    api.cancel_email_change(&user.key)
+        .await
+        .assert_no_email_change_request();
     // The new address is claimed and the old one released.
-    let other = create_user(&ctx, false, &["*"]).await;
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&other.key)
-        .json(&json!({"email": new_email}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "unique",
-        "There is already an account with this email address.",
-        Some("email"),
-    );
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&other.key)
-        .json(&json!({"email": user.user.email}))
-        .send()
-        .await;
-    assert_eq!(reply.user_object()["email"], user.user.email);
+    let other = assert_taken(&api, &ctx, &new_email).await;
+    let object = request_change(&api, &other.key, &user.user.email).await;
+    assert_eq!(object["email"], user.user.email);
     // Duplicates and malformed addresses are refused the same way.
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"email": "nope"}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Enter a valid email address.",
-        Some("email"),
-    );
+    api.request_email_change(&user.key, "nope")
+        .await
+        .assert_invalid_email();
 }
 
 both!(a_success_resets_the_failure_count, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
-    let first = unique_email("reset-1");
-    request_change(&api, &user.key, &first).await;
-    let code = code_mailed_to(&first).await;
+    let (user, _, code) = pending_change(&api, &ctx, "reset-1").await;
     for _ in 0..4 {
-        assert_wrong_code(&verify(&api, &user.key, user.uuid(), &other_code(&code)).await);
+        api.verify_email(&user.key, user.uuid(), &other_code(&code))
+            .await
+            .assert_wrong_email_code();
     }
-    assert_eq!(
-        verify(&api, &user.key, user.uuid(), &code).await.ok_json(),
-        json!({"success": true})
-    );
+    api.verify_email(&user.key, user.uuid(), &code)
+        .await
+        .assert_success();
     // Four more failures are again free: the count started over.
     let second = unique_email("reset-2");
     request_change(&api, &user.key, &second).await;
     let code = code_mailed_to(&second).await;
     for _ in 0..4 {
-        assert_wrong_code(&verify(&api, &user.key, user.uuid(), &other_code(&code)).await);
+        api.verify_email(&user.key, user.uuid(), &other_code(&code))
+            .await
+            .assert_wrong_email_code();
     }
-    assert_eq!(
-        verify(&api, &user.key, user.uuid(), &code).await.ok_json(),
-        json!({"success": true})
-    );
+    api.verify_email(&user.key, user.uuid(), &code)
+        .await
+        .assert_success();
     assert_eq!(api.me(&user.key).await["email"], second.as_str());
 });
 
 both!(the_failure_limit_is_per_user, |api, ctx| async move {
     let locked = create_user(&ctx, false, &["*"]).await;
-    let free = create_user(&ctx, false, &["*"]).await;
     for _ in 0..5 {
-        assert_wrong_code(&verify(&api, &locked.key, locked.uuid(), "000000").await);
+        api.verify_email(&locked.key, locked.uuid(), "000000")
+            .await
+            .assert_wrong_email_code();
     }
-    let reply = verify(&api, &locked.key, locked.uuid(), "000000").await;
+    let reply = api.verify_email(&locked.key, locked.uuid(), "000000").await;
     assert_eq!(reply.status, 429, "{}", reply.body);
-    let new_email = unique_email("free");
-    request_change(&api, &free.key, &new_email).await;
-    let code = code_mailed_to(&new_email).await;
-    assert_eq!(
-        verify(&api, &free.key, free.uuid(), &code).await.ok_json(),
-        json!({"success": true})
-    );
+    let (free, _, code) = pending_change(&api, &ctx, "free").await;
+    api.verify_email(&free.key, free.uuid(), &code)
+        .await
+        .assert_success();
 });

@@ -547,6 +547,15 @@ fn in_process(ctx: shared::Context) -> Api {
     Api::InProcess(Arc::new(ctx))
 }
 
+/// A context straight to DynamoDB, a fault proxy in front of DynamoDB, and the API in
+/// process with a context whose DynamoDB calls go through that proxy.
+async fn behind_a_dynamodb_proxy() -> (shared::Context, FaultProxy, Api) {
+    let direct = context().await;
+    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
+    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    (direct, proxy, api)
+}
+
 // ---------------------------------------------------------------------------------------------
 // DynamoDB
 // ---------------------------------------------------------------------------------------------
@@ -556,9 +565,7 @@ fn in_process(ctx: shared::Context) -> Api {
 /// envelope in time; once DynamoDB is back the same context answers as it did before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_outage_is_503_on_every_route_then_recovers() {
-    let direct = context().await;
-    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
-    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
     let before_user = create_user(&direct, false, &["*"]).await;
     let after_user = create_user(&direct, false, &["*"]).await;
 
@@ -623,9 +630,7 @@ async fn dynamodb_outage_is_503_on_every_route_then_recovers() {
 /// 503 on every route, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_black_hole_is_503_within_the_timeout() {
-    let direct = context().await;
-    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
-    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
     let user = create_user(&direct, false, &["*"]).await;
     api.me(&user.key).await;
 
@@ -652,9 +657,7 @@ async fn dynamodb_black_hole_is_503_within_the_timeout() {
 /// the retry budget is a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_dynamodb_is_retried_with_backoff() {
-    let direct = context().await;
-    let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")).await;
-    let api = in_process(context_via(Some(&proxy.url()), None).await);
+    let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
     let user = create_user(&direct, false, &["*"]).await;
 
     // How many DynamoDB requests GET @me makes unthrottled (once the key's first use, which
@@ -690,10 +693,7 @@ async fn throttled_dynamodb_is_retried_with_backoff() {
     // A write is retried the same way and lands once.
     proxy.throttle(2);
     let object = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .json(&json!({"scene": "throttled", "dashboard": 3}))
-        .send()
+        .set_scene(&user.key, &json!({"scene": "throttled", "dashboard": 3}))
         .await
         .user_object();
     assert_eq!(
@@ -707,7 +707,7 @@ async fn throttled_dynamodb_is_retried_with_backoff() {
     let n = proxy.requests();
     let answer = timed(
         "GET /api/users/@me/, throttled",
-        api.get("/api/users/@me/").bearer(&user.key),
+        api.get(ME).bearer(&user.key),
     )
     .await;
     assert_unavailable(&answer);
@@ -747,7 +747,7 @@ async fn secrets_manager_unreachable_at_cold_start() {
     assert_unavailable(&timed("start setup, refused", setup()).await);
     // Routes that need no key still answer.
     api.me(&user.key).await;
-    api.get("/api/users/@me/two_factor_status/")
+    api.get(TWO_FACTOR_STATUS)
         .bearer(&user.key)
         .send()
         .await
@@ -781,14 +781,9 @@ async fn secrets_manager_unreachable_at_cold_start() {
     proxy.down().await;
     let secret = setup["secret"].as_str().expect("secret").to_string();
     let code = pyotp_code(&secret, shared::clock::now_secs()).await;
-    api.post("/api/users/@me/two_factor_validate/")
-        .bearer(&user.key)
-        .json(&json!({"token": code}))
-        .send()
-        .await
-        .ok_json();
+    api.validate_2fa(&user.key, code).await.ok_json();
     let status = api
-        .get("/api/users/@me/two_factor_status/")
+        .get(TWO_FACTOR_STATUS)
         .bearer(&user.key)
         .send()
         .await

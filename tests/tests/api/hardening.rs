@@ -8,70 +8,6 @@ use shared::clock::now_secs;
 use shared::throttle::FailureCharge;
 use shared::throttle::{CodeCheck, FailureState};
 
-const VERIFY_EMAIL: &str = "/api/users/verify_email/";
-const WRONG_EMAIL_CODE: &str = "This verification code is invalid or has expired.";
-
-async fn request_change(api: &Api, key: &str, new_email: &str) -> Reply {
-    api.patch("/api/users/@me/")
-        .bearer(key)
-        .json(&json!({"email": new_email}))
-        .send()
-        .await
-}
-
-async fn verify_email(api: &Api, key: &str, uuid: &str, code: &str) -> Reply {
-    api.post(VERIFY_EMAIL)
-        .bearer(key)
-        .json(&json!({"uuid": uuid, "code": code}))
-        .send()
-        .await
-}
-
-#[track_caller]
-fn assert_wrong_email_code(reply: &Reply) {
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        WRONG_EMAIL_CODE,
-        Some("code"),
-    );
-}
-
-/// A new user with an open email-change request: the user, the new address and its code.
-async fn pending_change(api: &Api, ctx: &shared::Context, tag: &str) -> (TestUser, String, String) {
-    let user = create_user(ctx, false, &["*"]).await;
-    let new_email = unique_email(tag);
-    request_change(api, &user.key, &new_email)
-        .await
-        .user_object();
-    let code = code_mailed_to(&new_email).await;
-    (user, new_email, code)
-}
-
-/// A 429 whose `Retry-After` (and detail) lies in `range`; returns it.
-#[track_caller]
-fn assert_throttled(reply: &Reply, range: std::ops::RangeInclusive<u64>) -> u64 {
-    assert_eq!(reply.status, 429, "{}", reply.body);
-    let retry: u64 = reply
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("a number of seconds");
-    assert!(
-        range.contains(&retry),
-        "Retry-After {retry} not in {range:?}"
-    );
-    reply.assert_error(
-        429,
-        "throttled_error",
-        "throttled",
-        &format!("Request was throttled. Expected available in {retry} seconds."),
-        None,
-    );
-    retry
-}
-
 /// Lifts a lock the way time would (the count stays): a compare-and-set on the state read.
 async fn let_lock_expire(ctx: &shared::Context, uuid: &str, check: CodeCheck) {
     let seen = failures_of(ctx, uuid, check).await;
@@ -86,40 +22,6 @@ async fn let_lock_expire(ctx: &shared::Context, uuid: &str, check: CodeCheck) {
         .expect("charge"));
 }
 
-/// Starts and confirms a TOTP setup; returns the secret.
-async fn enable_2fa(api: &Api, key: &str) -> String {
-    let reply = api
-        .get("/api/users/@me/two_factor_start_setup/")
-        .bearer(key)
-        .send()
-        .await;
-    let secret = reply.ok_json()["secret"].as_str().unwrap().to_string();
-    let code = pyotp_code(&secret, step_margin().await).await;
-    api.post("/api/users/@me/two_factor_validate/")
-        .bearer(key)
-        .json(&json!({"token": code}))
-        .send()
-        .await
-        .assert_status(200);
-    secret
-}
-
-async fn two_factor_verify(api: &Api, key: &str, token: &str) -> Reply {
-    api.post("/api/users/@me/two_factor_verify/")
-        .bearer(key)
-        .json(&json!({"token": token}))
-        .send()
-        .await
-}
-
-async fn disable_2fa(api: &Api, key: &str) {
-    api.post("/api/users/@me/two_factor_disable/")
-        .bearer(key)
-        .send()
-        .await
-        .assert_status(200);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Limits that nobody but their own success can reset
 // ---------------------------------------------------------------------------------------------
@@ -129,22 +31,20 @@ both!(
     |api, ctx| async move {
         let (user, _, code) = pending_change(&api, &ctx, "locked").await;
         for _ in 0..5 {
-            assert_wrong_email_code(
-                &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
-            );
+            api.verify_email(&user.key, user.uuid(), &other_code(&code))
+                .await
+                .assert_wrong_email_code();
         }
         // The old bypass: disable (with 2FA off), then guess on.
-        disable_2fa(&api, &user.key).await;
-        assert_throttled(
-            &verify_email(&api, &user.key, user.uuid(), &code).await,
-            29..=30,
-        );
+        api.disable_2fa(&user.key).await.assert_status(200);
+        api.verify_email(&user.key, user.uuid(), &code)
+            .await
+            .assert_throttled(29..=30);
         // Nor does a success of another kind of check.
-        enable_2fa(&api, &user.key).await;
-        assert_throttled(
-            &verify_email(&api, &user.key, user.uuid(), &code).await,
-            1..=30,
-        );
+        api.enable_2fa(&user.key).await;
+        api.verify_email(&user.key, user.uuid(), &code)
+            .await
+            .assert_throttled(1..=30);
         assert_eq!(
             failures_of(&ctx, user.uuid(), CodeCheck::EmailChange)
                 .await
@@ -159,14 +59,13 @@ both!(
     each_kind_of_code_has_its_own_limit_and_only_its_success_resets_it,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = enable_2fa(&api, &user.key).await;
+        let secret = api.enable_2fa(&user.key).await;
         for _ in 0..5 {
-            assert_eq!(
-                two_factor_verify(&api, &user.key, "000000").await.status,
-                400
-            );
+            api.verify_2fa(&user.key, "000000").await.assert_status(400);
         }
-        assert_throttled(&two_factor_verify(&api, &user.key, "000000").await, 25..=30);
+        api.verify_2fa(&user.key, "000000")
+            .await
+            .assert_throttled(25..=30);
         // Sign-in locked; setup and email checks are not.
         assert_eq!(
             failures_of(&ctx, user.uuid(), CodeCheck::TotpSetup).await,
@@ -176,13 +75,17 @@ both!(
             failures_of(&ctx, user.uuid(), CodeCheck::EmailChange).await,
             FailureState::default()
         );
-        assert_wrong_email_code(&verify_email(&api, &user.key, user.uuid(), "123456").await);
+        api.verify_email(&user.key, user.uuid(), "123456")
+            .await
+            .assert_wrong_email_code();
         // Disabling 2FA and setting it up again (a setup success) leaves the sign-in lock.
-        disable_2fa(&api, &user.key).await;
-        let secret2 = enable_2fa(&api, &user.key).await;
+        api.disable_2fa(&user.key).await.assert_status(200);
+        let secret2 = api.enable_2fa(&user.key).await;
         assert_ne!(secret, secret2);
         let right = pyotp_code(&secret2, step_margin().await).await;
-        assert_throttled(&two_factor_verify(&api, &user.key, &right).await, 1..=30);
+        api.verify_2fa(&user.key, right.as_str())
+            .await
+            .assert_throttled(1..=30);
         assert_eq!(
             failures_of(&ctx, user.uuid(), CodeCheck::SignIn)
                 .await
@@ -192,7 +95,7 @@ both!(
         // Only a sign-in success resets the sign-in state.
         let_lock_expire(&ctx, user.uuid(), CodeCheck::SignIn).await;
         let right = pyotp_code(&secret2, step_margin().await + 30).await;
-        two_factor_verify(&api, &user.key, &right)
+        api.verify_2fa(&user.key, right.as_str())
             .await
             .assert_status(200);
         assert_eq!(
@@ -214,21 +117,12 @@ both!(
         // Anyone with the account's key can mint backup codes, so using one must not lift the
         // lock on guessing the TOTP code.
         let user = create_user(&ctx, false, &["*"]).await;
-        enable_2fa(&api, &user.key).await;
-        let codes = api
-            .post("/api/users/@me/two_factor_backup_codes/")
-            .bearer(&user.key)
-            .send()
-            .await
-            .ok_json()["backup_codes"]
-            .clone();
+        api.enable_2fa(&user.key).await;
+        let codes = api.backup_codes(&user.key).await;
         for _ in 0..4 {
-            assert_eq!(
-                two_factor_verify(&api, &user.key, "000000").await.status,
-                400
-            );
+            api.verify_2fa(&user.key, "000000").await.assert_status(400);
         }
-        two_factor_verify(&api, &user.key, codes[0].as_str().unwrap())
+        api.verify_2fa(&user.key, codes[0].as_str())
             .await
             .assert_status(200);
         assert_eq!(
@@ -237,18 +131,16 @@ both!(
                 .count,
             4
         );
-        assert_eq!(
-            two_factor_verify(&api, &user.key, "000000").await.status,
-            400
-        );
-        assert_throttled(&two_factor_verify(&api, &user.key, "000000").await, 25..=30);
+        api.verify_2fa(&user.key, "000000").await.assert_status(400);
+        api.verify_2fa(&user.key, "000000")
+            .await
+            .assert_throttled(25..=30);
     }
 );
 
 both!(
     a_request_from_before_keyed_hashes_is_a_wrong_code_not_a_500,
     |api, ctx| async move {
-        use aws_sdk_dynamodb::types::AttributeValue;
         use sha2::{Digest, Sha256};
         let user = create_user(&ctx, false, &["*"]).await;
         let (request_id, code) = (uuid::Uuid::new_v4().to_string(), "123456");
@@ -256,23 +148,31 @@ both!(
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        let record = shared::email_change::EmailChangeRecord {
+            user_uuid: user.uuid().to_string(),
+            new_email: unique_email("legacy"),
+            code_hash: old_hash,
+            code_key_id: String::new(),
+            request_id,
+            requested_at: shared::clock::iso_now(),
+            expires_at: now_secs() + 3600,
+            wrong_codes: 0,
+        };
+        // As such a request was stored: without the attributes that came with keyed hashes.
+        let mut item = shared::store::to_item(&record).expect("an item");
+        item.remove("code_key_id");
+        item.remove("wrong_codes");
         ctx.store
             .db
             .put_item()
             .table_name(&ctx.store.tables.email_changes)
-            .item("user_uuid", AttributeValue::S(user.uuid().to_string()))
-            .item("new_email", AttributeValue::S(unique_email("legacy")))
-            .item("code_hash", AttributeValue::S(old_hash))
-            .item("request_id", AttributeValue::S(request_id))
-            .item("requested_at", AttributeValue::S(shared::clock::iso_now()))
-            .item(
-                "expires_at",
-                AttributeValue::N((now_secs() + 3600).to_string()),
-            )
+            .set_item(Some(item))
             .send()
             .await
             .expect("an old-style request");
-        assert_wrong_email_code(&verify_email(&api, &user.key, user.uuid(), code).await);
+        api.verify_email(&user.key, user.uuid(), code)
+            .await
+            .assert_wrong_email_code();
         assert_eq!(api.me(&user.key).await["email"], user.user.email.as_str());
     }
 );
@@ -296,18 +196,12 @@ both!(
             .await
             .expect("a large record");
         let updated = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({"first_name": "Big"}))
-            .send()
+            .patch_me(&user.key, &json!({"first_name": "Big"}))
             .await
             .user_object();
         assert_eq!(updated["first_name"], "Big");
         let shrunk = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({"hedgehog_config": null}))
-            .send()
+            .patch_me(&user.key, &json!({"hedgehog_config": null}))
             .await
             .user_object();
         assert_eq!(shrunk["hedgehog_config"], Value::Null);
@@ -319,23 +213,23 @@ both!(
     |api, ctx| async move {
         let (user, _, code) = pending_change(&api, &ctx, "exact").await;
         for _ in 0..4 {
-            assert_wrong_email_code(
-                &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
-            );
+            api.verify_email(&user.key, user.uuid(), &other_code(&code))
+                .await
+                .assert_wrong_email_code();
         }
         let before = shared::clock::now_millis();
         // The fifth wrong code voids the request (below) and starts the 30 s lock.
-        assert_wrong_email_code(
-            &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
-        );
+        api.verify_email(&user.key, user.uuid(), &other_code(&code))
+            .await
+            .assert_wrong_email_code();
         let state = failures_of(&ctx, user.uuid(), CodeCheck::EmailChange).await;
         assert!(
             (before + 30_000..=shared::clock::now_millis() + 30_000)
                 .contains(&state.locked_until_ms),
             "the lock runs 30 s from the fifth failure"
         );
-        let reply = verify_email(&api, &user.key, user.uuid(), &code).await;
-        let retry = assert_throttled(&reply, 29..=30);
+        let reply = api.verify_email(&user.key, user.uuid(), &code).await;
+        let retry = reply.assert_throttled(29..=30);
         let remaining_ms = state.locked_until_ms - shared::clock::now_millis();
         assert!(
             retry * 1000 >= remaining_ms && (retry - 1) * 1000 < remaining_ms + 1000,
@@ -354,9 +248,9 @@ both!(
     |api, ctx| async move {
         let (user, new_email, code) = pending_change(&api, &ctx, "void").await;
         for i in 0..5 {
-            assert_wrong_email_code(
-                &verify_email(&api, &user.key, user.uuid(), &other_code(&code)).await,
-            );
+            api.verify_email(&user.key, user.uuid(), &other_code(&code))
+                .await
+                .assert_wrong_email_code();
             let pending = api.me(&user.key).await["pending_email"].clone();
             if i < 4 {
                 assert_eq!(
@@ -371,17 +265,19 @@ both!(
         }
         // Even once the lock is over, the right code of the void request does nothing.
         let_lock_expire(&ctx, user.uuid(), CodeCheck::EmailChange).await;
-        assert_wrong_email_code(&verify_email(&api, &user.key, user.uuid(), &code).await);
+        api.verify_email(&user.key, user.uuid(), &code)
+            .await
+            .assert_wrong_email_code();
         assert_eq!(api.me(&user.key).await["email"], user.user.email.as_str());
         // A new request gets a new code, which works (after its own lock runs out).
         let_lock_expire(&ctx, user.uuid(), CodeCheck::EmailChange).await;
-        request_change(&api, &user.key, &new_email)
+        api.request_email_change(&user.key, &new_email)
             .await
             .user_object();
         let mail = mail_to(&new_email).await;
         assert_eq!(mail.len(), 2);
         let fresh = six_digit_runs(&mail[1].1).remove(0);
-        verify_email(&api, &user.key, user.uuid(), &fresh)
+        api.verify_email(&user.key, user.uuid(), &fresh)
             .await
             .assert_status(200);
         assert_eq!(api.me(&user.key).await["email"], new_email.as_str());
@@ -397,7 +293,7 @@ both!(
             let (api, key, uuid) = (api.clone(), user.key.clone(), user.uuid().to_string());
             let guess = format!("{:06}", (code.parse::<u32>().unwrap() + 1 + i) % 1_000_000);
             tasks.push(tokio::spawn(async move {
-                verify_email(&api, &key, &uuid, &guess).await
+                api.verify_email(&key, &uuid, &guess).await
             }));
         }
         let mut wrong = 0;
@@ -420,16 +316,14 @@ both!(
         let user = create_user(&ctx, false, &["*"]).await;
         let addresses: Vec<String> = (0..6).map(|i| unique_email(&format!("quota{i}"))).collect();
         for address in &addresses[..5] {
-            request_change(&api, &user.key, address).await.user_object();
+            api.request_email_change(&user.key, address)
+                .await
+                .user_object();
         }
         // Cancelling does not give the mails back.
-        api.patch("/api/users/cancel_email_change_request/")
-            .bearer(&user.key)
-            .send()
-            .await
-            .assert_status(200);
-        let reply = request_change(&api, &user.key, &addresses[5]).await;
-        assert_throttled(&reply, 3590..=3600);
+        api.cancel_email_change(&user.key).await.assert_status(200);
+        let reply = api.request_email_change(&user.key, &addresses[5]).await;
+        reply.assert_throttled(3590..=3600);
         assert!(
             mail_to(&addresses[5]).await.is_empty(),
             "no mail past the limit"
@@ -439,10 +333,7 @@ both!(
             assert_eq!(mail_to(address).await.len(), 1, "{address}");
         }
         // Profile changes without an email still go through.
-        api.patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({"first_name": "Quota"}))
-            .send()
+        api.patch_me(&user.key, &json!({"first_name": "Quota"}))
             .await
             .user_object();
     }
@@ -457,7 +348,7 @@ both!(
         for address in addresses.clone() {
             let (api, key) = (api.clone(), user.key.clone());
             tasks.push(tokio::spawn(async move {
-                request_change(&api, &key, &address).await
+                api.request_email_change(&key, &address).await
             }));
         }
         let mut ok = 0;
@@ -496,9 +387,7 @@ both!(
         ] {
             let reply = api
                 .patch(&format!("/api/users/{}/", plain.uuid()))
-                .bearer(&staff.key)
-                .json(&body)
-                .send()
+                .send_json(&staff.key, &body)
                 .await;
             reply.assert_forbidden(NON_STAFF_DETAIL);
         }
@@ -520,11 +409,11 @@ both!(
         let staff = create_user(&ctx, true, &["*"]).await;
         let plain = create_user(&ctx, false, &["*"]).await;
         let new_email = unique_email("own");
-        request_change(&api, &plain.key, &new_email)
+        api.request_email_change(&plain.key, &new_email)
             .await
             .user_object();
         let code = code_mailed_to(&new_email).await;
-        verify_email(&api, &staff.key, plain.uuid(), &code)
+        api.verify_email(&staff.key, plain.uuid(), &code)
             .await
             .assert_forbidden(NON_STAFF_DETAIL);
         assert_eq!(
@@ -537,7 +426,7 @@ both!(
                 .count,
             0
         );
-        verify_email(&api, &plain.key, plain.uuid(), &code)
+        api.verify_email(&plain.key, plain.uuid(), &code)
             .await
             .assert_status(200);
     }
@@ -579,11 +468,7 @@ both!(every_response_is_no_store, |api, ctx| async move {
     }
     assert!(seen >= 2 * shared::routes::ROUTES.len());
     // The secret-bearing answers in particular.
-    let reply = api
-        .get("/api/users/@me/two_factor_start_setup/")
-        .bearer(&user.key)
-        .send()
-        .await;
+    let reply = api.get(START_2FA_SETUP).bearer(&user.key).send().await;
     assert!(reply.ok_json()["secret"].is_string());
     assert_eq!(reply.header("cache-control"), Some("no-store"));
 });
@@ -603,10 +488,7 @@ both!(
                 .map(|i| (format!("k{round}_{i}"), json!("x".repeat(400))))
                 .collect();
             let reply = api
-                .patch("/api/users/@me/")
-                .bearer(&user.key)
-                .json(&json!({"notification_settings": settings}))
-                .send()
+                .patch_me(&user.key, &json!({"notification_settings": settings}))
                 .await;
             assert_ne!(reply.status, 500, "round {round}: {}", reply.body);
             if reply.status == 400 {
@@ -617,29 +499,20 @@ both!(
         }
         let (round, reply) = refused.expect("the merged settings hit their bound");
         assert!(round >= 1, "the first requests fit");
-        reply.assert_error(
-            400,
-            "validation_error",
-            "invalid_input",
-            "Ensure this value is no larger than 16 KiB.",
-            Some("notification_settings"),
-        );
+        reply.assert_setting_too_large("notification_settings");
         // The user object still reads and writes normally, on every route that reads it.
         let me = api.me(&user.key).await;
         assert!(me["notification_settings"].to_string().len() <= 16 * 1024);
         let updated = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({"first_name": "Still", "notification_settings": {"k0_0": "y"}}))
-            .send()
+            .patch_me(
+                &user.key,
+                &json!({"first_name": "Still", "notification_settings": {"k0_0": "y"}}),
+            )
             .await
             .user_object();
         assert_eq!(updated["first_name"], "Still");
         assert_eq!(updated["notification_settings"]["k0_0"], "y");
-        api.post("/api/users/@me/scene_personalisation/")
-            .bearer(&user.key)
-            .json(&json!({"scene": "Home", "dashboard": 1}))
-            .send()
+        api.set_scene(&user.key, &json!({"scene": "Home", "dashboard": 1}))
             .await
             .user_object();
     }
@@ -713,7 +586,7 @@ async fn a_table_dump_and_the_request_id_do_not_reveal_the_email_code() {
     let api = Api::InProcess(std::sync::Arc::new(context().await));
     let user = create_user(&ctx, false, &["*"]).await;
     let new_email = unique_email("dump");
-    request_change(&api, &user.key, &new_email)
+    api.request_email_change(&user.key, &new_email)
         .await
         .user_object();
     let code = code_mailed_to(&new_email).await;
@@ -809,26 +682,13 @@ async fn rotating_the_key_while_functions_are_warm_keeps_every_record_readable()
     let in_process = Api::InProcess(warm.clone());
     let http = Api::http();
     let old_user = create_user(&warm, false, &["*"]).await;
-    let old_secret = enable_2fa(&in_process, &old_user.key).await;
-    let status = |api: &Api, key: &str| {
-        let (api, key) = (api.clone(), key.to_string());
-        async move {
-            api.get("/api/users/@me/two_factor_status/")
-                .bearer(&key)
-                .send()
-                .await
-                .ok_json()
-        }
-    };
+    let old_secret = in_process.enable_2fa(&old_user.key).await;
     // Both the in-process context and the functions behind the local API are warm now.
-    assert_eq!(status(&http, &old_user.key).await["is_enabled"], true);
-    let codes = in_process
-        .post("/api/users/@me/two_factor_backup_codes/")
-        .bearer(&old_user.key)
-        .send()
-        .await
-        .ok_json()["backup_codes"]
-        .clone();
+    assert_eq!(
+        http.two_factor_status(&old_user.key).await["is_enabled"],
+        true
+    );
+    let codes = json!(in_process.backup_codes(&old_user.key).await);
     let old_key_id = warm.keyring().await.unwrap().active_key_id().to_string();
 
     let out = tokio::process::Command::new(binaries_dir().join("users-admin"))
@@ -848,26 +708,27 @@ async fn rotating_the_key_while_functions_are_warm_keeps_every_record_readable()
     // A cold function writes with the new key.
     let cold = Api::InProcess(std::sync::Arc::new(context().await));
     let new_user = create_user(&warm, false, &["*"]).await;
-    let new_secret = enable_2fa(&cold, &new_user.key).await;
-    let new_codes = cold
-        .post("/api/users/@me/two_factor_backup_codes/")
-        .bearer(&new_user.key)
-        .send()
-        .await
-        .ok_json()["backup_codes"]
-        .clone();
+    let new_secret = cold.enable_2fa(&new_user.key).await;
+    let new_codes = json!(cold.backup_codes(&new_user.key).await);
     // The warm ones, which loaded only the old key, read both: no 500.
     for api in [&in_process, &http] {
-        assert_eq!(status(api, &new_user.key).await["backup_codes"], new_codes);
-        assert_eq!(status(api, &old_user.key).await["backup_codes"], codes);
+        assert_eq!(
+            api.two_factor_status(&new_user.key).await["backup_codes"],
+            new_codes
+        );
+        assert_eq!(
+            api.two_factor_status(&old_user.key).await["backup_codes"],
+            codes
+        );
     }
     // The next step's code: the current one may be the one the setup used.
     let right = pyotp_code(&new_secret, step_margin().await + 30).await;
-    two_factor_verify(&http, &new_user.key, &right)
+    http.verify_2fa(&new_user.key, right.as_str())
         .await
         .assert_status(200);
     let right = pyotp_code(&old_secret, step_margin().await + 30).await;
-    two_factor_verify(&in_process, &old_user.key, &right)
+    in_process
+        .verify_2fa(&old_user.key, right.as_str())
         .await
         .assert_status(200);
     assert!(warm.keyring().await.unwrap().knows(&new_key_id));
@@ -926,6 +787,23 @@ impl aws_sdk_dynamodb::config::Intercept for IndexLag {
     }
 }
 
+/// A new `*` key of a non-staff user, and its record (not yet stored).
+fn new_key(user_uuid: &str, label: &str) -> (String, shared::auth::ApiKeyRecord) {
+    let (key, mask) = shared::auth::generate_api_key();
+    let record = shared::auth::ApiKeyRecord {
+        secure_value: shared::auth::ApiKeyHash::of(&key).0,
+        user_uuid: user_uuid.to_string(),
+        scopes: vec!["*".into()],
+        label: label.into(),
+        mask,
+        created_at: shared::clock::iso_now(),
+        last_used_at: None,
+        user_is_staff: false,
+        user_is_active: true,
+    };
+    (key, record)
+}
+
 #[tokio::test]
 async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
     let ctx = context().await;
@@ -949,30 +827,19 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
     assert!(lagging.deactivate_user(user.uuid()).await.unwrap());
     let api = Api::InProcess(std::sync::Arc::new(context().await));
     for key in [&user.key, &second] {
-        api.get("/api/users/@me/")
+        api.get(ME)
             .bearer(key)
             .send()
             .await
             .assert_unauthorized("authentication_failed");
     }
     // And no key can be made for the deactivated user.
-    let (key, mask) = shared::auth::generate_api_key();
-    let record = shared::auth::ApiKeyRecord {
-        secure_value: shared::auth::ApiKeyHash::of(&key).0,
-        user_uuid: user.uuid().to_string(),
-        scopes: vec!["*".into()],
-        label: "late".into(),
-        mask,
-        created_at: shared::clock::iso_now(),
-        last_used_at: None,
-        user_is_staff: false,
-        user_is_active: true,
-    };
+    let (key, record) = new_key(user.uuid(), "late");
     assert_eq!(
         ctx.store.put_api_key(&record).await,
         Err(shared::ApiError::NotFound)
     );
-    api.get("/api/users/@me/")
+    api.get(ME)
         .bearer(&key)
         .send()
         .await
@@ -989,18 +856,7 @@ async fn keys_created_while_deactivating_never_stay_usable() {
             .map(|_| {
                 let (ctx, user) = (ctx.clone(), user.user.clone());
                 tokio::spawn(async move {
-                    let (key, mask) = shared::auth::generate_api_key();
-                    let record = shared::auth::ApiKeyRecord {
-                        secure_value: shared::auth::ApiKeyHash::of(&key).0,
-                        user_uuid: user.uuid.clone(),
-                        scopes: vec!["*".into()],
-                        label: "racing".into(),
-                        mask,
-                        created_at: shared::clock::iso_now(),
-                        last_used_at: None,
-                        user_is_staff: false,
-                        user_is_active: true,
-                    };
+                    let (key, record) = new_key(&user.uuid, "racing");
                     ctx.store.put_api_key(&record).await.map(|_| key)
                 })
             })
@@ -1008,14 +864,14 @@ async fn keys_created_while_deactivating_never_stay_usable() {
         assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
         for creator in creators {
             if let Ok(key) = creator.await.unwrap() {
-                api.get("/api/users/@me/")
+                api.get(ME)
                     .bearer(&key)
                     .send()
                     .await
                     .assert_unauthorized("authentication_failed");
             }
         }
-        api.get("/api/users/@me/")
+        api.get(ME)
             .bearer(&user.key)
             .send()
             .await
@@ -1031,31 +887,16 @@ both!(
     regenerating_backup_codes_while_one_is_used_never_says_2fa_is_off,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        enable_2fa(&api, &user.key).await;
+        api.enable_2fa(&user.key).await;
         for round in 0..6 {
-            let codes = api
-                .post("/api/users/@me/two_factor_backup_codes/")
-                .bearer(&user.key)
-                .send()
-                .await
-                .ok_json()["backup_codes"]
-                .clone();
-            let code = codes[0].as_str().unwrap().to_string();
-            let (a, b, c) = (api.clone(), api.clone(), api.clone());
-            let (k1, k2, k3) = (user.key.clone(), user.key.clone(), user.key.clone());
-            let regen = tokio::spawn(async move {
-                a.post("/api/users/@me/two_factor_backup_codes/")
-                    .bearer(&k1)
-                    .send()
-                    .await
-            });
-            let regen2 = tokio::spawn(async move {
-                c.post("/api/users/@me/two_factor_backup_codes/")
-                    .bearer(&k3)
-                    .send()
-                    .await
-            });
-            let used = tokio::spawn(async move { two_factor_verify(&b, &k2, &code).await });
+            let code = api.backup_codes(&user.key).await.remove(0);
+            let regenerate = || {
+                let (api, key) = (api.clone(), user.key.clone());
+                tokio::spawn(async move { api.post(BACKUP_CODES).bearer(&key).send().await })
+            };
+            let (regen, regen2) = (regenerate(), regenerate());
+            let (b, k2) = (api.clone(), user.key.clone());
+            let used = tokio::spawn(async move { b.verify_2fa(&k2, code).await });
             for reply in [regen.await.unwrap(), regen2.await.unwrap()] {
                 assert!(
                     reply.status == 200 || reply.status == 503,
@@ -1096,9 +937,7 @@ async fn malformed_credentials_cost_no_dynamodb_call() {
         ] {
             let reply = api
                 .call(route.method, &path)
-                .bearer(credential)
-                .json(&json!({"token": "123456"}))
-                .send()
+                .send_json(credential, &json!({"token": "123456"}))
                 .await;
             reply.assert_unauthorized("authentication_failed");
         }
@@ -1121,7 +960,7 @@ async fn requests_around_the_cloudfront_front_door_are_refused_unread() {
     let counted = recorder.instrument(&ctx);
     let api = Api::InProcess(std::sync::Arc::new(counted));
     for header in [None, Some("wrong"), Some("front-door-secret-012345678")] {
-        let mut call = api.get("/api/users/@me/").bearer(&user.key);
+        let mut call = api.get(ME).bearer(&user.key);
         if let Some(value) = header {
             call = call.header("x-origin-verify", value);
         }
@@ -1135,7 +974,7 @@ async fn requests_around_the_cloudfront_front_door_are_refused_unread() {
         recorder.take().is_empty(),
         "refused before any DynamoDB call"
     );
-    api.get("/api/users/@me/")
+    api.get(ME)
         .bearer(&user.key)
         .header("x-origin-verify", "front-door-secret-0123456789")
         .send()

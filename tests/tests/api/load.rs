@@ -9,9 +9,9 @@
 //! one of four users with seven other clients (their scene updates race; their tokens live in
 //! one token set, under the cap, so registrations contend on its version).
 use api_tests::*;
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{json, Value};
 use shared::push_tokens::MAX_TOKENS_PER_USER;
-use shared::store::s;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,19 +200,21 @@ async fn run_worker(
         let op = pick(&mut rng);
         sequence += 1;
         let platform = PLATFORMS[rng.below(PLATFORMS.len())];
+        // A token of the client's private user, or of the user it shares, and that user's key.
+        let mut token = |private: bool| {
+            if private {
+                (
+                    format!("p{}-{}", worker.id, rng.below(PRIVATE_TOKENS)),
+                    &key,
+                )
+            } else {
+                let name = format!("s{}-{}", worker.id, rng.below(SHARED_TOKENS));
+                (name, &worker.shared_key)
+            }
+        };
         let (method, path, key, body) = match op {
             Op::RegisterPrivate | Op::RegisterShared => {
-                let (name, k) = if op == Op::RegisterPrivate {
-                    (
-                        format!("p{}-{}", worker.id, rng.below(PRIVATE_TOKENS)),
-                        &key,
-                    )
-                } else {
-                    (
-                        format!("s{}-{}", worker.id, rng.below(SHARED_TOKENS)),
-                        &worker.shared_key,
-                    )
-                };
+                let (name, k) = token(op == Op::RegisterPrivate);
                 let body = json!({"token": name, "platform": platform});
                 (
                     reqwest::Method::POST,
@@ -222,17 +224,7 @@ async fn run_worker(
                 )
             }
             Op::UnregisterPrivate | Op::UnregisterShared => {
-                let (name, k) = if op == Op::UnregisterPrivate {
-                    (
-                        format!("p{}-{}", worker.id, rng.below(PRIVATE_TOKENS)),
-                        &key,
-                    )
-                } else {
-                    (
-                        format!("s{}-{}", worker.id, rng.below(SHARED_TOKENS)),
-                        &worker.shared_key,
-                    )
-                };
+                let (name, k) = token(op == Op::UnregisterPrivate);
                 let body = json!({"token": name});
                 (
                     reqwest::Method::POST,
@@ -397,7 +389,7 @@ async fn items_of(
             .table_name(table)
             .key_condition_expression("#k = :u")
             .expression_attribute_names("#k", key)
-            .expression_attribute_values(":u", s(uuid))
+            .expression_attribute_values(":u", AttributeValue::S(uuid.to_string()))
             .consistent_read(true)
             .set_exclusive_start_key(start)
             .send()
@@ -724,7 +716,7 @@ async fn mixed_load_without_loss() {
 
     // And the API shows the same.
     for (created, key) in &privates {
-        let reply = Api::http().get("/api/users/@me/").bearer(key).send().await;
+        let reply = Api::http().get(ME).bearer(key).send().await;
         let me = reply.user_object();
         let record = ctx
             .store

@@ -4,7 +4,6 @@
 //! secret, code, token and body value the flow used.
 use api_tests::*;
 use serde_json::{json, Value};
-use shared::clock::now_secs;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,111 +16,46 @@ async fn logs_have_one_line_per_request_and_no_secret() {
     let push_token = format!("push-{}", uuid::Uuid::new_v4().simple());
     let new_email = unique_email("logs");
 
-    api.patch("/api/users/@me/")
-        .bearer(&k)
-        .json(&json!({"first_name": marker}))
-        .send()
+    api.patch_me(&k, &json!({"first_name": marker}))
         .await
         .assert_status(200);
-    api.post("/api/users/@me/push_tokens/")
-        .bearer(&k)
-        .json(&json!({"token": push_token, "platform": "ios"}))
-        .send()
+    api.register_push_token(&k, &push_token, "ios")
         .await
         .assert_status(200);
-    api.post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&k)
-        .json(&json!({"token": push_token}))
-        .send()
+    api.unregister_push_token(&k, &json!({"token": push_token}))
         .await
         .assert_status(204);
-    api.patch("/api/users/@me/")
-        .bearer(&k)
-        .json(&json!({"email": new_email}))
-        .send()
+    api.request_email_change(&k, &new_email)
         .await
         .assert_status(200);
     let email_code = code_mailed_to(&new_email).await;
-    api.post("/api/users/verify_email/")
-        .bearer(&k)
-        .json(&json!({"uuid": "@me", "code": other_code(&email_code)}))
-        .send()
+    api.verify_email(&k, "@me", &other_code(&email_code))
         .await
         .assert_status(400);
-    api.post("/api/users/verify_email/")
-        .bearer(&k)
-        .json(&json!({"uuid": "@me", "code": email_code}))
-        .send()
+    api.verify_email(&k, "@me", &email_code)
         .await
         .assert_status(200);
-    let setup = api
-        .get("/api/users/@me/two_factor_start_setup/")
-        .bearer(&k)
-        .send()
-        .await
-        .ok_json();
-    let secret = setup["secret"].as_str().unwrap().to_string();
-    let mut now = now_secs();
-    while now % 30 > 25 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        now = now_secs();
-    }
+    let secret = api.new_2fa_secret(&k).await;
+    let now = step_margin().await;
     let code = pyotp_code(&secret, now).await;
-    api.post("/api/users/@me/two_factor_validate/")
-        .bearer(&k)
-        .json(&json!({"token": code}))
-        .send()
-        .await
-        .assert_status(200);
-    let codes = api
-        .post("/api/users/@me/two_factor_backup_codes/")
-        .bearer(&k)
-        .send()
-        .await
-        .ok_json();
-    let backup: Vec<String> = codes["backup_codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect();
-    api.get("/api/users/@me/two_factor_status/")
-        .bearer(&k)
-        .send()
-        .await
-        .assert_status(200);
+    api.validate_2fa(&k, code.as_str()).await.assert_status(200);
+    let backup = api.backup_codes(&k).await;
+    api.two_factor_status(&k).await;
     let next = pyotp_code(&secret, now + 30).await;
-    api.post("/api/users/@me/two_factor_verify/")
-        .bearer(&k)
-        .json(&json!({"token": next}))
-        .send()
+    api.verify_2fa(&k, next.as_str()).await.assert_status(200);
+    api.verify_2fa(&k, backup[0].as_str())
         .await
         .assert_status(200);
-    api.post("/api/users/@me/two_factor_verify/")
-        .bearer(&k)
-        .json(&json!({"token": backup[0]}))
-        .send()
-        .await
-        .assert_status(200);
-    api.post("/api/users/@me/two_factor_verify/")
-        .bearer(&k)
-        .json(&json!({"token": "zzzzzzzz"}))
-        .send()
-        .await
-        .assert_status(400);
+    api.verify_2fa(&k, "zzzzzzzz").await.assert_status(400);
     // A malformed body and a bad key must not be echoed into the logs either.
-    api.post("/api/users/@me/push_tokens/")
+    api.post(PUSH_TOKENS)
         .bearer(&k)
         .raw("application/json", format!("{{\"token\": \"{marker}"))
         .send()
         .await
         .assert_status(400);
     let bad_key = format!("phx_{}", "Z".repeat(48));
-    api.get("/api/users/@me/")
-        .bearer(&bad_key)
-        .send()
-        .await
-        .assert_status(401);
+    api.get(ME).bearer(&bad_key).send().await.assert_status(401);
 
     let path = env("WATCH_LOG");
     let mut log = String::new();

@@ -255,32 +255,17 @@ async fn non_utf8_json_bodies_are_parse_errors() {
         unreachable!()
     };
     let user = create_user(ctx, false, &["*"]).await;
-    for (method, path) in [
-        ("POST", "/api/users/@me/push_tokens/unregister/"),
-        ("POST", "/api/users/@me/push_tokens/"),
-        ("POST", "/api/users/@me/scene_personalisation/"),
-        ("POST", "/api/users/@me/two_factor_validate/"),
-        ("POST", "/api/users/@me/two_factor_verify/"),
-        ("PATCH", "/api/users/@me/"),
-        ("POST", "/api/users/verify_email/"),
-    ] {
+    let two_factor = [("POST", VALIDATE_2FA), ("POST", VERIFY_2FA)];
+    for &(method, path) in super::requests::BODY_ROUTES.iter().chain(&two_factor) {
         for body in [
             vec![0xff, 0xfe, 0x00, 0x54],
             b"{\"token\": \"\xc3\x28\"}".to_vec(),
         ] {
             let reply = api
                 .call(method, path)
-                .bearer(&user.key)
-                .raw("application/json", body)
-                .send()
+                .send_raw(&user.key, "application/json", body)
                 .await;
-            reply.assert_error_prefix(
-                400,
-                "invalid_request",
-                "parse_error",
-                "JSON parse error - ",
-                None,
-            );
+            reply.assert_parse_error();
         }
     }
 }

@@ -2,29 +2,10 @@
 use api_tests::*;
 use serde_json::{json, Value};
 
-const REGISTER: &str = "/api/users/@me/push_tokens/";
-const UNREGISTER: &str = "/api/users/@me/push_tokens/unregister/";
-
 async fn register(api: &Api, key: &str, token: &str, platform: &str) -> Value {
-    api.post(REGISTER)
-        .bearer(key)
-        .json(&json!({"token": token, "platform": platform}))
-        .send()
+    api.register_push_token(key, token, platform)
         .await
         .ok_json()
-}
-
-async fn tokens_of(ctx: &shared::Context, uuid: &str) -> Vec<String> {
-    let mut tokens: Vec<String> = ctx
-        .store
-        .push_tokens_of(uuid)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.token)
-        .collect();
-    tokens.sort();
-    tokens
 }
 
 fn is_iso8601(text: &str) -> bool {
@@ -91,73 +72,38 @@ both!(
     register_validates_token_and_platform,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let cases = [
-            (
-                json!({"platform": "ios"}),
-                "required",
-                "This field is required.".to_string(),
-                "token",
-            ),
-            (
-                json!({"token": "", "platform": "ios"}),
-                "blank",
-                "This field may not be blank.".into(),
-                "token",
-            ),
-            (
-                json!({"token": "   ", "platform": "ios"}),
-                "blank",
-                "This field may not be blank.".into(),
-                "token",
-            ),
-            (
-                json!({"token": null, "platform": "ios"}),
-                "null",
-                "This field may not be null.".into(),
-                "token",
-            ),
-            (
-                json!({"token": "x".repeat(513), "platform": "ios"}),
-                "max_length",
-                "Ensure this field has no more than 512 characters.".into(),
-                "token",
-            ),
-            (
-                json!({"token": "t"}),
-                "required",
-                "This field is required.".into(),
-                "platform",
-            ),
-            (
-                json!({"token": "t", "platform": "blackberry"}),
-                "invalid_choice",
-                "\"blackberry\" is not a valid choice.".into(),
-                "platform",
-            ),
-            (
-                json!({"token": "t", "platform": "IOS"}),
-                "invalid_choice",
-                "\"IOS\" is not a valid choice.".into(),
-                "platform",
-            ),
-            (
-                json!({"token": "t", "platform": null}),
-                "null",
-                "This field may not be null.".into(),
-                "platform",
-            ),
-        ];
-        for (body, code, detail, attr) in cases {
-            let reply = api
-                .post(REGISTER)
-                .bearer(&user.key)
-                .json(&body)
-                .send()
-                .await;
-            reply.assert_error(400, "validation_error", code, &detail, Some(attr));
+        let register_body = |body: Value| {
+            let (api, key) = (api.clone(), user.key.clone());
+            async move { api.post(PUSH_TOKENS).send_json(&key, &body).await }
+        };
+        let long = "x".repeat(513);
+        register_body(json!({"platform": "ios"}))
+            .await
+            .assert_required("token");
+        for blank in ["", "   "] {
+            register_body(json!({"token": blank, "platform": "ios"}))
+                .await
+                .assert_blank("token");
         }
+        register_body(json!({"token": null, "platform": "ios"}))
+            .await
+            .assert_null("token");
+        register_body(json!({"token": long, "platform": "ios"}))
+            .await
+            .assert_max_length("token", 512);
+        register_body(json!({"token": "t"}))
+            .await
+            .assert_required("platform");
+        for other in ["blackberry", "IOS"] {
+            register_body(json!({"token": "t", "platform": other}))
+                .await
+                .assert_invalid_choice("platform", other);
+        }
+        register_body(json!({"token": "t", "platform": null}))
+            .await
+            .assert_null("platform");
         assert!(
-            tokens_of(&ctx, user.uuid()).await.is_empty(),
+            push_tokens_of(&ctx, user.uuid()).await.is_empty(),
             "nothing was registered"
         );
         // Every platform of the contract is accepted, and 512 characters are fine.
@@ -168,7 +114,7 @@ both!(
             );
         }
         register(&api, &user.key, &"y".repeat(512), "web").await;
-        assert_eq!(tokens_of(&ctx, user.uuid()).await.len(), 4);
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 4);
     }
 );
 
@@ -180,12 +126,12 @@ both!(
         for name in &names {
             register(&api, &user.key, name, "ios").await;
         }
-        assert_eq!(tokens_of(&ctx, user.uuid()).await, names);
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await, names);
         // Seeing the 1st again makes the 2nd the least recently seen.
         register(&api, &user.key, "token-01", "android").await;
-        assert_eq!(tokens_of(&ctx, user.uuid()).await.len(), 20);
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 20);
         register(&api, &user.key, "token-21", "web").await;
-        let now = tokens_of(&ctx, user.uuid()).await;
+        let now = push_tokens_of(&ctx, user.uuid()).await;
         assert_eq!(now.len(), 20);
         assert!(
             !now.contains(&"token-02".to_string()),
@@ -200,7 +146,7 @@ both!(
         assert_eq!(now, expected);
         // And the next one evicts the 3rd.
         register(&api, &user.key, "token-22", "web").await;
-        let now = tokens_of(&ctx, user.uuid()).await;
+        let now = push_tokens_of(&ctx, user.uuid()).await;
         assert_eq!(now.len(), 20);
         assert!(!now.contains(&"token-03".to_string()), "{now:?}");
         assert!(now.contains(&"token-22".to_string()));
@@ -214,8 +160,11 @@ both!(the_cap_is_per_user, |api, ctx| async move {
     for i in 0..21 {
         register(&api, &a.key, &format!("a-{i:02}"), "ios").await;
     }
-    assert_eq!(tokens_of(&ctx, a.uuid()).await.len(), 20);
-    assert_eq!(tokens_of(&ctx, b.uuid()).await, vec!["b-token".to_string()]);
+    assert_eq!(push_tokens_of(&ctx, a.uuid()).await.len(), 20);
+    assert_eq!(
+        push_tokens_of(&ctx, b.uuid()).await,
+        vec!["b-token".to_string()]
+    );
 });
 
 both!(
@@ -227,14 +176,11 @@ both!(
         register(&api, &me.key, "keep-me", "ios").await;
         register(&api, &other.key, "shared-token", "android").await;
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": "shared-token"}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": "shared-token"}))
             .await;
         reply.assert_no_content();
         assert_eq!(
-            tokens_of(&ctx, me.uuid()).await,
+            push_tokens_of(&ctx, me.uuid()).await,
             vec!["keep-me".to_string()]
         );
         let others = ctx.store.push_tokens_of(other.uuid()).await.unwrap();
@@ -252,31 +198,25 @@ both!(unregister_unknown_token_is_204, |api, ctx| async move {
     let me = create_user(&ctx, false, &["*"]).await;
     register(&api, &me.key, "known", "web").await;
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&me.key)
-        .json(&json!({"token": "never-registered"}))
-        .send()
+        .unregister_push_token(&me.key, &json!({"token": "never-registered"}))
         .await;
     reply.assert_no_content();
-    assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["known".to_string()]);
+    assert_eq!(
+        push_tokens_of(&ctx, me.uuid()).await,
+        vec!["known".to_string()]
+    );
     // Twice the same token: 204 both times.
     for _ in 0..2 {
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": "known"}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": "known"}))
             .await;
         reply.assert_no_content();
     }
-    assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+    assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
     // A user with no tokens at all.
     let empty = create_user(&ctx, false, &["*"]).await;
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&empty.key)
-        .json(&json!({"token": "x"}))
-        .send()
+        .unregister_push_token(&empty.key, &json!({"token": "x"}))
         .await;
     reply.assert_no_content();
 });
@@ -286,26 +226,20 @@ both!(unregister_matches_case_sensitively, |api, ctx| async move {
     register(&api, &me.key, "AbCdEf", "ios").await;
     for wrong in ["abcdef", "ABCDEF", "AbCdE", "AbCdEf0"] {
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": wrong}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": wrong}))
             .await;
         reply.assert_no_content();
         assert_eq!(
-            tokens_of(&ctx, me.uuid()).await,
+            push_tokens_of(&ctx, me.uuid()).await,
             vec!["AbCdEf".to_string()],
             "{wrong} must not match"
         );
     }
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&me.key)
-        .json(&json!({"token": "AbCdEf"}))
-        .send()
+        .unregister_push_token(&me.key, &json!({"token": "AbCdEf"}))
         .await;
     reply.assert_no_content();
-    assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+    assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
 });
 
 both!(
@@ -315,30 +249,28 @@ both!(
         register(&api, &me.key, "1234567", "android").await;
         register(&api, &me.key, "padded", "android").await;
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": 1234567}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": 1234567}))
             .await;
         reply.assert_no_content();
-        assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["padded".to_string()]);
+        assert_eq!(
+            push_tokens_of(&ctx, me.uuid()).await,
+            vec!["padded".to_string()]
+        );
         let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": "  padded \n"}))
-            .send()
+            .unregister_push_token(&me.key, &json!({"token": "  padded \n"}))
             .await;
         reply.assert_no_content();
-        assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+        assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
         // A numeric token registers as its text too.
         let reply = api
-            .post(REGISTER)
-            .bearer(&me.key)
-            .json(&json!({"token": 98765, "platform": "ios"}))
-            .send()
+            .post(PUSH_TOKENS)
+            .send_json(&me.key, &json!({"token": 98765, "platform": "ios"}))
             .await;
         reply.assert_status(200);
-        assert_eq!(tokens_of(&ctx, me.uuid()).await, vec!["98765".to_string()]);
+        assert_eq!(
+            push_tokens_of(&ctx, me.uuid()).await,
+            vec!["98765".to_string()]
+        );
     }
 );
 
@@ -346,66 +278,38 @@ both!(unregister_validates_the_token, |api, ctx| async move {
     let me = create_user(&ctx, false, &["*"]).await;
     let long = "z".repeat(513);
     register(&api, &me.key, &"z".repeat(512), "ios").await;
-    let cases = [
-        (json!({}), "required", "This field is required.".to_string()),
-        (
-            json!({"platform": "ios"}),
-            "required",
-            "This field is required.".into(),
-        ),
-        (
-            json!({"token": ""}),
-            "blank",
-            "This field may not be blank.".into(),
-        ),
-        (
-            json!({"token": "  \t "}),
-            "blank",
-            "This field may not be blank.".into(),
-        ),
-        (
-            json!({"token": null}),
-            "null",
-            "This field may not be null.".into(),
-        ),
-        (
-            json!({"token": long}),
-            "max_length",
-            "Ensure this field has no more than 512 characters.".into(),
-        ),
-    ];
-    for (body, code, detail) in cases {
-        let reply = api
-            .post(UNREGISTER)
-            .bearer(&me.key)
-            .json(&body)
-            .send()
-            .await;
-        reply.assert_error(400, "validation_error", code, &detail, Some("token"));
+    let unregister = |body: Value| {
+        let (api, key) = (api.clone(), me.key.clone());
+        async move { api.unregister_push_token(&key, &body).await }
+    };
+    for missing in [json!({}), json!({"platform": "ios"})] {
+        unregister(missing).await.assert_required("token");
     }
+    for blank in ["", "  \t "] {
+        unregister(json!({"token": blank}))
+            .await
+            .assert_blank("token");
+    }
+    unregister(json!({"token": null}))
+        .await
+        .assert_null("token");
+    unregister(json!({"token": long}))
+        .await
+        .assert_max_length("token", 512);
     // No body at all is a missing token.
-    let reply = api.post(UNREGISTER).bearer(&me.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "required",
-        "This field is required.",
-        Some("token"),
-    );
+    let reply = api.post(UNREGISTER_PUSH_TOKEN).bearer(&me.key).send().await;
+    reply.assert_required("token");
     assert_eq!(
-        tokens_of(&ctx, me.uuid()).await.len(),
+        push_tokens_of(&ctx, me.uuid()).await.len(),
         1,
         "nothing was deleted"
     );
     // Exactly 512 characters is valid and deletes the row.
     let reply = api
-        .post(UNREGISTER)
-        .bearer(&me.key)
-        .json(&json!({"token": "z".repeat(512)}))
-        .send()
+        .unregister_push_token(&me.key, &json!({"token": "z".repeat(512)}))
         .await;
     reply.assert_no_content();
-    assert!(tokens_of(&ctx, me.uuid()).await.is_empty());
+    assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
 });
 
 both!(
@@ -421,10 +325,8 @@ both!(
                     let key = key.clone();
                     async move {
                         let reply = api
-                            .post(REGISTER)
-                            .bearer(&key)
-                            .json(&json!({"token": name, "platform": "ios"}))
-                            .send()
+                            .post(PUSH_TOKENS)
+                            .send_json(&key, &json!({"token": name, "platform": "ios"}))
                             .await;
                         (name, reply)
                     }
@@ -452,7 +354,7 @@ both!(
         accepted.sort();
         assert!(!accepted.is_empty());
         assert_eq!(
-            tokens_of(&ctx, user.uuid()).await,
+            push_tokens_of(&ctx, user.uuid()).await,
             accepted,
             "no accepted token is lost"
         );
@@ -467,7 +369,7 @@ both!(
                 other => panic!("{name}: {other} {}", reply.body),
             }
         }
-        let now = tokens_of(&ctx, user.uuid()).await;
+        let now = push_tokens_of(&ctx, user.uuid()).await;
         assert_eq!(now.len(), total.min(20), "{now:?}");
     }
 );
@@ -482,10 +384,8 @@ both!(
                 let key = user.key.clone();
                 tokio::spawn(async move {
                     let platform = ["ios", "android", "web"][i % 3];
-                    api.post(REGISTER)
-                        .bearer(&key)
-                        .json(&json!({"token": "same", "platform": platform}))
-                        .send()
+                    api.post(PUSH_TOKENS)
+                        .send_json(&key, &json!({"token": "same", "platform": platform}))
                         .await
                 })
             })

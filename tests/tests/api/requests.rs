@@ -2,29 +2,24 @@
 use api_tests::*;
 use serde_json::json;
 
+/// The routes whose function reads a body, as (method, path) for `@me`.
+pub(crate) const BODY_ROUTES: &[(&str, &str)] = &[
+    ("POST", UNREGISTER_PUSH_TOKEN),
+    ("POST", PUSH_TOKENS),
+    ("POST", SCENE),
+    ("PATCH", ME),
+    ("POST", VERIFY_EMAIL),
+];
+
 both!(malformed_json_is_a_parse_error, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    for (method, path) in [
-        ("POST", "/api/users/@me/push_tokens/unregister/"),
-        ("POST", "/api/users/@me/push_tokens/"),
-        ("POST", "/api/users/@me/scene_personalisation/"),
-        ("PATCH", "/api/users/@me/"),
-        ("POST", "/api/users/verify_email/"),
-    ] {
+    for (method, path) in BODY_ROUTES {
         for body in ["{not json", "{\"token\": ", "{\"a\": 1,}"] {
             let reply = api
                 .call(method, path)
-                .bearer(&user.key)
-                .raw("application/json", body)
-                .send()
+                .send_raw(&user.key, "application/json", body)
                 .await;
-            reply.assert_error_prefix(
-                400,
-                "invalid_request",
-                "parse_error",
-                "JSON parse error - ",
-                None,
-            );
+            reply.assert_parse_error();
         }
     }
     assert_eq!(api.me(&user.key).await["first_name"], "Test");
@@ -34,39 +29,12 @@ both!(
     json_that_is_not_an_object_is_refused,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        for (method, path) in [
-            ("POST", "/api/users/@me/push_tokens/unregister/"),
-            ("POST", "/api/users/@me/push_tokens/"),
-            ("POST", "/api/users/@me/scene_personalisation/"),
-            ("PATCH", "/api/users/@me/"),
-            ("POST", "/api/users/verify_email/"),
-        ] {
-            let reply = api
-                .call(method, path)
-                .bearer(&user.key)
-                .json(&json!(["token", "x"]))
-                .send()
-                .await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "invalid_input",
-                "Invalid data. Expected a dictionary, but got list.",
-                None,
-            );
-            let reply = api
-                .call(method, path)
-                .bearer(&user.key)
-                .json(&json!("text"))
-                .send()
-                .await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "invalid_input",
-                "Invalid data. Expected a dictionary, but got str.",
-                None,
-            );
+        for (method, path) in BODY_ROUTES {
+            let call = || api.call(method, path);
+            let reply = call().send_json(&user.key, &json!(["token", "x"])).await;
+            reply.assert_not_a_dictionary("list");
+            let reply = call().send_json(&user.key, &json!("text")).await;
+            reply.assert_not_a_dictionary("str");
         }
     }
 );
@@ -75,10 +43,8 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let form = "application/x-www-form-urlencoded";
     let reply = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&user.key)
-        .raw(form, "token=form%20token&platform=android")
-        .send()
+        .post(PUSH_TOKENS)
+        .send_raw(&user.key, form, "token=form%20token&platform=android")
         .await;
     assert_eq!(reply.ok_json()["platform"], "android");
     let tokens = ctx.store.push_tokens_of(user.uuid()).await.unwrap();
@@ -86,24 +52,15 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
     assert_eq!(tokens[0].token, "form token");
 
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .raw(form, "token=form+token")
-        .send()
+        .post(UNREGISTER_PUSH_TOKEN)
+        .send_raw(&user.key, form, "token=form+token")
         .await;
     reply.assert_no_content();
-    assert!(ctx
-        .store
-        .push_tokens_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
 
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .raw(form, "scene=insights&dashboard=12")
-        .send()
+        .post(SCENE)
+        .send_raw(&user.key, form, "scene=insights&dashboard=12")
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
@@ -111,10 +68,12 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
     );
 
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .raw(form, "first_name=Form&anonymize_data=true&theme_mode=dark")
-        .send()
+        .patch(ME)
+        .send_raw(
+            &user.key,
+            form,
+            "first_name=Form&anonymize_data=true&theme_mode=dark",
+        )
         .await;
     let object = reply.user_object();
     assert_eq!(object["first_name"], "Form");
@@ -123,18 +82,10 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
 
     // Field errors are the same as for JSON.
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .raw(form, "other=1")
-        .send()
+        .post(UNREGISTER_PUSH_TOKEN)
+        .send_raw(&user.key, form, "other=1")
         .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "required",
-        "This field is required.",
-        Some("token"),
-    );
+    reply.assert_required("token");
 });
 
 both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
@@ -149,48 +100,34 @@ both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
     let exact = make(64 * 1024);
     assert_eq!(exact.len(), 65536);
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .raw("application/json", exact)
-        .send()
+        .post(UNREGISTER_PUSH_TOKEN)
+        .send_raw(&user.key, "application/json", exact)
         .await;
     reply.assert_no_content();
 
-    for (method, path) in [
-        ("POST", "/api/users/@me/push_tokens/unregister/"),
-        ("POST", "/api/users/@me/push_tokens/"),
-        ("POST", "/api/users/@me/scene_personalisation/"),
-        ("PATCH", "/api/users/@me/"),
-        ("PATCH", "/api/users/cancel_email_change_request/"),
-        ("POST", "/api/users/verify_email/"),
-    ] {
+    for (method, path) in BODY_ROUTES.iter().chain(&[("PATCH", CANCEL_EMAIL_CHANGE)]) {
         let reply = api
             .call(method, path)
-            .bearer(&user.key)
-            .raw("application/json", make(64 * 1024 + 1))
-            .send()
+            .send_raw(&user.key, "application/json", make(64 * 1024 + 1))
             .await;
-        reply.assert_error_prefix(413, "invalid_request", "request_too_large", "", None);
+        reply.assert_request_too_large();
         // 65 KiB of something that is not even JSON: refused before any parsing.
         let reply = api
             .call(method, path)
-            .bearer(&user.key)
-            .raw("application/json", vec![b'{'; 65 * 1024])
-            .send()
+            .send_raw(&user.key, "application/json", vec![b'{'; 65 * 1024])
             .await;
-        reply.assert_error_prefix(413, "invalid_request", "request_too_large", "", None);
+        reply.assert_request_too_large();
     }
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .raw(
+        .post(SCENE)
+        .send_raw(
+            &user.key,
             "application/json",
             make(65 * 1024).replace(
                 "\"token\": \"limit-token\"",
                 "\"scene\": \"s\", \"dashboard\": 1",
             ),
         )
-        .send()
         .await;
     assert_eq!(reply.status, 413, "{}", reply.body);
     assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
@@ -236,9 +173,10 @@ both!(
         {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"scene": format!("s{i}"), "dashboard": i + 1}))
-                .send()
+                .send_json(
+                    &user.key,
+                    &json!({"scene": format!("s{i}"), "dashboard": i + 1}),
+                )
                 .await;
             reply.assert_status(200);
         }
@@ -249,16 +187,11 @@ both!(
         for path in ["/api/users/@me/push_tokens", "/api/users/@me/push_tokens/"] {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": path, "platform": "web"}))
-                .send()
+                .send_json(&user.key, &json!({"token": path, "platform": "web"}))
                 .await;
             reply.assert_status(200);
         }
-        assert_eq!(
-            ctx.store.push_tokens_of(user.uuid()).await.unwrap().len(),
-            2
-        );
+        assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 2);
         for (path, token) in [
             (
                 "/api/users/@me/push_tokens/unregister",
@@ -271,24 +204,15 @@ both!(
         ] {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": token}))
-                .send()
+                .send_json(&user.key, &json!({"token": token}))
                 .await;
             reply.assert_no_content();
         }
-        assert!(ctx
-            .store
-            .push_tokens_of(user.uuid())
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
         for path in ["/api/users/@me", "/api/users/@me/"] {
             let reply = api
                 .patch(path)
-                .bearer(&user.key)
-                .json(&json!({"last_name": path}))
-                .send()
+                .send_json(&user.key, &json!({"last_name": path}))
                 .await;
             assert_eq!(reply.user_object()["last_name"], path);
         }
@@ -297,28 +221,14 @@ both!(
             "/api/users/cancel_email_change_request/",
         ] {
             let reply = api.patch(path).bearer(&user.key).send().await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "email_change_request_not_found",
-                "No active email change requests found.",
-                None,
-            );
+            reply.assert_no_email_change_request();
         }
         for path in ["/api/users/verify_email", "/api/users/verify_email/"] {
             let reply = api
                 .post(path)
-                .bearer(&user.key)
-                .json(&json!({"uuid": user.uuid()}))
-                .send()
+                .send_json(&user.key, &json!({"uuid": user.uuid()}))
                 .await;
-            reply.assert_error(
-                400,
-                "validation_error",
-                "required",
-                "This field is required.",
-                Some("code"),
-            );
+            reply.assert_required("code");
         }
     }
 );
@@ -339,9 +249,7 @@ both!(unknown_routes_are_404, |api, ctx| async move {
         for method in ["GET", "POST", "PATCH"] {
             let reply = api
                 .call(method, path)
-                .bearer(&user.key)
-                .json(&json!({}))
-                .send()
+                .send_json(&user.key, &json!({}))
                 .await;
             reply.assert_not_found();
             // Without credentials too: the fallback does not authenticate.
@@ -372,25 +280,11 @@ both!(wrong_method_is_405, |api, ctx| async move {
     ] {
         let reply = api
             .call(method, path)
-            .bearer(&user.key)
-            .json(&json!({}))
-            .send()
+            .send_json(&user.key, &json!({}))
             .await;
-        reply.assert_error(
-            405,
-            "invalid_request",
-            "method_not_allowed",
-            &format!("Method \"{method}\" not allowed."),
-            None,
-        );
+        reply.assert_method_not_allowed(method);
         let reply = api.call(method, path).send().await;
-        reply.assert_error(
-            405,
-            "invalid_request",
-            "method_not_allowed",
-            &format!("Method \"{method}\" not allowed."),
-            None,
-        );
+        reply.assert_method_not_allowed(method);
     }
     // A 405 did nothing.
     let me = api.me(&user.key).await;
@@ -399,41 +293,33 @@ both!(wrong_method_is_405, |api, ctx| async move {
 
 both!(unknown_keys_are_ignored, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&user.key)
-        .json(&json!({"token": "k", "platform": "ios", "user": "someone-else", "id": 5, "extra": [1, 2]}))
-        .send()
-        .await;
+    let extra =
+        json!({"token": "k", "platform": "ios", "user": "someone-else", "id": 5, "extra": [1, 2]});
+    let reply = api.post(PUSH_TOKENS).send_json(&user.key, &extra).await;
     reply.assert_status(200);
     let reply = api
-        .post("/api/users/@me/push_tokens/unregister/")
-        .bearer(&user.key)
-        .json(&json!({"token": "k", "platform": "ios", "user_uuid": "x"}))
-        .send()
+        .unregister_push_token(
+            &user.key,
+            &json!({"token": "k", "platform": "ios", "user_uuid": "x"}),
+        )
         .await;
     reply.assert_no_content();
-    assert!(ctx
-        .store
-        .push_tokens_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(push_tokens_of(&ctx, user.uuid()).await.is_empty());
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .json(&json!({"scene": "a", "dashboard": 2, "team": 99, "user": "x"}))
-        .send()
+        .set_scene(
+            &user.key,
+            &json!({"scene": "a", "dashboard": 2, "team": 99, "user": "x"}),
+        )
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
         json!([{"scene": "a", "dashboard": 2}])
     );
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"first_name": "K", "no_such_field": true}))
-        .send()
+        .patch_me(
+            &user.key,
+            &json!({"first_name": "K", "no_such_field": true}),
+        )
         .await;
     let object = reply.user_object();
     assert_eq!(object["first_name"], "K");
@@ -441,14 +327,9 @@ both!(unknown_keys_are_ignored, |api, ctx| async move {
 
 both!(success_responses_are_json, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    let reply = api.get(ME).bearer(&user.key).send().await;
     assert_eq!(reply.header("content-type"), Some("application/json"));
-    let reply = api
-        .post("/api/users/@me/push_tokens/")
-        .bearer(&user.key)
-        .json(&json!({"token": "j", "platform": "ios"}))
-        .send()
-        .await;
+    let reply = api.register_push_token(&user.key, "j", "ios").await;
     assert_eq!(reply.header("content-type"), Some("application/json"));
     reply.assert_status(200);
 });
@@ -456,13 +337,12 @@ both!(success_responses_are_json, |api, ctx| async move {
 both!(json_with_a_charset_is_json, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let reply = api
-        .post("/api/users/@me/scene_personalisation/")
-        .bearer(&user.key)
-        .raw(
+        .post(SCENE)
+        .send_raw(
+            &user.key,
             "application/json; charset=utf-8",
             r#"{"scene": "charset", "dashboard": 8}"#,
         )
-        .send()
         .await;
     assert_eq!(
         reply.user_object()["scene_personalisation"],
@@ -476,13 +356,8 @@ both!(percent_encoded_me_is_me, |api, ctx| async move {
     assert_eq!(reply.user_object()["uuid"], user.uuid());
     let reply = api
         .post("/api/users/%40me/push_tokens/")
-        .bearer(&user.key)
-        .json(&json!({"token": "encoded", "platform": "ios"}))
-        .send()
+        .send_json(&user.key, &json!({"token": "encoded", "platform": "ios"}))
         .await;
     reply.assert_status(200);
-    assert_eq!(
-        ctx.store.push_tokens_of(user.uuid()).await.unwrap().len(),
-        1
-    );
+    assert_eq!(push_tokens_of(&ctx, user.uuid()).await.len(), 1);
 });

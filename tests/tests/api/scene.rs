@@ -2,56 +2,36 @@
 use api_tests::*;
 use serde_json::{json, Value};
 
-const PATH: &str = "/api/users/@me/scene_personalisation/";
-
-async fn set(api: &Api, key: &str, body: Value) -> Value {
-    api.post(PATH)
-        .bearer(key)
-        .json(&body)
-        .send()
-        .await
-        .user_object()
+/// Sets the scene's dashboard; returns the user object.
+async fn set(api: &Api, key: &str, scene: &str, dashboard: impl Into<Value>) -> Value {
+    let body = json!({"scene": scene, "dashboard": dashboard.into()});
+    api.set_scene(key, &body).await.user_object()
 }
 
 both!(
     sets_replaces_and_appends_in_first_set_order,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "insights", "dashboard": 1}),
-        )
-        .await;
+        let object = set(&api, &user.key, "insights", 1).await;
         assert_eq!(object["uuid"], user.uuid());
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 1}])
         );
 
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "dashboards", "dashboard": 2}),
-        )
-        .await;
+        let object = set(&api, &user.key, "dashboards", 2).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 1}, {"scene": "dashboards", "dashboard": 2}])
         );
         // Replacing the first scene keeps it first.
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "insights", "dashboard": 3}),
-        )
-        .await;
+        let object = set(&api, &user.key, "insights", 3).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 3}, {"scene": "dashboards", "dashboard": 2}])
         );
         // A new scene is appended.
-        let object = set(&api, &user.key, json!({"scene": "persons", "dashboard": 4})).await;
+        let object = set(&api, &user.key, "persons", 4).await;
         let expected = json!([
             {"scene": "insights", "dashboard": 3},
             {"scene": "dashboards", "dashboard": 2},
@@ -72,18 +52,13 @@ both!(
     dashboard_numeric_string_is_accepted,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let object = set(&api, &user.key, json!({"scene": "home", "dashboard": "17"})).await;
+        let object = set(&api, &user.key, "home", "17").await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "home", "dashboard": 17}])
         );
         // Any positive id: this service does not own dashboards.
-        let object = set(
-            &api,
-            &user.key,
-            json!({"scene": "home", "dashboard": 9007199254740993u64}),
-        )
-        .await;
+        let object = set(&api, &user.key, "home", 9007199254740993u64).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "home", "dashboard": 9007199254740993u64}])
@@ -104,17 +79,12 @@ both!(
             (json!({"id": 1}), "dict"),
         ] {
             let reply = api
-                .post(PATH)
-                .bearer(&user.key)
-                .json(&json!({"scene": "home", "dashboard": value}))
-                .send()
+                .set_scene(&user.key, &json!({"scene": "home", "dashboard": value}))
                 .await;
-            reply.assert_error(
-                400,
-                "validation_error",
+            reply.assert_invalid(
+                "dashboard",
                 "incorrect_type",
                 &format!("Incorrect type. Expected pk value, received {kind}."),
-                Some("dashboard"),
             );
         }
         assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
@@ -126,25 +96,13 @@ both!(
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
         let reply = api
-            .post(PATH)
-            .bearer(&user.key)
-            .json(&json!({"scene": "home", "dashboard": null}))
-            .send()
+            .set_scene(&user.key, &json!({"scene": "home", "dashboard": null}))
             .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "null",
-            "This field may not be null.",
-            Some("dashboard"),
-        );
+        reply.assert_null("dashboard");
         // Not a positive integer: a 400 on the field (the contract does not name the code).
         for value in [json!(0), json!(-3), json!("0"), json!("-1")] {
             let reply = api
-                .post(PATH)
-                .bearer(&user.key)
-                .json(&json!({"scene": "home", "dashboard": value}))
-                .send()
+                .set_scene(&user.key, &json!({"scene": "home", "dashboard": value}))
                 .await;
             assert_eq!(reply.status, 400, "{value}: {}", reply.body);
             let body = reply.json();
@@ -157,54 +115,15 @@ both!(
 
 both!(missing_fields_are_request_errors, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"scene": "home"}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Dashboard must be provided.",
-        None,
-    );
-    let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"dashboard": 1}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Scene must be provided.",
-        None,
-    );
+    let reply = api.set_scene(&user.key, &json!({"scene": "home"})).await;
+    reply.assert_validation_error("invalid_input", "Dashboard must be provided.");
+    let reply = api.set_scene(&user.key, &json!({"dashboard": 1})).await;
+    reply.assert_validation_error("invalid_input", "Scene must be provided.");
     // Both missing: the dashboard is checked first.
-    let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({}))
-        .send()
-        .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Dashboard must be provided.",
-        None,
-    );
-    let reply = api.post(PATH).bearer(&user.key).send().await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "invalid_input",
-        "Dashboard must be provided.",
-        None,
-    );
+    let reply = api.set_scene(&user.key, &json!({})).await;
+    reply.assert_validation_error("invalid_input", "Dashboard must be provided.");
+    let reply = api.post(SCENE).bearer(&user.key).send().await;
+    reply.assert_validation_error("invalid_input", "Dashboard must be provided.");
     assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
 });
 
@@ -212,49 +131,25 @@ both!(scene_must_be_short_and_not_blank, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     for scene in ["", "   "] {
         let reply = api
-            .post(PATH)
-            .bearer(&user.key)
-            .json(&json!({"scene": scene, "dashboard": 1}))
-            .send()
+            .set_scene(&user.key, &json!({"scene": scene, "dashboard": 1}))
             .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "blank",
-            "This field may not be blank.",
-            Some("scene"),
-        );
+        reply.assert_blank("scene");
     }
     let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"scene": "s".repeat(201), "dashboard": 1}))
-        .send()
+        .set_scene(
+            &user.key,
+            &json!({"scene": "s".repeat(201), "dashboard": 1}),
+        )
         .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "max_length",
-        "Ensure this field has no more than 200 characters.",
-        Some("scene"),
-    );
+    reply.assert_max_length("scene", 200);
     let reply = api
-        .post(PATH)
-        .bearer(&user.key)
-        .json(&json!({"scene": null, "dashboard": 1}))
-        .send()
+        .set_scene(&user.key, &json!({"scene": null, "dashboard": 1}))
         .await;
-    reply.assert_error(
-        400,
-        "validation_error",
-        "null",
-        "This field may not be null.",
-        Some("scene"),
-    );
+    reply.assert_null("scene");
     assert_eq!(api.me(&user.key).await["scene_personalisation"], json!([]));
     // 200 characters is fine.
     let long = "s".repeat(200);
-    let object = set(&api, &user.key, json!({"scene": long, "dashboard": 5})).await;
+    let object = set(&api, &user.key, &long, 5).await;
     assert_eq!(
         object["scene_personalisation"],
         json!([{"scene": long, "dashboard": 5}])
@@ -275,7 +170,7 @@ both!(scene_names_are_kept_verbatim, |api, ctx| async move {
         "\u{1F600}x",
     ];
     for (i, name) in names.iter().enumerate() {
-        set(&api, &user.key, json!({"scene": name, "dashboard": i + 1})).await;
+        set(&api, &user.key, name, i + 1).await;
     }
     let expected: Vec<Value> = names
         .iter()
@@ -294,24 +189,18 @@ both!(
         let user = create_user(&ctx, false, &["*"]).await;
         // 200 characters of 4 bytes each: the limit counts characters.
         let wide = "\u{1F600}".repeat(200);
-        let object = set(&api, &user.key, json!({"scene": wide, "dashboard": 1})).await;
+        let object = set(&api, &user.key, &wide, 1).await;
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": wide, "dashboard": 1}])
         );
         let reply = api
-            .post(PATH)
-            .bearer(&user.key)
-            .json(&json!({"scene": "\u{1F600}".repeat(201), "dashboard": 1}))
-            .send()
+            .set_scene(
+                &user.key,
+                &json!({"scene": "\u{1F600}".repeat(201), "dashboard": 1}),
+            )
             .await;
-        reply.assert_error(
-            400,
-            "validation_error",
-            "max_length",
-            "Ensure this field has no more than 200 characters.",
-            Some("scene"),
-        );
+        reply.assert_max_length("scene", 200);
     }
 );
 
@@ -322,36 +211,18 @@ async fn scenes_are_capped_at_200() {
     let ctx = std::sync::Arc::new(context().await);
     let api = Api::InProcess(ctx.clone());
     let user = create_user(&ctx, false, &["*"]).await;
-    let path = "/api/users/@me/scene_personalisation/";
     for i in 0..shared::store::users::MAX_SCENES {
-        let reply = api
-            .post(path)
-            .bearer(&user.key)
-            .json(&json!({"scene": format!("scene-{i:03}"), "dashboard": i + 1}))
-            .send()
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        let scene = format!("scene-{i:03}");
+        set(&api, &user.key, &scene, i + 1).await;
     }
-    api.post(path)
-        .bearer(&user.key)
-        .json(&json!({"scene": "one-too-many", "dashboard": 1}))
-        .send()
+    api.set_scene(&user.key, &json!({"scene": "one-too-many", "dashboard": 1}))
         .await
-        .assert_error(
-            400,
-            "validation_error",
+        .assert_invalid(
+            "scene",
             "invalid_input",
             "A user can personalise at most 200 scenes.",
-            Some("scene"),
         );
-    let reply = api
-        .post(path)
-        .bearer(&user.key)
-        .json(&json!({"scene": "scene-000", "dashboard": 999}))
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let scenes = reply.json()["scene_personalisation"]
+    let scenes = set(&api, &user.key, "scene-000", 999).await["scene_personalisation"]
         .as_array()
         .unwrap()
         .clone();

@@ -8,75 +8,51 @@ use shared::throttle::{CodeCheck, FailureState};
 use shared::two_factor::{self as tf, PendingSetup};
 use std::time::Duration;
 
-async fn start(api: &Api, user: &TestUser) -> Value {
-    let reply = api
-        .get("/api/users/@me/two_factor_start_setup/")
-        .bearer(&user.key)
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()
+/// The status of a user without 2FA (`enabled: false`) or with TOTP (`enabled: true`).
+fn status_with(enabled: bool) -> Value {
+    let method = if enabled { json!("TOTP") } else { Value::Null };
+    json!({"is_enabled": enabled, "backup_codes": [], "method": method, "has_passkeys": false, "has_totp": enabled, "passkeys_enabled_for_2fa": false})
 }
 
-/// Starts and confirms a setup; returns the secret (base32).
-async fn enable(api: &Api, user: &TestUser) -> String {
-    let secret = start(api, user).await["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let now = step_margin().await;
-    let code = pyotp_code(&secret, now).await;
-    let reply = api
-        .post("/api/users/@me/two_factor_validate/")
-        .bearer(&user.key)
-        .json(&json!({"token": code}))
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.json(), json!({"success": true}));
-    secret
-}
-
-async fn status(api: &Api, user: &TestUser) -> Value {
-    let reply = api
-        .get("/api/users/@me/two_factor_status/")
-        .bearer(&user.key)
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()
-}
-
-async fn backup_codes(api: &Api, user: &TestUser) -> Vec<String> {
-    let reply = api
-        .post("/api/users/@me/two_factor_backup_codes/")
-        .bearer(&user.key)
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()["backup_codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect()
-}
-
-async fn verify(api: &Api, user: &TestUser, token: Value) -> Reply {
-    api.post("/api/users/@me/two_factor_verify/")
-        .bearer(&user.key)
-        .json(&json!({"token": token}))
-        .send()
+/// The user's stored 2FA item of this kind, if any.
+async fn stored(ctx: &shared::Context, uuid: &str, kind: &str) -> Option<shared::store::Item> {
+    let found = ctx
+        .store
+        .get_many(&[(
+            ctx.store.tables.two_factor.as_str(),
+            tf_items::key(uuid, kind),
+        )])
         .await
+        .unwrap();
+    found.into_iter().next().flatten()
 }
 
-fn assert_token_invalid(reply: &Reply) {
-    reply.assert_error(
-        400,
-        "validation_error",
-        "token_invalid",
-        "Token is not valid",
-        None,
+/// Sends `token` to `two_factor_verify` from 20 clients at once: their statuses.
+async fn twenty_concurrent_verifies(api: &Api, key: &str, token: &str) -> Vec<u16> {
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (api, key, token) = (api.clone(), key.to_string(), token.to_string());
+            tokio::spawn(async move { api.verify_2fa(&key, token).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    statuses
+}
+
+/// Exactly one of the concurrent uses was accepted, and the others refused as 4xx.
+#[track_caller]
+fn assert_exactly_one_accepted(statuses: &[u16]) {
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 400, 429].contains(s)),
+        "{statuses:?}"
     );
 }
 
@@ -122,145 +98,71 @@ both!(
     validate_confirms_with_a_pyotp_code_and_status_follows,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        assert_eq!(
-            status(&api, &user).await,
-            json!({"is_enabled": false, "backup_codes": [], "method": null, "has_passkeys": false, "has_totp": false, "passkeys_enabled_for_2fa": false})
-        );
-        enable(&api, &user).await;
-        let status = status(&api, &user).await;
-        assert_eq!(
-            status,
-            json!({"is_enabled": true, "backup_codes": [], "method": "TOTP", "has_passkeys": false, "has_totp": true, "passkeys_enabled_for_2fa": false})
-        );
-        let me = api
-            .get("/api/users/@me/")
-            .bearer(&user.key)
-            .send()
-            .await
-            .json();
+        assert_eq!(api.two_factor_status(&user.key).await, status_with(false));
+        api.enable_2fa(&user.key).await;
+        assert_eq!(api.two_factor_status(&user.key).await, status_with(true));
+        let me = api.get(ME).bearer(&user.key).send().await.json();
         assert_eq!(me["is_2fa_enabled"], true);
         // The pending setup is gone: validating again has nothing to confirm.
-        let again = api
-            .post("/api/users/@me/validate_2fa/")
-            .bearer(&user.key)
-            .json(&json!({"token": "123456"}))
-            .send()
-            .await;
-        again.assert_error(
-            400,
-            "validation_error",
-            "setup_expired",
-            "2FA setup session expired. Please start setup again.",
-            None,
-        );
+        api.post("/api/users/@me/validate_2fa/")
+            .send_json(&user.key, &json!({"token": "123456"}))
+            .await
+            .assert_setup_expired();
     }
 );
 
 both!(validate_errors, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let path = "/api/users/@me/two_factor_validate/";
-    api.post(path)
-        .bearer(&user.key)
-        .json(&json!({}))
-        .send()
+    api.post(VALIDATE_2FA)
+        .send_json(&user.key, &json!({}))
         .await
-        .assert_error(
-            400,
-            "validation_error",
-            "required",
-            "This field is required.",
-            Some("token"),
-        );
-    api.post(path)
-        .bearer(&user.key)
-        .json(&json!({"token": "123456"}))
-        .send()
+        .assert_required("token");
+    api.validate_2fa(&user.key, "123456")
         .await
-        .assert_error(
-            400,
-            "validation_error",
-            "setup_expired",
-            "2FA setup session expired. Please start setup again.",
-            None,
-        );
-    let secret = start(&api, &user).await["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .assert_setup_expired();
+    let secret = api.new_2fa_secret(&user.key).await;
     let now = step_margin().await;
     let good = pyotp_code(&secret, now).await;
     let wrong = format!("{:06}", (good.parse::<u32>().unwrap() + 1) % 1_000_000);
     for token in [json!(wrong), json!("12345"), json!("abcdef"), json!(true)] {
-        assert_token_invalid(
-            &api.post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": token}))
-                .send()
-                .await,
-        );
+        api.validate_2fa(&user.key, token)
+            .await
+            .assert_token_invalid();
     }
     // Whitespace is ignored and an integer is taken.
     let spaced = format!("{} {}", &good[..3], &good[3..]);
-    let reply = api
-        .post(path)
-        .bearer(&user.key)
-        .json(&json!({"token": spaced}))
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    api.validate_2fa(&user.key, spaced).await.assert_status(200);
     let _ = good.parse::<u64>().unwrap();
 });
 
 both!(validate_accepts_an_integer_token, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let secret = start(&api, &user).await["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = api.new_2fa_secret(&user.key).await;
     let mut code = pyotp_code(&secret, step_margin().await).await;
     while code.starts_with('0') {
         // A leading zero cannot travel as a JSON integer; use the next step's code instead.
         tokio::time::sleep(Duration::from_secs(30 - now_secs() % 30)).await;
         code = pyotp_code(&secret, step_margin().await).await;
     }
-    let reply = api
-        .post("/api/users/@me/two_factor_validate/")
-        .bearer(&user.key)
-        .json(&json!({"token": code.parse::<u64>().unwrap()}))
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    api.validate_2fa(&user.key, code.parse::<u64>().unwrap())
+        .await
+        .assert_status(200);
 });
 
 both!(
     a_second_start_invalidates_the_first_secret,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let first = start(&api, &user).await["secret"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let second = start(&api, &user).await["secret"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let first = api.new_2fa_secret(&user.key).await;
+        let second = api.new_2fa_secret(&user.key).await;
         assert_ne!(first, second);
         let now = step_margin().await;
-        let path = "/api/users/@me/two_factor_validate/";
-        assert_token_invalid(
-            &api.post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": pyotp_code(&first, now).await}))
-                .send()
-                .await,
-        );
-        let reply = api
-            .post(path)
-            .bearer(&user.key)
-            .json(&json!({"token": pyotp_code(&second, now).await}))
-            .send()
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        api.validate_2fa(&user.key, pyotp_code(&first, now).await)
+            .await
+            .assert_token_invalid();
+        api.validate_2fa(&user.key, pyotp_code(&second, now).await)
+            .await
+            .assert_status(200);
     }
 );
 
@@ -268,33 +170,16 @@ both!(
     one_step_old_is_accepted_two_steps_old_is_not,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = start(&api, &user).await["secret"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let secret = api.new_2fa_secret(&user.key).await;
         let now = step_margin().await;
-        let path = "/api/users/@me/two_factor_validate/";
-        assert_token_invalid(
-            &api.post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": pyotp_code(&secret, now - 60).await}))
-                .send()
-                .await,
-        );
-        assert_token_invalid(
-            &api.post(path)
-                .bearer(&user.key)
-                .json(&json!({"token": pyotp_code(&secret, now + 60).await}))
-                .send()
-                .await,
-        );
-        let reply = api
-            .post(path)
-            .bearer(&user.key)
-            .json(&json!({"token": pyotp_code(&secret, now - 30).await}))
-            .send()
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        for refused in [now - 60, now + 60] {
+            api.validate_2fa(&user.key, pyotp_code(&secret, refused).await)
+                .await
+                .assert_token_invalid();
+        }
+        api.validate_2fa(&user.key, pyotp_code(&secret, now - 30).await)
+            .await
+            .assert_status(200);
     }
 );
 
@@ -302,36 +187,16 @@ both!(
     an_expired_setup_is_refused_even_before_dynamodb_deletes_it,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = start(&api, &user).await["secret"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let secret = api.new_2fa_secret(&user.key).await;
         // Age the pending item past its expiry, as it stands after 10 minutes.
-        let item = ctx
-            .store
-            .get_many(&[(
-                ctx.store.tables.two_factor.as_str(),
-                tf_items::key(user.uuid(), tf::PENDING),
-            )])
-            .await
-            .unwrap();
-        let mut pending: PendingSetup =
-            shared::store::from_item(item.into_iter().next().flatten().unwrap()).unwrap();
+        let item = stored(&ctx, user.uuid(), tf::PENDING).await.unwrap();
+        let mut pending: PendingSetup = shared::store::from_item(item).unwrap();
         pending.expires_at = now_secs() - 1;
         ctx.store.put_pending_setup(&pending).await.unwrap();
         let code = pyotp_code(&secret, step_margin().await).await;
-        api.post("/api/users/@me/two_factor_validate/")
-            .bearer(&user.key)
-            .json(&json!({"token": code}))
-            .send()
+        api.validate_2fa(&user.key, code)
             .await
-            .assert_error(
-                400,
-                "validation_error",
-                "setup_expired",
-                "2FA setup session expired. Please start setup again.",
-                None,
-            );
+            .assert_setup_expired();
     }
 );
 
@@ -346,20 +211,11 @@ both!(setup_routes_act_only_on_the_caller, |api, ctx| async move {
         ("POST", "two_factor_verify"),
     ] {
         let path = format!("/api/users/{}/{route}/", other.uuid());
-        let reply = api
-            .call(method, &path)
-            .bearer(&staff.key)
-            .json(&json!({"token": "123456"}))
-            .send()
-            .await;
+        let token = json!({"token": "123456"});
+        let reply = api.call(method, &path).send_json(&staff.key, &token).await;
         assert_eq!(reply.status, 403, "{path}: {}", reply.body);
         assert_eq!(reply.json()["code"], "permission_denied");
-        let reply = api
-            .call(method, &path)
-            .bearer(&other.key)
-            .json(&json!({"token": "123456"}))
-            .send()
-            .await;
+        let reply = api.call(method, &path).send_json(&other.key, &token).await;
         assert_ne!(
             reply.status, 403,
             "own uuid works for {path}: {}",
@@ -372,19 +228,13 @@ both!(
     backup_codes_need_2fa_and_replace_each_other,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        api.post("/api/users/@me/two_factor_backup_codes/")
+        api.post(BACKUP_CODES)
             .bearer(&user.key)
             .send()
             .await
-            .assert_error(
-                400,
-                "validation_error",
-                "2fa_not_enabled",
-                "2FA must be enabled first",
-                None,
-            );
-        enable(&api, &user).await;
-        let first = backup_codes(&api, &user).await;
+            .assert_2fa_not_enabled();
+        api.enable_2fa(&user.key).await;
+        let first = api.backup_codes(&user.key).await;
         assert_eq!(first.len(), 10);
         for code in &first {
             assert_eq!(code.len(), 8);
@@ -394,12 +244,20 @@ both!(
                 "{code}"
             );
         }
-        assert_eq!(status(&api, &user).await["backup_codes"], json!(first));
-        let second = backup_codes(&api, &user).await;
+        assert_eq!(
+            api.two_factor_status(&user.key).await["backup_codes"],
+            json!(first)
+        );
+        let second = api.backup_codes(&user.key).await;
         assert!(first.iter().all(|c| !second.contains(c)));
-        assert_eq!(status(&api, &user).await["backup_codes"], json!(second));
+        assert_eq!(
+            api.two_factor_status(&user.key).await["backup_codes"],
+            json!(second)
+        );
         // A replaced code no longer signs in.
-        assert_token_invalid(&verify(&api, &user, json!(first[0])).await);
+        api.verify_2fa(&user.key, first[0].as_str())
+            .await
+            .assert_token_invalid();
     }
 );
 
@@ -407,21 +265,14 @@ both!(
     disable_removes_everything_and_is_idempotent,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let path = "/api/users/@me/two_factor_disable/";
-        let reply = api.post(path).bearer(&user.key).send().await;
-        assert_eq!(
-            (reply.status, reply.json()),
-            (200, json!({"success": true}))
-        );
-        enable(&api, &user).await;
-        backup_codes(&api, &user).await;
-        start(&api, &user).await; // a pending setup too
-        assert_token_invalid(&verify(&api, &user, json!("000000")).await); // and a failure
-        let reply = api.post(path).bearer(&user.key).send().await;
-        assert_eq!(
-            (reply.status, reply.json()),
-            (200, json!({"success": true}))
-        );
+        api.disable_2fa(&user.key).await.assert_success();
+        api.enable_2fa(&user.key).await;
+        api.backup_codes(&user.key).await;
+        api.start_2fa_setup(&user.key).await; // a pending setup too
+        api.verify_2fa(&user.key, "000000")
+            .await
+            .assert_token_invalid(); // and a failure
+        api.disable_2fa(&user.key).await.assert_success();
         assert_eq!(
             failures_of(&ctx, user.uuid(), CodeCheck::SignIn)
                 .await
@@ -430,17 +281,12 @@ both!(
             "disabling 2FA does not reset the sign-in check's failures"
         );
         for kind in [tf::TOTP, tf::PENDING, tf::BACKUP_CODES] {
-            let found = ctx
-                .store
-                .get_many(&[(
-                    ctx.store.tables.two_factor.as_str(),
-                    tf_items::key(user.uuid(), kind),
-                )])
-                .await
-                .unwrap();
-            assert!(found[0].is_none(), "{kind} survived disable");
+            assert!(
+                stored(&ctx, user.uuid(), kind).await.is_none(),
+                "{kind} survived disable"
+            );
         }
-        assert_eq!(status(&api, &user).await["is_enabled"], false);
+        assert_eq!(api.two_factor_status(&user.key).await["is_enabled"], false);
         let notice = |mail: &[(Vec<String>, String, String)], wanted: &str| {
             mail.iter()
                 .any(|(to, subject, _)| to.contains(&user.user.email) && subject == wanted)
@@ -465,61 +311,53 @@ both!(
     verify_takes_a_totp_code_once_per_step,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = enable(&api, &user).await;
+        let secret = api.enable_2fa(&user.key).await;
         let now = step_margin().await;
         // The step used to confirm cannot sign in again.
-        assert_token_invalid(&verify(&api, &user, json!(pyotp_code(&secret, now).await)).await);
+        api.verify_2fa(&user.key, pyotp_code(&secret, now).await)
+            .await
+            .assert_token_invalid();
         let next = pyotp_code(&secret, now + 30).await;
-        let reply = verify(&api, &user, json!(next)).await;
+        let reply = api.verify_2fa(&user.key, next.as_str()).await;
         assert_eq!(
             (reply.status, reply.json()),
             (200, json!({"success": true, "method": "totp"})),
             "{}",
             reply.body
         );
-        assert_token_invalid(&verify(&api, &user, json!(next)).await);
-        api.post("/api/users/@me/two_factor_verify/")
-            .bearer(&user.key)
-            .json(&json!({}))
-            .send()
+        api.verify_2fa(&user.key, next).await.assert_token_invalid();
+        api.post(VERIFY_2FA)
+            .send_json(&user.key, &json!({}))
             .await
-            .assert_error(
-                400,
-                "validation_error",
-                "required",
-                "This field is required.",
-                Some("token"),
-            );
+            .assert_required("token");
     }
 );
 
 both!(verify_without_2fa_is_refused, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    verify(&api, &user, json!("123456")).await.assert_error(
-        400,
-        "validation_error",
-        "2fa_not_enabled",
-        "2FA must be enabled first",
-        None,
-    );
+    api.verify_2fa(&user.key, "123456")
+        .await
+        .assert_2fa_not_enabled();
 });
 
 both!(
     a_backup_code_is_consumed_once_and_notifies,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        enable(&api, &user).await;
-        let codes = backup_codes(&api, &user).await;
+        api.enable_2fa(&user.key).await;
+        let codes = api.backup_codes(&user.key).await;
         let typed = codes[2].to_uppercase();
-        let reply = verify(&api, &user, json!(typed)).await;
+        let reply = api.verify_2fa(&user.key, typed).await;
         assert_eq!(
             (reply.status, reply.json()),
             (200, json!({"success": true, "method": "backup_code"})),
             "{}",
             reply.body
         );
-        assert_token_invalid(&verify(&api, &user, json!(codes[2])).await);
-        let left = status(&api, &user).await["backup_codes"].clone();
+        api.verify_2fa(&user.key, codes[2].as_str())
+            .await
+            .assert_token_invalid();
+        let left = api.two_factor_status(&user.key).await["backup_codes"].clone();
         assert_eq!(left.as_array().unwrap().len(), 9);
         assert!(!left.as_array().unwrap().contains(&json!(codes[2])));
         let used = |mail: &[(Vec<String>, String, String)]| {
@@ -542,32 +380,9 @@ both!(
     twenty_concurrent_verifies_of_one_code_accept_exactly_one,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = enable(&api, &user).await;
+        let secret = api.enable_2fa(&user.key).await;
         let code = pyotp_code(&secret, step_margin().await + 30).await;
-        let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let (api, key, code) = (api.clone(), user.key.clone(), code.clone());
-            tasks.push(tokio::spawn(async move {
-                api.post("/api/users/@me/two_factor_verify/")
-                    .bearer(&key)
-                    .json(&json!({"token": code}))
-                    .send()
-                    .await
-            }));
-        }
-        let mut statuses = Vec::new();
-        for task in tasks {
-            statuses.push(task.await.unwrap().status);
-        }
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 200).count(),
-            1,
-            "{statuses:?}"
-        );
-        assert!(
-            statuses.iter().all(|s| [200, 400, 429].contains(s)),
-            "{statuses:?}"
-        );
+        assert_exactly_one_accepted(&twenty_concurrent_verifies(&api, &user.key, &code).await);
     }
 );
 
@@ -575,34 +390,11 @@ both!(
     twenty_concurrent_uses_of_one_backup_code_accept_exactly_one,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        enable(&api, &user).await;
-        let code = backup_codes(&api, &user).await.remove(0);
-        let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let (api, key, code) = (api.clone(), user.key.clone(), code.clone());
-            tasks.push(tokio::spawn(async move {
-                api.post("/api/users/@me/two_factor_verify/")
-                    .bearer(&key)
-                    .json(&json!({"token": code}))
-                    .send()
-                    .await
-            }));
-        }
-        let mut statuses = Vec::new();
-        for task in tasks {
-            statuses.push(task.await.unwrap().status);
-        }
+        api.enable_2fa(&user.key).await;
+        let code = api.backup_codes(&user.key).await.remove(0);
+        assert_exactly_one_accepted(&twenty_concurrent_verifies(&api, &user.key, &code).await);
         assert_eq!(
-            statuses.iter().filter(|s| **s == 200).count(),
-            1,
-            "{statuses:?}"
-        );
-        assert!(
-            statuses.iter().all(|s| [200, 400, 429].contains(s)),
-            "{statuses:?}"
-        );
-        assert_eq!(
-            status(&api, &user).await["backup_codes"]
+            api.two_factor_status(&user.key).await["backup_codes"]
                 .as_array()
                 .unwrap()
                 .len(),
@@ -615,35 +407,21 @@ both!(
     five_failures_lock_checks_with_retry_after_and_a_locked_check_tests_nothing,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = enable(&api, &user).await;
+        let secret = api.enable_2fa(&user.key).await;
         for _ in 0..5 {
-            assert_token_invalid(&verify(&api, &user, json!("000000")).await);
+            api.verify_2fa(&user.key, "000000")
+                .await
+                .assert_token_invalid();
         }
         let now = step_margin().await;
         // Even the right code is refused while locked.
-        let reply = verify(&api, &user, json!(pyotp_code(&secret, now + 30).await)).await;
-        assert_eq!(reply.status, 429, "{}", reply.body);
-        let retry: u64 = reply
-            .header("retry-after")
-            .expect("Retry-After")
-            .parse()
-            .unwrap();
-        assert!((25..=30).contains(&retry), "{retry}");
-        reply.assert_error(
-            429,
-            "throttled_error",
-            "throttled",
-            &format!("Request was throttled. Expected available in {retry} seconds."),
-            None,
-        );
+        api.verify_2fa(&user.key, pyotp_code(&secret, now + 30).await)
+            .await
+            .assert_throttled(25..=30);
         // The setup check has a limit of its own, which sign-in failures do not touch.
-        let reply = api
-            .post("/api/users/@me/two_factor_validate/")
-            .bearer(&user.key)
-            .json(&json!({"token": "000000"}))
-            .send()
-            .await;
-        assert_eq!(reply.status, 400, "{}", reply.body);
+        api.validate_2fa(&user.key, "000000")
+            .await
+            .assert_status(400);
         assert_eq!(
             failures_of(&ctx, user.uuid(), CodeCheck::TotpSetup)
                 .await
@@ -658,7 +436,7 @@ both!(
     the_lock_doubles_after_each_further_failure_and_success_resets,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = enable(&api, &user).await;
+        let secret = api.enable_2fa(&user.key).await;
         // Five failures whose 30-second lock has just run out.
         let seen = FailureState::default();
         let expired = FailureState {
@@ -675,17 +453,13 @@ both!(
             )
             .await
             .unwrap());
-        assert_token_invalid(&verify(&api, &user, json!("000000")).await);
-        let reply = verify(&api, &user, json!("000000")).await;
-        let retry: u64 = reply
-            .header("retry-after")
-            .expect("Retry-After")
-            .parse()
-            .unwrap();
-        assert!(
-            (55..=60).contains(&retry),
-            "sixth failure locks for 60 s, got {retry}"
-        );
+        api.verify_2fa(&user.key, "000000")
+            .await
+            .assert_token_invalid();
+        // The sixth failure locks for 60 s.
+        api.verify_2fa(&user.key, "000000")
+            .await
+            .assert_throttled(55..=60);
         // Unlock by hand, then a success resets the count to zero.
         let locked = failures_of(&ctx, user.uuid(), CodeCheck::SignIn).await;
         assert_eq!(locked.count, 6);
@@ -706,8 +480,9 @@ both!(
             "state as expected"
         );
         let now = step_margin().await;
-        let reply = verify(&api, &user, json!(pyotp_code(&secret, now + 30).await)).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        api.verify_2fa(&user.key, pyotp_code(&secret, now + 30).await)
+            .await
+            .assert_status(200);
         assert_eq!(
             failures_of(&ctx, user.uuid(), CodeCheck::SignIn).await,
             FailureState::default(),
@@ -721,15 +496,15 @@ both!(
     |api, ctx| async move {
         let staff = create_user(&ctx, true, &["user:read"]).await;
         let plain = create_user(&ctx, false, &["*"]).await;
-        enable(&api, &plain).await;
-        let codes = backup_codes(&api, &plain).await;
+        api.enable_2fa(&plain.key).await;
+        let codes = api.backup_codes(&plain.key).await;
+        let status_of = |uuid: &str| format!("/api/users/{uuid}/two_factor_status/");
         let reply = api
-            .get(&format!("/api/users/{}/two_factor_status/", plain.uuid()))
+            .get(&status_of(plain.uuid()))
             .bearer(&staff.key)
             .send()
             .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        assert_eq!(reply.json()["backup_codes"], json!(codes));
+        assert_eq!(reply.ok_json()["backup_codes"], json!(codes));
         let reply = api
             .get(&format!(
                 "/api/users/{}/two_factor_status",
@@ -738,44 +513,22 @@ both!(
             .bearer(&staff.key)
             .send()
             .await;
-        reply.assert_error(404, "invalid_request", "not_found", "Not found.", None);
+        reply.assert_not_found();
         let reply = api
-            .get(&format!("/api/users/{}/two_factor_status/", staff.uuid()))
+            .get(&status_of(staff.uuid()))
             .bearer(&plain.key)
             .send()
             .await;
-        reply.assert_error(
-            403,
-            "authentication_error",
-            "permission_denied",
-            "As a non-staff user you're only allowed to access the `@me` user instance.",
-            None,
-        );
+        reply.assert_forbidden(NON_STAFF_DETAIL);
         // user:read is enough for status, not for the write routes.
-        let reply = api
-            .post("/api/users/@me/two_factor_disable/")
+        api.disable_2fa(&staff.key)
+            .await
+            .assert_forbidden(MISSING_WRITE_SCOPE);
+        api.get(START_2FA_SETUP)
             .bearer(&staff.key)
             .send()
-            .await;
-        reply.assert_error(
-            403,
-            "authentication_error",
-            "permission_denied",
-            "API key missing required scope 'user:write'",
-            None,
-        );
-        let reply = api
-            .get("/api/users/@me/two_factor_start_setup/")
-            .bearer(&staff.key)
-            .send()
-            .await;
-        reply.assert_error(
-            403,
-            "authentication_error",
-            "permission_denied",
-            "API key missing required scope 'user:write'",
-            None,
-        );
+            .await
+            .assert_forbidden(MISSING_WRITE_SCOPE);
     }
 );
 
@@ -840,12 +593,9 @@ both!(
     a_table_dump_reveals_no_secret_and_no_backup_code,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let secret = enable(&api, &user).await;
-        let pending = start(&api, &user).await["secret"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let codes = backup_codes(&api, &user).await;
+        let secret = api.enable_2fa(&user.key).await;
+        let pending = api.new_2fa_secret(&user.key).await;
+        let codes = api.backup_codes(&user.key).await;
         let (text, blobs) = dump(&ctx).await;
         for s in [&secret, &pending] {
             let raw = base32_decode(s);
@@ -873,16 +623,8 @@ both!(
                 .all(|b| !b.windows(8).any(|w| w == code.as_bytes())));
         }
         // What is there decrypts only with the key: the device's secret is bound to its user.
-        let item = ctx
-            .store
-            .get_many(&[(
-                ctx.store.tables.two_factor.as_str(),
-                tf_items::key(user.uuid(), tf::TOTP),
-            )])
-            .await
-            .unwrap();
-        let device: tf::TotpDevice =
-            shared::store::from_item(item.into_iter().next().flatten().unwrap()).unwrap();
+        let item = stored(&ctx, user.uuid(), tf::TOTP).await.unwrap();
+        let device: tf::TotpDevice = shared::store::from_item(item).unwrap();
         let keyring = ctx.keyring().await.unwrap();
         assert_eq!(
             keyring
@@ -916,16 +658,10 @@ async fn a_failed_notification_never_fails_the_request() {
     );
     let api = Api::InProcess(ctx.clone());
     let user = create_user(&ctx, false, &["*"]).await;
-    enable(&api, &user).await;
-    let code = backup_codes(&api, &user).await.remove(0);
-    let reply = verify(&api, &user, json!(code)).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let reply = api
-        .post("/api/users/@me/two_factor_disable/")
-        .bearer(&user.key)
-        .send()
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    api.enable_2fa(&user.key).await;
+    let code = api.backup_codes(&user.key).await.remove(0);
+    api.verify_2fa(&user.key, code).await.assert_status(200);
+    api.disable_2fa(&user.key).await.assert_status(200);
     assert!(
         mail_to(&user.user.email).await.is_empty(),
         "nothing was delivered"
@@ -939,7 +675,7 @@ async fn a_notice_is_sent_after_the_response() {
     let ctx = std::sync::Arc::new(context().await);
     let api = Api::InProcess(ctx.clone());
     let user = create_user(&ctx, false, &["*"]).await;
-    enable(&api, &user).await;
+    api.enable_2fa(&user.key).await;
     let disabled = |mail: &[(String, String)]| {
         mail.iter()
             .filter(|(subject, _)| subject == "Two-factor authentication disabled")
@@ -947,7 +683,7 @@ async fn a_notice_is_sent_after_the_response() {
     };
     let request = lambda_request(
         "POST",
-        "/api/users/@me/two_factor_disable/",
+        DISABLE_2FA,
         &[("authorization".into(), format!("Bearer {}", user.key))],
         vec![],
     );

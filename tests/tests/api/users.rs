@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 both!(get_me_is_the_user_object, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    let reply = api.get("/api/users/@me/").bearer(&user.key).send().await;
+    let reply = api.get(ME).bearer(&user.key).send().await;
     let object = reply.user_object();
     assert_eq!(object["uuid"], user.uuid());
     assert_eq!(object["distinct_id"], user.user.distinct_id);
@@ -48,12 +48,7 @@ both!(patch_updates_profile_fields, |api, ctx| async move {
         "hedgehog_config": {"use_as_profile": true},
         "events_column_config": {"active": ["event", "person"]},
     });
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&changes)
-        .send()
-        .await;
+    let reply = api.patch_me(&user.key, &changes).await;
     let object = reply.user_object();
     for (field, value) in changes.as_object().unwrap() {
         assert_eq!(&object[field], value, "{field} in the response");
@@ -65,10 +60,10 @@ both!(patch_updates_profile_fields, |api, ctx| async move {
     assert_eq!(stored["email"], user.user.email);
     // A second, partial update leaves the others as they were.
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"theme_mode": "light", "anonymize_data": false}))
-        .send()
+        .patch_me(
+            &user.key,
+            &json!({"theme_mode": "light", "anonymize_data": false}),
+        )
         .await;
     let object = reply.user_object();
     assert_eq!(object["theme_mode"], "light");
@@ -79,35 +74,26 @@ both!(patch_updates_profile_fields, |api, ctx| async move {
     assert_eq!(stored["theme_mode"], "light");
     assert_eq!(stored["first_name"], "Ada");
     // theme_mode may be cleared.
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"theme_mode": null}))
-        .send()
-        .await;
+    let reply = api.patch_me(&user.key, &json!({"theme_mode": null})).await;
     assert_eq!(reply.user_object()["theme_mode"], Value::Null);
 });
 
 both!(patch_ignores_read_only_fields, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let before = api.me(&user.key).await;
-    let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({
-            "is_staff": true,
-            "uuid": uuid::Uuid::new_v4().to_string(),
-            "distinct_id": "forged",
-            "date_joined": "2000-01-01T00:00:00Z",
-            "pending_email": "forged@example.com",
-            "is_2fa_enabled": true,
-            "is_email_verified": true,
-            "scene_personalisation": [{"scene": "x", "dashboard": 1}],
-            "is_active": false,
-            "first_name": "Changed",
-        }))
-        .send()
-        .await;
+    let forged = json!({
+        "is_staff": true,
+        "uuid": uuid::Uuid::new_v4().to_string(),
+        "distinct_id": "forged",
+        "date_joined": "2000-01-01T00:00:00Z",
+        "pending_email": "forged@example.com",
+        "is_2fa_enabled": true,
+        "is_email_verified": true,
+        "scene_personalisation": [{"scene": "x", "dashboard": 1}],
+        "is_active": false,
+        "first_name": "Changed",
+    });
+    let reply = api.patch_me(&user.key, &forged).await;
     let object = reply.user_object();
     assert_eq!(object["first_name"], "Changed");
     let after = api.me(&user.key).await;
@@ -137,62 +123,37 @@ both!(
     patch_validates_choices_and_booleans,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        let cases = [
-            (
-                json!({"theme_mode": "purple"}),
-                "invalid_choice",
-                "\"purple\" is not a valid choice.",
-                "theme_mode",
-            ),
-            (
-                json!({"toolbar_mode": "sometimes"}),
-                "invalid_choice",
-                "\"sometimes\" is not a valid choice.",
-                "toolbar_mode",
-            ),
-            (
-                json!({"shortcut_position": "left"}),
-                "invalid_choice",
-                "\"left\" is not a valid choice.",
-                "shortcut_position",
-            ),
-            (
-                json!({"anonymize_data": "maybe"}),
-                "invalid_input",
-                "Must be a valid boolean.",
-                "anonymize_data",
-            ),
-            (
-                json!({"allow_impersonation": [true]}),
-                "invalid_input",
-                "Must be a valid boolean.",
-                "allow_impersonation",
-            ),
-            (
-                json!({"hide_mcp_hints": null}),
-                "null",
-                "This field may not be null.",
-                "hide_mcp_hints",
-            ),
-            (
-                json!({"first_name": "x".repeat(151)}),
-                "max_length",
-                "Ensure this field has no more than 150 characters.",
-                "first_name",
-            ),
-        ];
-        for (body, code, detail, attr) in cases {
-            // Each bad field comes with a good one, which must not be applied either.
-            let mut body = body;
+        // Each bad field comes with a good one, which must not be applied either.
+        let patch = |mut body: Value| {
             body["last_name"] = json!("ShouldNotStick");
-            let reply = api
-                .patch("/api/users/@me/")
-                .bearer(&user.key)
-                .json(&body)
-                .send()
-                .await;
-            reply.assert_error(400, "validation_error", code, detail, Some(attr));
+            let (api, key) = (api.clone(), user.key.clone());
+            async move { api.patch_me(&key, &body).await }
+        };
+        for (field, value) in [
+            ("theme_mode", "purple"),
+            ("toolbar_mode", "sometimes"),
+            ("shortcut_position", "left"),
+        ] {
+            patch(json!({ field: value }))
+                .await
+                .assert_invalid_choice(field, value);
         }
+        for (field, value) in [
+            ("anonymize_data", json!("maybe")),
+            ("allow_impersonation", json!([true])),
+        ] {
+            patch(json!({ field: value })).await.assert_invalid(
+                field,
+                "invalid_input",
+                "Must be a valid boolean.",
+            );
+        }
+        patch(json!({"hide_mcp_hints": null}))
+            .await
+            .assert_null("hide_mcp_hints");
+        patch(json!({"first_name": "x".repeat(151)}))
+            .await
+            .assert_max_length("first_name", 150);
         let after = api.me(&user.key).await;
         assert_eq!(after["last_name"], "User");
         assert_eq!(after["theme_mode"], Value::Null);
@@ -206,14 +167,9 @@ both!(
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
         let before = api.me(&user.key).await;
-        let reply = api
-            .patch("/api/users/@me/")
-            .bearer(&user.key)
-            .json(&json!({}))
-            .send()
-            .await;
+        let reply = api.patch_me(&user.key, &json!({})).await;
         assert_eq!(reply.user_object(), before);
-        let reply = api.patch("/api/users/@me/").bearer(&user.key).send().await;
+        let reply = api.patch(ME).bearer(&user.key).send().await;
         assert_eq!(reply.user_object(), before);
     }
 );
@@ -221,32 +177,18 @@ both!(
 both!(json_settings_are_capped_at_16_kib, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let big = json!({"accessories": "x".repeat(17 * 1024)});
-    api.patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"hedgehog_config": big, "first_name": "Nope"}))
-        .send()
-        .await
-        .assert_error(
-            400,
-            "validation_error",
-            "invalid_input",
-            "Ensure this value is no larger than 16 KiB.",
-            Some("hedgehog_config"),
-        );
-    let me = api
-        .get("/api/users/@me/")
-        .bearer(&user.key)
-        .send()
-        .await
-        .json();
+    api.patch_me(
+        &user.key,
+        &json!({"hedgehog_config": big, "first_name": "Nope"}),
+    )
+    .await
+    .assert_setting_too_large("hedgehog_config");
+    let me = api.get(ME).bearer(&user.key).send().await.json();
     assert_eq!(me["hedgehog_config"], Value::Null, "nothing changed");
     assert_ne!(me["first_name"], "Nope", "nothing changed");
     let fits = json!({"accessories": "x".repeat(15 * 1024)});
     let reply = api
-        .patch("/api/users/@me/")
-        .bearer(&user.key)
-        .json(&json!({"hedgehog_config": fits}))
-        .send()
+        .patch_me(&user.key, &json!({"hedgehog_config": fits}))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["hedgehog_config"], fits);
