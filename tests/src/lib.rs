@@ -6,7 +6,7 @@ use serde_json::Value;
 use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
 use shared::lambda_http::{Body, Request};
-use shared::users::UserRecord;
+use shared::users::{UserId, UserRecord};
 use shared::Context;
 use std::sync::Arc;
 
@@ -295,8 +295,8 @@ pub struct TestUser {
 }
 
 impl TestUser {
-    pub fn uuid(&self) -> &str {
-        &self.user.uuid
+    pub fn uuid(&self) -> UserId {
+        self.user.uuid
     }
 }
 
@@ -587,7 +587,7 @@ impl Api {
 }
 
 /// Deactivates a user the way `users-admin deactivate-user` does (user and every key).
-pub async fn deactivate(ctx: &Context, uuid: &str) {
+pub async fn deactivate(ctx: &Context, uuid: UserId) {
     assert!(
         ctx.store
             .deactivate_user(uuid)
@@ -719,7 +719,7 @@ pub async fn step_margin() -> u64 {
 /// A user's failure state for one kind of code check, as stored.
 pub async fn failures_of(
     ctx: &Context,
-    uuid: &str,
+    uuid: UserId,
     check: shared::throttle::CodeCheck,
 ) -> shared::throttle::FailureState {
     let found = ctx
