@@ -3,19 +3,19 @@ use crate::error::ApiError;
 pub use crate::routes::Scope;
 use crate::routes::{Matched, Target, NON_STAFF};
 use crate::store::Store;
+use crate::users::UserId;
 use lambda_http::Request;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
 /// One key. It carries its user's staff and active flags so that authentication is a
 /// single read; the operator tool keeps them in step when a user is deactivated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub secure_value: String,
-    pub user_uuid: String,
+    pub user_uuid: UserId,
     pub scopes: Vec<String>,
     #[serde(default)]
     pub label: String,
@@ -73,7 +73,7 @@ fn looks_like_key(key: &str) -> bool {
 /// active flags, so authentication is one read).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub uuid: Uuid,
+    pub uuid: UserId,
     pub is_staff: bool,
     pub scopes: Vec<String>,
     /// The key, when its last use is to be noted: never noted, or not in the last hour.
@@ -151,7 +151,7 @@ pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiErr
     if !same || !record.user_is_active {
         return Err(ApiError::AuthenticationFailed);
     }
-    let uuid = Uuid::parse_str(&record.user_uuid).map_err(|_| ApiError::AuthenticationFailed)?;
+    let uuid = record.user_uuid;
     let due = key_use_due(record.last_used_at.as_deref(), crate::clock::now_secs());
     Ok(Caller {
         uuid,
@@ -164,7 +164,7 @@ pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiErr
 /// Whose account the request acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetUser {
-    pub uuid: Uuid,
+    pub uuid: UserId,
     /// True when a staff caller named another user (whose existence the caller must check).
     pub is_other: bool,
 }
@@ -189,7 +189,7 @@ pub fn target_of(
     let Some(segment) = segment else {
         return Ok(me);
     };
-    let parsed = Uuid::parse_str(segment).ok();
+    let parsed = UserId::parse(segment);
     if segment == "@me" || parsed == Some(caller.uuid) {
         return Ok(me);
     }
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn write_implies_read_but_not_the_reverse() {
         let caller = |s: &str| Caller {
-            uuid: Uuid::nil(),
+            uuid: UserId::parse("00000000-0000-0000-0000-000000000000").expect("the nil uuid"),
             is_staff: false,
             scopes: vec![s.into()],
             key_to_note: None,

@@ -4,6 +4,7 @@
 //! records; a ciphertext is bound to its user and record kind (associated data), so it
 //! cannot be moved elsewhere.
 use crate::error::ApiError;
+use crate::users::UserId;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
 use hmac::{Hmac, Mac};
@@ -108,7 +109,7 @@ impl Keyring {
     /// `[id length][id][nonce][ciphertext and tag]`, with `user|kind` as associated data.
     pub fn encrypt(
         &self,
-        user_uuid: &str,
+        user_uuid: UserId,
         kind: &str,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, ApiError> {
@@ -135,7 +136,12 @@ impl Keyring {
 
     /// Opens a ciphertext made by `encrypt` for the same user and kind, with whichever key
     /// it names.
-    pub fn decrypt(&self, user_uuid: &str, kind: &str, sealed: &[u8]) -> Result<Vec<u8>, ApiError> {
+    pub fn decrypt(
+        &self,
+        user_uuid: UserId,
+        kind: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
         let undecryptable = || {
             tracing::error!(kind, "stored ciphertext cannot be decrypted");
             ApiError::Internal
@@ -194,7 +200,7 @@ pub fn key_id_of(sealed: &[u8]) -> Option<&str> {
     std::str::from_utf8(rest.get(..id_len as usize)?).ok()
 }
 
-fn associated_data(user_uuid: &str, kind: &str) -> Vec<u8> {
+fn associated_data(user_uuid: UserId, kind: &str) -> Vec<u8> {
     format!("{user_uuid}|{kind}").into_bytes()
 }
 
@@ -202,41 +208,45 @@ fn associated_data(user_uuid: &str, kind: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn user(n: u8) -> UserId {
+        UserId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02}")).expect("a uuid")
+    }
+
     const ONE: &str = r#"{"active":"k1","k1":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
     const TWO: &str = r#"{"active":"k2","k1":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","k2":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}"#;
 
     #[test]
     fn round_trip_and_binding() {
         let ring = Keyring::from_secret(ONE).unwrap();
-        let sealed = ring.encrypt("u1", "totp", b"secret").unwrap();
-        assert_eq!(ring.decrypt("u1", "totp", &sealed).unwrap(), b"secret");
+        let sealed = ring.encrypt(user(1), "totp", b"secret").unwrap();
+        assert_eq!(ring.decrypt(user(1), "totp", &sealed).unwrap(), b"secret");
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
         assert!(
-            ring.decrypt("u2", "totp", &sealed).is_err(),
+            ring.decrypt(user(2), "totp", &sealed).is_err(),
             "bound to its user"
         );
         assert!(
-            ring.decrypt("u1", "pending", &sealed).is_err(),
+            ring.decrypt(user(1), "pending", &sealed).is_err(),
             "bound to its kind"
         );
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert!(ring.decrypt("u1", "totp", &tampered).is_err());
+        assert!(ring.decrypt(user(1), "totp", &tampered).is_err());
     }
 
     #[test]
     fn rotation_keeps_old_records_readable() {
         let old = Keyring::from_secret(ONE)
             .unwrap()
-            .encrypt("u", "totp", b"x")
+            .encrypt(user(0), "totp", b"x")
             .unwrap();
         let ring = Keyring::from_secret(TWO).unwrap();
-        assert_eq!(ring.decrypt("u", "totp", &old).unwrap(), b"x");
-        let new = ring.encrypt("u", "totp", b"y").unwrap();
+        assert_eq!(ring.decrypt(user(0), "totp", &old).unwrap(), b"x");
+        let new = ring.encrypt(user(0), "totp", b"y").unwrap();
         assert_eq!(&new[1..3], b"k2");
         assert!(Keyring::from_secret(ONE)
             .unwrap()
-            .decrypt("u", "totp", &new)
+            .decrypt(user(0), "totp", &new)
             .is_err());
     }
 
@@ -256,7 +266,7 @@ mod tests {
         assert_eq!(one.mac("k2", b"m"), None);
         assert!(two.knows("k2") && !one.knows("k2"));
         assert_eq!(two.active_key_id(), "k2");
-        let sealed = two.encrypt("u", "totp", b"x").unwrap();
+        let sealed = two.encrypt(user(0), "totp", b"x").unwrap();
         assert_eq!(key_id_of(&sealed), Some("k2"));
         assert_eq!(key_id_of(&[]), None);
         assert_eq!(key_id_of(&[9, b'k']), None);
@@ -265,14 +275,14 @@ mod tests {
     #[test]
     fn a_rotated_secret_keeps_every_key_and_activates_a_new_one() {
         let old = Keyring::from_secret(TWO).unwrap();
-        let sealed = old.encrypt("u", "totp", b"x").unwrap();
+        let sealed = old.encrypt(user(0), "totp", b"x").unwrap();
         let (rotated, id) = secret_with_new_active_key(TWO).unwrap();
         let ring = Keyring::from_secret(&rotated).unwrap();
         assert_eq!(ring.active_key_id(), id);
         assert!(ring.knows("k1") && ring.knows("k2") && id != "k1" && id != "k2");
-        assert_eq!(ring.decrypt("u", "totp", &sealed).unwrap(), b"x");
+        assert_eq!(ring.decrypt(user(0), "totp", &sealed).unwrap(), b"x");
         assert_eq!(
-            key_id_of(&ring.encrypt("u", "totp", b"y").unwrap()),
+            key_id_of(&ring.encrypt(user(0), "totp", b"y").unwrap()),
             Some(id.as_str())
         );
         assert!(secret_with_new_active_key("{}").is_err());

@@ -5,6 +5,7 @@
 use crate::crypto::Keyring;
 use crate::email::Mailer;
 use crate::error::ApiError;
+use crate::users::UserId;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -14,7 +15,7 @@ pub const EMAIL_CHANGE_TTL_SECS: u64 = 24 * 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EmailChangeRecord {
-    pub user_uuid: String,
+    pub user_uuid: UserId,
     pub new_email: String,
     /// HMAC-SHA256 (hex) of the user, request id and code under the MAC key
     /// `code_key_id`; the code itself is never stored.
@@ -82,14 +83,14 @@ pub fn is_valid_email(email: &str) -> bool {
 }
 
 /// What the code's keyed hash covers: the purpose, the request and its user, and the code.
-fn code_message(user_uuid: &str, request_id: &str, code: &str) -> Vec<u8> {
+fn code_message(user_uuid: UserId, request_id: &str, code: &str) -> Vec<u8> {
     format!("email_change_code|{user_uuid}|{request_id}|{code}").into_bytes()
 }
 
 /// A new request and its code (to be mailed, never stored or logged).
 pub fn new_request(
     keyring: &Keyring,
-    user_uuid: &str,
+    user_uuid: UserId,
     new_email: &str,
     ttl_secs: u64,
 ) -> Result<(EmailChangeRecord, String), ApiError> {
@@ -100,7 +101,7 @@ pub fn new_request(
         .mac(&key_id, &code_message(user_uuid, &request_id, &code))
         .ok_or(ApiError::Internal)?;
     let record = EmailChangeRecord {
-        user_uuid: user_uuid.to_string(),
+        user_uuid,
         new_email: new_email.to_string(),
         code_hash,
         code_key_id: key_id,
@@ -115,7 +116,7 @@ pub fn new_request(
 /// Whether `code` is the request's code, compared in constant time. A keyring without the
 /// record's key (see [`crate::Context::keyring_for`]) matches nothing.
 pub fn code_matches(keyring: &Keyring, record: &EmailChangeRecord, code: &str) -> bool {
-    let message = code_message(&record.user_uuid, &record.request_id, code);
+    let message = code_message(record.user_uuid, &record.request_id, code);
     keyring
         .mac(&record.code_key_id, &message)
         .is_some_and(|hash| hash.as_bytes().ct_eq(record.code_hash.as_bytes()).into())
@@ -175,7 +176,7 @@ mod tests {
     #[test]
     fn codes_are_keyed_hashes_and_checked() {
         let keyring = Keyring::from_secret(KEYS).unwrap();
-        let (record, code) = new_request(&keyring, "u", "n@example.com", 60).unwrap();
+        let (record, code) = new_request(&keyring, UserId::random(), "n@example.com", 60).unwrap();
         assert_eq!(code.len(), 6);
         assert_eq!(record.code_key_id, "k1");
         assert!(!record.code_hash.contains(&code));
@@ -185,7 +186,7 @@ mod tests {
         let other = Keyring::from_secret(OTHER).unwrap();
         assert!(!code_matches(&other, &record, &code), "another key");
         let mut moved = record.clone();
-        moved.user_uuid = "v".into();
+        moved.user_uuid = UserId::random();
         assert!(!code_matches(&keyring, &moved, &code), "bound to its user");
     }
 

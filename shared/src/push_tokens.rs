@@ -1,5 +1,6 @@
 //! Push tokens of mobile and web clients, at most 20 per user.
 use crate::auth::hex;
+use crate::users::UserId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -8,7 +9,7 @@ pub const MAX_TOKENS_PER_USER: usize = 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PushTokenRecord {
-    pub user_uuid: String,
+    pub user_uuid: UserId,
     /// Sort key: hex SHA-256 of the token, so a 512-character token of any script fits
     /// DynamoDB's 1 KiB sort-key limit.
     pub token_hash: String,

@@ -4,6 +4,7 @@
 //! to 15 minutes. Only a success of the same kind of check resets it; no other route touches
 //! it (disabling 2FA, a new email-change request, a success of another kind: none do).
 use crate::error::ApiError;
+use crate::users::UserId;
 use serde::{Deserialize, Serialize};
 
 pub const FREE_FAILURES: u32 = 5;
@@ -103,7 +104,7 @@ pub enum Attempt<T> {
 /// exactly once, however many checks race.
 pub async fn limited<T, F, Fut>(
     store: &crate::store::Store,
-    uuid: &str,
+    uuid: UserId,
     check: CodeCheck,
     mut attempt: F,
 ) -> Result<T, ApiError>

@@ -3,6 +3,7 @@ use crate::crypto::Keyring;
 use crate::error::ApiError;
 use crate::throttle::FailureState;
 use crate::totp::TotpSecret;
+use crate::users::UserId;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -31,7 +32,7 @@ impl TwoFactorState {
 /// A setup that was started but not yet confirmed with a code; it expires.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingSetup {
-    pub user_uuid: String,
+    pub user_uuid: UserId,
     pub kind: String,
     /// The secret, encrypted with the user and `pending` as associated data.
     #[serde(with = "serde_bytes")]
@@ -50,7 +51,7 @@ impl PendingSetup {
 /// A confirmed TOTP device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TotpDevice {
-    pub user_uuid: String,
+    pub user_uuid: UserId,
     pub kind: String,
     /// The secret, encrypted with the user and `totp` as associated data.
     #[serde(with = "serde_bytes")]
@@ -66,7 +67,7 @@ pub struct TotpDevice {
 /// The unused backup codes, one encrypted list, replaced as a whole.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackupCodes {
-    pub user_uuid: String,
+    pub user_uuid: UserId,
     pub kind: String,
     /// JSON list of codes, encrypted with the user and `backup_codes` as associated data.
     #[serde(with = "serde_bytes")]
@@ -115,11 +116,11 @@ pub fn not_enabled() -> ApiError {
 
 pub fn new_pending_setup(
     keyring: &Keyring,
-    user_uuid: &str,
+    user_uuid: UserId,
     secret: &TotpSecret,
 ) -> Result<PendingSetup, ApiError> {
     Ok(PendingSetup {
-        user_uuid: user_uuid.to_string(),
+        user_uuid,
         kind: PENDING.to_string(),
         secret_enc: keyring.encrypt(user_uuid, PENDING, secret.as_bytes())?,
         created_at: crate::clock::iso_now(),
@@ -129,19 +130,19 @@ pub fn new_pending_setup(
 
 pub fn pending_secret(keyring: &Keyring, pending: &PendingSetup) -> Result<TotpSecret, ApiError> {
     keyring
-        .decrypt(&pending.user_uuid, PENDING, &pending.secret_enc)
+        .decrypt(pending.user_uuid, PENDING, &pending.secret_enc)
         .map(TotpSecret::from_bytes)
 }
 
 pub fn new_device(
     keyring: &Keyring,
-    user_uuid: &str,
+    user_uuid: UserId,
     secret: &TotpSecret,
     step: u64,
     now: u64,
 ) -> Result<TotpDevice, ApiError> {
     Ok(TotpDevice {
-        user_uuid: user_uuid.to_string(),
+        user_uuid,
         kind: TOTP.to_string(),
         secret_enc: keyring.encrypt(user_uuid, TOTP, secret.as_bytes())?,
         last_step: step,
@@ -152,7 +153,7 @@ pub fn new_device(
 
 pub fn device_secret(keyring: &Keyring, device: &TotpDevice) -> Result<TotpSecret, ApiError> {
     keyring
-        .decrypt(&device.user_uuid, TOTP, &device.secret_enc)
+        .decrypt(device.user_uuid, TOTP, &device.secret_enc)
         .map(TotpSecret::from_bytes)
 }
 
@@ -170,13 +171,13 @@ pub fn generate_backup_codes() -> Vec<String> {
 
 pub fn seal_backup_codes(
     keyring: &Keyring,
-    user_uuid: &str,
+    user_uuid: UserId,
     codes: &[String],
 ) -> Result<BackupCodes, ApiError> {
     let plain =
         serde_json::to_vec(codes).map_err(|e| ApiError::serialisation("backup codes", &e))?;
     Ok(BackupCodes {
-        user_uuid: user_uuid.to_string(),
+        user_uuid,
         kind: BACKUP_CODES.to_string(),
         codes_enc: keyring.encrypt(user_uuid, BACKUP_CODES, &plain)?,
         version: uuid::Uuid::new_v4().to_string(),
@@ -185,7 +186,7 @@ pub fn seal_backup_codes(
 }
 
 pub fn open_backup_codes(keyring: &Keyring, codes: &BackupCodes) -> Result<Vec<String>, ApiError> {
-    let plain = keyring.decrypt(&codes.user_uuid, BACKUP_CODES, &codes.codes_enc)?;
+    let plain = keyring.decrypt(codes.user_uuid, BACKUP_CODES, &codes.codes_enc)?;
     serde_json::from_slice(&plain).map_err(|e| ApiError::serialisation("backup codes", &e))
 }
 

@@ -2,11 +2,44 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::fmt;
+use uuid::Uuid;
+
+/// A user's id: the uuid that names the user in paths and keys every item of theirs. A type
+/// of its own, so that no other string (an email, a key hash, a raw path segment) can be
+/// passed where a user is meant. Stored and shown in the uuid's hyphenated form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(Uuid);
+
+impl UserId {
+    /// A new, random id (version 4).
+    pub fn random() -> Self {
+        UserId(Uuid::new_v4())
+    }
+
+    /// The id a text names, if it is a uuid.
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok().map(UserId)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(id: UserId) -> String {
+        id.to_string()
+    }
+}
 
 /// A user as stored in the users table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UserRecord {
-    pub uuid: String,
+    pub uuid: UserId,
     pub distinct_id: String,
     #[serde(default)]
     pub first_name: String,
@@ -76,9 +109,8 @@ pub enum UserKind {
 impl UserRecord {
     /// A new active user with PostHog's defaults.
     pub fn new(email: &str, first_name: &str, last_name: &str, kind: UserKind) -> Self {
-        let uuid = uuid::Uuid::new_v4();
         UserRecord {
-            uuid: uuid.to_string(),
+            uuid: UserId::random(),
             distinct_id: uuid::Uuid::new_v4().simple().to_string(),
             first_name: first_name.to_string(),
             last_name: last_name.to_string(),

@@ -3,7 +3,7 @@
 //! name says they complete a step (`enable_2fa`, `backup_codes`, ...): those check the usual
 //! success themselves and return what the test goes on with.
 use crate::{code_mailed_to, create_user, pyotp_code, step_margin, unique_email, Api, Reply};
-use crate::{Call, TestUser};
+use crate::{Call, TestUser, UserId};
 use serde_json::{json, Value};
 use shared::Context;
 
@@ -144,7 +144,7 @@ pub async fn pending_change(api: &Api, ctx: &Context, tag: &str) -> (TestUser, S
 }
 
 /// The user's push tokens as stored, sorted.
-pub async fn push_tokens_of(ctx: &Context, uuid: &str) -> Vec<String> {
+pub async fn push_tokens_of(ctx: &Context, uuid: UserId) -> Vec<String> {
     let mut tokens: Vec<String> = ctx
         .store
         .push_tokens_of(uuid)

@@ -6,6 +6,7 @@ use serde_json::Value;
 use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
 use shared::lambda_http::{Body, Request};
+pub use shared::users::UserId;
 use shared::users::UserRecord;
 use shared::Context;
 use std::sync::Arc;
@@ -299,8 +300,8 @@ pub struct TestUser {
 }
 
 impl TestUser {
-    pub fn uuid(&self) -> &str {
-        &self.user.uuid
+    pub fn uuid(&self) -> UserId {
+        self.user.uuid
     }
 }
 
@@ -324,7 +325,7 @@ pub async fn create_key(ctx: &Context, user: &UserRecord, scopes: &[&str]) -> St
     let (key, mask) = generate_api_key();
     let record = ApiKeyRecord {
         secure_value: ApiKeyHash::of(&key).0,
-        user_uuid: user.uuid.clone(),
+        user_uuid: user.uuid,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         label: "test".into(),
         mask,
@@ -596,7 +597,7 @@ impl Api {
 }
 
 /// Deactivates a user the way `users-admin deactivate-user` does (user and every key).
-pub async fn deactivate(ctx: &Context, uuid: &str) {
+pub async fn deactivate(ctx: &Context, uuid: UserId) {
     assert!(
         ctx.store
             .deactivate_user(uuid)
@@ -728,7 +729,7 @@ pub async fn step_margin() -> u64 {
 /// A user's failure state for one kind of code check, as stored.
 pub async fn failures_of(
     ctx: &Context,
-    uuid: &str,
+    uuid: UserId,
     check: shared::throttle::CodeCheck,
 ) -> shared::throttle::FailureState {
     let found = ctx

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
 use shared::store::Store;
-use shared::users::{UserKind, UserRecord};
+use shared::users::{UserId, UserKind, UserRecord};
 use shared::ApiError;
 use std::process::ExitCode;
 
@@ -99,9 +99,9 @@ enum Failure {
     #[error("at least one scope is needed")]
     NoScope,
     #[error("no active user {0}")]
-    NoActiveUser(String),
+    NoActiveUser(UserId),
     #[error("no user {0}")]
-    NoUser(String),
+    NoUser(UserId),
     #[error("no such key")]
     NoSuchKey,
     #[error("ENCRYPTION_SECRET_ID is not set: it names the Secrets Manager secret of the keys")]
@@ -126,11 +126,9 @@ fn secrets_failed(err: impl std::error::Error) -> Failure {
     Failure::Secrets(aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string())
 }
 
-/// A user's uuid as typed, in its canonical form.
-fn user_uuid(user: &str) -> Result<String, Failure> {
-    uuid::Uuid::parse_str(user.trim())
-        .map(|u| u.to_string())
-        .map_err(|_| Failure::NotAUuid(user.to_string()))
+/// The user a uuid as typed names.
+fn user_uuid(user: &str) -> Result<UserId, Failure> {
+    UserId::parse(user.trim()).ok_or_else(|| Failure::NotAUuid(user.to_string()))
 }
 
 async fn run(command: Command) -> Result<Value, Failure> {
@@ -181,10 +179,10 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 return Err(Failure::NoScope);
             }
             let owner = store
-                .user(&uuid)
+                .user(uuid)
                 .await?
                 .filter(|u| u.is_active)
-                .ok_or_else(|| Failure::NoActiveUser(uuid.clone()))?;
+                .ok_or(Failure::NoActiveUser(uuid))?;
             let (key, mask) = generate_api_key();
             let record = ApiKeyRecord {
                 secure_value: ApiKeyHash::of(&key).0,
@@ -198,17 +196,17 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 user_is_active: true,
             };
             store.put_api_key(&record).await.map_err(|e| match e {
-                ApiError::NotFound => Failure::NoActiveUser(record.user_uuid.clone()),
+                ApiError::NotFound => Failure::NoActiveUser(record.user_uuid),
                 other => Failure::Store(other),
             })?;
             Ok(json!({"api_key": key, "mask": mask, "scopes": scopes}))
         }
         Command::ListKeys { user } => {
             let uuid = user_uuid(&user)?;
-            if store.user(&uuid).await?.is_none() {
+            if store.user(uuid).await?.is_none() {
                 return Err(Failure::NoUser(uuid));
             }
-            let mut keys = store.api_keys_of(&uuid).await?;
+            let mut keys = store.api_keys_of(uuid).await?;
             keys.sort_by(|a, b| a.created_at.cmp(&b.created_at));
             Ok(Value::Array(
                 keys.into_iter()
@@ -249,7 +247,7 @@ async fn run(command: Command) -> Result<Value, Failure> {
         }
         Command::DeactivateUser { user } => {
             let uuid = user_uuid(&user)?;
-            if !store.deactivate_user(&uuid).await? {
+            if !store.deactivate_user(uuid).await? {
                 return Err(Failure::NoUser(uuid));
             }
             Ok(json!({"ok": true}))

@@ -7,18 +7,14 @@ shared::endpoint!(cancel);
 /// Deletes the request (its code dies with it) and returns the user object; the body is ignored.
 async fn cancel(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
-    let uuid = call.target.uuid.to_string();
-    if ctx.store.cancel_email_change(&uuid).await?.is_none() {
+    let uuid = call.target.uuid;
+    if ctx.store.cancel_email_change(uuid).await?.is_none() {
         return Err(ApiError::validation(
             "email_change_request_not_found",
             "No active email change requests found.",
             None,
         ));
     }
-    let view = ctx
-        .store
-        .user_view(&uuid)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let view = ctx.store.user_view(uuid).await?.ok_or(ApiError::NotFound)?;
     http::ok(&view.to_json())
 }

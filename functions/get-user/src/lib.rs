@@ -8,7 +8,7 @@ async fn get(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
     let view = ctx
         .store
-        .user_view(&call.target.uuid.to_string())
+        .user_view(call.target.uuid)
         .await?
         .ok_or(ApiError::NotFound)?;
     http::ok(&view.to_json())

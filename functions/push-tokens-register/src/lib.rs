@@ -21,7 +21,7 @@ async fn register(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
         .ok_or_else(|| ApiError::required("platform"))?;
     let record = ctx
         .store
-        .register_push_token(&call.target.uuid.to_string(), &token, &platform)
+        .register_push_token(call.target.uuid, &token, &platform)
         .await?;
     http::ok(&json!({
         "id": record.id,

@@ -11,7 +11,7 @@ async fn unregister(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiE
     let body = http::parse_fields(req)?;
     let token = fields::required_text(&body, "token", Text::not_blank(512))?;
     ctx.store
-        .delete_push_token(&call.target.uuid.to_string(), &token)
+        .delete_push_token(call.target.uuid, &token)
         .await?;
     http::no_content()
 }

@@ -19,7 +19,7 @@ async fn personalise(ctx: &Context, req: &Request) -> Result<Response<Body>, Api
     let scene = scene.ok_or_else(|| ApiError::invalid_input("Scene must be provided.", None))?;
     let user = ctx
         .store
-        .set_scene_dashboard(&call.target.uuid.to_string(), &scene, dashboard)
+        .set_scene_dashboard(call.target.uuid, &scene, dashboard)
         .await?
         .ok_or(ApiError::NotFound)?;
     http::ok(&ctx.store.view_of(user).await?.to_json())

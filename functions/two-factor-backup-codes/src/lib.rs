@@ -9,8 +9,8 @@ shared::endpoint!(regenerate);
 /// device existing at that moment.
 async fn regenerate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
-    let uuid = call.target.uuid.to_string();
-    let (state, keyring) = tokio::join!(ctx.store.two_factor_state(&uuid), ctx.keyring());
+    let uuid = call.target.uuid;
+    let (state, keyring) = tokio::join!(ctx.store.two_factor_state(uuid), ctx.keyring());
     let state = state?;
     if call.target.is_other {
         state.active_user()?;
@@ -19,7 +19,7 @@ async fn regenerate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiE
         return Err(shared::two_factor::not_enabled());
     }
     let codes = shared::two_factor::generate_backup_codes();
-    let sealed = shared::two_factor::seal_backup_codes(&*keyring?, &uuid, &codes)?;
+    let sealed = shared::two_factor::seal_backup_codes(&*keyring?, uuid, &codes)?;
     if !ctx.store.put_backup_codes(&sealed, None, None).await? {
         // The device went away between the read and the write (a transaction that only
         // conflicted with another, such as a backup code's use, is retried by the store and

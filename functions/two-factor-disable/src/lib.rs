@@ -11,10 +11,10 @@ shared::endpoint!(disable);
 /// enabled. The user is told when a device went.
 async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
-    let uuid = call.target.uuid.to_string();
-    let state = ctx.store.two_factor_state(&uuid).await?;
+    let uuid = call.target.uuid;
+    let state = ctx.store.two_factor_state(uuid).await?;
     let user = state.active_user()?;
-    ctx.store.disable_two_factor(&uuid).await?;
+    ctx.store.disable_two_factor(uuid).await?;
     if state.device.is_some() {
         shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled);
     }

@@ -11,14 +11,14 @@ shared::endpoint!(start);
 /// returns it with the `otpauth://` URI for an authenticator app.
 async fn start(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
-    let uuid = call.target.uuid.to_string();
-    let (user, keyring) = tokio::join!(ctx.store.user(&uuid), ctx.keyring());
+    let uuid = call.target.uuid;
+    let (user, keyring) = tokio::join!(ctx.store.user(uuid), ctx.keyring());
     let (user, keyring) = (
         user?.filter(|u| u.is_active).ok_or(ApiError::NotFound)?,
         keyring?,
     );
     let secret = TotpSecret::generate();
-    let pending = two_factor::new_pending_setup(&keyring, &uuid, &secret)?;
+    let pending = two_factor::new_pending_setup(&keyring, uuid, &secret)?;
     ctx.store.put_pending_setup(&pending).await?;
     http::ok(&json!({
         "success": true,

@@ -7,8 +7,8 @@ shared::endpoint!(status);
 
 async fn status(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
-    let uuid = call.target.uuid.to_string();
-    let state = ctx.store.two_factor_state(&uuid).await?;
+    let uuid = call.target.uuid;
+    let state = ctx.store.two_factor_state(uuid).await?;
     if call.target.is_other {
         state.active_user()?;
     }

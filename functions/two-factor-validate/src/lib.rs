@@ -18,8 +18,8 @@ async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     let body = http::parse_fields(req)?;
     let token = fields::required_value(&body, "token")?;
     let code = fields::six_digit_code(token);
-    let uuid = call.target.uuid.to_string();
-    let (store, uuid, code) = (&ctx.store, uuid.as_str(), code.as_deref());
+    let uuid = call.target.uuid;
+    let (store, code) = (&ctx.store, code.as_deref());
     let user = throttle::limited(store, uuid, CodeCheck::TotpSetup, move || async move {
         let state = store
             .two_factor_state_for(uuid, CodeCheck::TotpSetup)

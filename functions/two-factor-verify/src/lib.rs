@@ -44,8 +44,8 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         (None, Some(code)) => Token::Backup(code),
         _ => Token::Malformed,
     };
-    let uuid = call.target.uuid.to_string();
-    let (store, uuid) = (&ctx.store, uuid.as_str());
+    let uuid = call.target.uuid;
+    let store = &ctx.store;
     let method = throttle::limited(store, uuid, CodeCheck::SignIn, move || async move {
         let state = store.two_factor_state_for(uuid, CodeCheck::SignIn).await?;
         let failures = state.failures;

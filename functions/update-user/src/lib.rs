@@ -22,12 +22,12 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         }
         other => other,
     };
-    let uuid = call.target.uuid.to_string();
+    let uuid = call.target.uuid;
     let mails_code = new_email.is_some() && ctx.mailer.enabled();
     let (view, owner, mail_log, keyring) = match &new_email {
         Some(email) if mails_code => {
             let (view_and_log, owner, keyring) = tokio::join!(
-                ctx.store.user_view_and_mail_log(&uuid),
+                ctx.store.user_view_and_mail_log(uuid),
                 ctx.store.email_owner(email),
                 ctx.keyring(),
             );
@@ -36,10 +36,10 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         }
         Some(email) => {
             let (view, owner) =
-                tokio::join!(ctx.store.user_view(&uuid), ctx.store.email_owner(email));
+                tokio::join!(ctx.store.user_view(uuid), ctx.store.email_owner(email));
             (view?, owner?, None, None)
         }
-        None => (ctx.store.user_view(&uuid).await?, None, None, None),
+        None => (ctx.store.user_view(uuid).await?, None, None, None),
     };
     let mut view = view.ok_or(ApiError::NotFound)?;
     patch.merge_notification_settings(&view.user);
@@ -72,7 +72,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         (Some(new), Some(mail_log), Some(keyring)) => {
             sent_ms = email_change::one_more_mail(&mail_log, shared::clock::now_millis())?;
             let (record, code) =
-                email_change::new_request(&keyring, &uuid, new, EMAIL_CHANGE_TTL_SECS)?;
+                email_change::new_request(&keyring, uuid, new, EMAIL_CHANGE_TTL_SECS)?;
             code_to_send = Some(code);
             request = (record, mail_log);
             EmailUpdate::Request {
@@ -86,9 +86,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
             new,
         },
     };
-    ctx.store
-        .update_profile(&uuid, &patch, email_update)
-        .await?;
+    ctx.store.update_profile(uuid, &patch, email_update).await?;
     if let Some(new) = new_email {
         match code_to_send {
             Some(code) => {

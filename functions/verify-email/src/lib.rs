@@ -34,8 +34,8 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         Some(&uuid_field),
         Target::CallerOnly(routes::NON_STAFF),
     )?;
-    let uuid = target.uuid.to_string();
-    let (store, uuid, code) = (&ctx.store, uuid.as_str(), code.as_deref());
+    let uuid = target.uuid;
+    let (store, code) = (&ctx.store, code.as_deref());
     throttle::limited(store, uuid, CodeCheck::EmailChange, move || async move {
         let (user, request, failures) = store.email_change_state(uuid).await?;
         let user = user.filter(|u| u.is_active).ok_or(ApiError::NotFound)?;

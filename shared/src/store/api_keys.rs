@@ -2,6 +2,7 @@
 use super::{from_item, s, sdk, to_item, Store};
 use crate::auth::{ApiKeyHash, ApiKeyRecord};
 use crate::error::ApiError;
+use crate::users::UserId;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 /// A key's update when its user is deactivated, and its condition (the key still exists).
@@ -36,7 +37,7 @@ impl Store {
             .map_err(|e| super::builder_failed("api_keys.put", e))?;
         let user = Update::builder()
             .table_name(&self.tables.users)
-            .key("uuid", s(&record.user_uuid))
+            .key("uuid", s(record.user_uuid))
             .update_expression("ADD api_key_hashes :hash, keys_added :one")
             .condition_expression("is_active = :yes")
             .expression_attribute_values(
@@ -109,7 +110,7 @@ impl Store {
             .db
             .update_item()
             .table_name(&self.tables.users)
-            .key("uuid", s(&record.user_uuid))
+            .key("uuid", s(record.user_uuid))
             .update_expression("DELETE api_key_hashes :hash")
             .condition_expression("attribute_exists(#uuid)")
             .expression_attribute_names("#uuid", "uuid")
@@ -125,7 +126,7 @@ impl Store {
     }
 
     /// Every key of a user, through the `by_user` index.
-    pub async fn api_keys_of(&self, user_uuid: &str) -> Result<Vec<ApiKeyRecord>, ApiError> {
+    pub async fn api_keys_of(&self, user_uuid: UserId) -> Result<Vec<ApiKeyRecord>, ApiError> {
         let mut keys = Vec::new();
         let mut start = None;
         loop {
@@ -159,7 +160,7 @@ impl Store {
     /// inactive), conditioned on no key having been added since the list was read: a key
     /// added meanwhile makes it read again, and once the user is inactive no key can be
     /// added (`put_api_key`). So no key can stay live, whatever the index shows.
-    pub async fn deactivate_user(&self, uuid: &str) -> Result<bool, ApiError> {
+    pub async fn deactivate_user(&self, uuid: UserId) -> Result<bool, ApiError> {
         use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
         const KEYS_WITH_THE_USER: usize = 99;
         let mut gone: std::collections::BTreeSet<String> = Default::default();
@@ -225,7 +226,7 @@ impl Store {
 
     /// The user's own list of key hashes and how many keys were ever added to it, read
     /// consistently; `None` when there is no such user.
-    async fn user_key_list(&self, uuid: &str) -> Result<Option<(Vec<String>, u64)>, ApiError> {
+    async fn user_key_list(&self, uuid: UserId) -> Result<Option<(Vec<String>, u64)>, ApiError> {
         let out = self
             .db
             .get_item()

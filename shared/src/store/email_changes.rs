@@ -3,6 +3,7 @@ use super::{from_item, n, s, sdk, Commit, Store, Tx};
 use crate::email_change::EmailChangeRecord;
 use crate::error::ApiError;
 use crate::throttle::{CodeCheck, FailureState};
+use crate::users::UserId;
 use crate::users::UserRecord;
 use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
 
@@ -10,7 +11,7 @@ impl Store {
     /// Deletes the request and returns it, if one was open.
     pub async fn cancel_email_change(
         &self,
-        uuid: &str,
+        uuid: UserId,
     ) -> Result<Option<EmailChangeRecord>, ApiError> {
         let out = self
             .db
@@ -48,7 +49,7 @@ impl Store {
         if wrong >= crate::email_change::MAX_WRONG_CODES_PER_REQUEST {
             let delete = Delete::builder()
                 .table_name(&self.tables.email_changes)
-                .key("user_uuid", s(&request.user_uuid))
+                .key("user_uuid", s(request.user_uuid))
                 .condition_expression("request_id = :rid")
                 .expression_attribute_values(":rid", s(&request.request_id))
                 .build()
@@ -57,7 +58,7 @@ impl Store {
         }
         let update = Update::builder()
             .table_name(&self.tables.email_changes)
-            .key("user_uuid", s(&request.user_uuid))
+            .key("user_uuid", s(request.user_uuid))
             .update_expression("SET wrong_codes = :wrong")
             .condition_expression(
                 "request_id = :rid AND (attribute_not_exists(wrong_codes) OR wrong_codes = :seen)",
@@ -85,7 +86,7 @@ impl Store {
         };
         let delete_request = Delete::builder()
             .table_name(&self.tables.email_changes)
-            .key("user_uuid", s(&user.uuid))
+            .key("user_uuid", s(user.uuid))
             .condition_expression("code_hash = :h AND request_id = :rid")
             .expression_attribute_values(":h", s(&request.code_hash))
             .expression_attribute_values(":rid", s(&request.request_id))
@@ -93,16 +94,16 @@ impl Store {
             .map_err(|e| super::builder_failed("email_changes.complete", e))?;
         let mut items = vec![
             self.user_update(
-                &user.uuid,
+                user.uuid,
                 &verified,
                 Some((&user.email, &request.new_email)),
             )?,
-            self.claim_email(&request.new_email, &user.uuid)?,
+            self.claim_email(&request.new_email, user.uuid)?,
             TransactWriteItem::builder().delete(delete_request).build(),
-            self.reset_failures(&user.uuid, CodeCheck::EmailChange, failures)?,
+            self.reset_failures(user.uuid, CodeCheck::EmailChange, failures)?,
         ];
         if crate::users::email_key(&user.email) != crate::users::email_key(&request.new_email) {
-            items.push(self.release_email(&user.email, &user.uuid)?);
+            items.push(self.release_email(&user.email, user.uuid)?);
         }
         match self.transact("email_changes.complete", items).await? {
             Tx::Done => Ok(Commit::Done),
@@ -117,7 +118,7 @@ impl Store {
     /// state, in one BatchGetItem.
     pub async fn email_change_state(
         &self,
-        uuid: &str,
+        uuid: UserId,
     ) -> Result<(Option<UserRecord>, Option<EmailChangeRecord>, FailureState), ApiError> {
         use std::collections::HashMap;
         let keys = [

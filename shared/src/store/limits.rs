@@ -5,6 +5,7 @@ use super::{n, s, Item, Store};
 use crate::email_change::MailLog;
 use crate::error::ApiError;
 use crate::throttle::{CodeCheck, FailureCharge, FailureState};
+use crate::users::UserId;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use std::collections::HashMap;
 
@@ -14,7 +15,7 @@ const FAILURES_KEPT_SECS: u64 = 24 * 3600;
 /// The kind of the item that records email-change mails.
 const EMAIL_CHANGE_MAIL: &str = "mail#email_change";
 
-fn key(uuid: &str, kind: &str) -> Item {
+fn key(uuid: UserId, kind: &str) -> Item {
     HashMap::from([
         ("user_uuid".to_string(), s(uuid)),
         ("kind".to_string(), s(kind)),
@@ -22,7 +23,7 @@ fn key(uuid: &str, kind: &str) -> Item {
 }
 
 /// The key of a user's failure state for one kind of check (for a BatchGetItem).
-pub fn failures_key(uuid: &str, check: CodeCheck) -> Item {
+pub fn failures_key(uuid: UserId, check: CodeCheck) -> Item {
     key(uuid, check.name())
 }
 
@@ -79,7 +80,7 @@ impl Store {
     /// else the charge carries. False on a race: read again.
     pub async fn charge_failure(
         &self,
-        uuid: &str,
+        uuid: UserId,
         check: CodeCheck,
         next: &FailureState,
         charge: FailureCharge,
@@ -108,7 +109,7 @@ impl Store {
     /// The transaction item that resets a failure state, provided it is still `seen`.
     pub fn reset_failures(
         &self,
-        uuid: &str,
+        uuid: UserId,
         check: CodeCheck,
         seen: &FailureState,
     ) -> Result<TransactWriteItem, ApiError> {
@@ -129,7 +130,7 @@ impl Store {
     /// holding the account's key can mint new ones, so their use must not lift the lock).
     pub fn failures_still(
         &self,
-        uuid: &str,
+        uuid: UserId,
         check: CodeCheck,
         seen: &FailureState,
     ) -> Result<TransactWriteItem, ApiError> {
@@ -148,7 +149,7 @@ impl Store {
     }
 
     /// The key of a user's email-change mail log (for a BatchGetItem).
-    pub(crate) fn mail_log_key(&self, uuid: &str) -> Item {
+    pub(crate) fn mail_log_key(&self, uuid: UserId) -> Item {
         key(uuid, EMAIL_CHANGE_MAIL)
     }
 
@@ -157,7 +158,7 @@ impl Store {
     /// mail of the hour).
     pub(crate) fn put_mail_log(
         &self,
-        uuid: &str,
+        uuid: UserId,
         seen: &MailLog,
         sent_ms: &[u64],
         keep_secs: u64,

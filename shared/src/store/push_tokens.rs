@@ -2,6 +2,7 @@
 use super::{from_item, is_condition_failed, n, s, sdk, to_item, Store};
 use crate::error::ApiError;
 use crate::push_tokens::{token_hash, PushTokenRecord, MAX_TOKENS_PER_USER};
+use crate::users::UserId;
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 
 /// Sort key of the item holding the version of a user's token set; no token hash (64 hex
@@ -10,7 +11,7 @@ const VERSION_KEY: &str = "#version";
 
 impl Store {
     /// Deletes the user's row for exactly this token, if there is one.
-    pub async fn delete_push_token(&self, uuid: &str, token: &str) -> Result<(), ApiError> {
+    pub async fn delete_push_token(&self, uuid: UserId, token: &str) -> Result<(), ApiError> {
         self.db
             .delete_item()
             .table_name(&self.tables.push_tokens)
@@ -23,7 +24,7 @@ impl Store {
     }
 
     /// Every token of a user.
-    pub async fn push_tokens_of(&self, uuid: &str) -> Result<Vec<PushTokenRecord>, ApiError> {
+    pub async fn push_tokens_of(&self, uuid: UserId) -> Result<Vec<PushTokenRecord>, ApiError> {
         Ok(self.push_token_set(uuid).await?.0)
     }
 
@@ -31,7 +32,7 @@ impl Store {
     /// item sorts first (`#` before any hex digit), so if a registration commits while the
     /// Query runs, either the version read is already the new one and so is every token
     /// after it, or the version is stale and the commit conditioned on it fails.
-    async fn push_token_set(&self, uuid: &str) -> Result<(Vec<PushTokenRecord>, u64), ApiError> {
+    async fn push_token_set(&self, uuid: UserId) -> Result<(Vec<PushTokenRecord>, u64), ApiError> {
         let mut tokens = Vec::new();
         let mut version = 0;
         let mut start = None;
@@ -75,7 +76,7 @@ impl Store {
     /// bump of the token set's version, so concurrent registrations cannot overfill.
     pub async fn register_push_token(
         &self,
-        uuid: &str,
+        uuid: UserId,
         token: &str,
         platform: &str,
     ) -> Result<PushTokenRecord, ApiError> {
@@ -120,7 +121,7 @@ impl Store {
                 }
             }
             let record = PushTokenRecord {
-                user_uuid: uuid.to_string(),
+                user_uuid: uuid,
                 token_hash: hash.clone(),
                 token: token.to_string(),
                 platform: platform.to_string(),
@@ -172,7 +173,7 @@ impl Store {
 
     fn bump_push_tokens_version(
         &self,
-        uuid: &str,
+        uuid: UserId,
         seen: u64,
     ) -> Result<TransactWriteItem, ApiError> {
         let update = Update::builder()

@@ -7,10 +7,11 @@ use crate::throttle::{CodeCheck, FailureState};
 use crate::two_factor::{
     BackupCodes, PendingSetup, StepUse, TotpDevice, TwoFactorState, BACKUP_CODES, PENDING, TOTP,
 };
+use crate::users::UserId;
 use aws_sdk_dynamodb::types::{Delete, TransactWriteItem};
 use std::collections::HashMap;
 
-pub fn key(uuid: &str, kind: &str) -> Item {
+pub fn key(uuid: UserId, kind: &str) -> Item {
     HashMap::from([
         ("user_uuid".to_string(), s(uuid)),
         ("kind".to_string(), s(kind)),
@@ -19,7 +20,7 @@ pub fn key(uuid: &str, kind: &str) -> Item {
 
 impl Store {
     /// The user and all of its 2FA items (pending setups already expired read as none).
-    pub async fn two_factor_state(&self, uuid: &str) -> Result<TwoFactorState, ApiError> {
+    pub async fn two_factor_state(&self, uuid: UserId) -> Result<TwoFactorState, ApiError> {
         self.read_two_factor_state(uuid, None).await
     }
 
@@ -27,7 +28,7 @@ impl Store {
     /// same BatchGetItem.
     pub async fn two_factor_state_for(
         &self,
-        uuid: &str,
+        uuid: UserId,
         check: CodeCheck,
     ) -> Result<TwoFactorState, ApiError> {
         self.read_two_factor_state(uuid, Some(check)).await
@@ -35,7 +36,7 @@ impl Store {
 
     async fn read_two_factor_state(
         &self,
-        uuid: &str,
+        uuid: UserId,
         check: Option<CodeCheck>,
     ) -> Result<TwoFactorState, ApiError> {
         let table = self.tables.two_factor.as_str();
@@ -70,7 +71,7 @@ impl Store {
 
     /// Removes every 2FA item of a user: device, pending setup, backup codes. The failure
     /// states of the code checks stay: disabling 2FA must not lift a lock.
-    pub async fn disable_two_factor(&self, uuid: &str) -> Result<(), ApiError> {
+    pub async fn disable_two_factor(&self, uuid: UserId) -> Result<(), ApiError> {
         let items = [TOTP, PENDING, BACKUP_CODES]
             .into_iter()
             .map(|kind| {
@@ -120,7 +121,7 @@ impl Store {
             .map_err(|e| super::builder_failed("two_factor.confirm", e))?;
         let delete = Delete::builder()
             .table_name(&self.tables.two_factor)
-            .set_key(Some(key(&device.user_uuid, PENDING)))
+            .set_key(Some(key(device.user_uuid, PENDING)))
             .condition_expression("secret_enc = :seen")
             .expression_attribute_values(
                 ":seen",
@@ -131,7 +132,7 @@ impl Store {
         let items = vec![
             TransactWriteItem::builder().put(put).build(),
             TransactWriteItem::builder().delete(delete).build(),
-            self.reset_failures(&device.user_uuid, CodeCheck::TotpSetup, failures)?,
+            self.reset_failures(device.user_uuid, CodeCheck::TotpSetup, failures)?,
         ];
         Ok(match self.transact("two_factor.confirm", items).await? {
             Tx::Done => super::Commit::Done,
@@ -143,7 +144,7 @@ impl Store {
     /// (a condition on the stored step, so racing requests cannot both use it).
     pub async fn use_totp_step(
         &self,
-        uuid: &str,
+        uuid: UserId,
         step: u64,
         drift: i64,
         failures: &FailureState,
@@ -190,7 +191,7 @@ impl Store {
         }
         let device = ConditionCheck::builder()
             .table_name(&self.tables.two_factor)
-            .set_key(Some(key(&codes.user_uuid, TOTP)))
+            .set_key(Some(key(codes.user_uuid, TOTP)))
             .condition_expression("attribute_exists(kind)")
             .build()
             .map_err(|e| super::builder_failed("two_factor", e))?;
@@ -204,7 +205,7 @@ impl Store {
             TransactWriteItem::builder().condition_check(device).build(),
         ];
         if let Some(failures) = failures {
-            items.push(self.failures_still(&codes.user_uuid, CodeCheck::SignIn, failures)?);
+            items.push(self.failures_still(codes.user_uuid, CodeCheck::SignIn, failures)?);
         }
         Ok(self.transact("two_factor.put_backup_codes", items).await? == Tx::Done)
     }

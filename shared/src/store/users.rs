@@ -1,6 +1,7 @@
 //! Users and the uniqueness markers of their email addresses.
 use super::{from_item, is_condition_failed, n, s, sdk, to_item, Store, Tx};
 use crate::error::ApiError;
+use crate::users::UserId;
 use crate::users::{email_key, ProfilePatch, UserRecord, UserView};
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
@@ -47,7 +48,7 @@ enum ViewRead {
 }
 
 impl Store {
-    pub async fn user(&self, uuid: &str) -> Result<Option<UserRecord>, ApiError> {
+    pub async fn user(&self, uuid: UserId) -> Result<Option<UserRecord>, ApiError> {
         let out = self
             .db
             .get_item()
@@ -61,7 +62,7 @@ impl Store {
     }
 
     /// An active user with its 2FA flag and pending email, in one BatchGetItem.
-    pub async fn user_view(&self, uuid: &str) -> Result<Option<UserView>, ApiError> {
+    pub async fn user_view(&self, uuid: UserId) -> Result<Option<UserView>, ApiError> {
         let (user, is_2fa_enabled, pending_email, _) =
             self.batch_view(uuid, ViewRead::User).await?;
         Ok(user.filter(|u| u.is_active).map(|user| UserView {
@@ -75,7 +76,7 @@ impl Store {
     /// (for a request that may mail a code).
     pub async fn user_view_and_mail_log(
         &self,
-        uuid: &str,
+        uuid: UserId,
     ) -> Result<(Option<UserView>, crate::email_change::MailLog), ApiError> {
         let (user, is_2fa_enabled, pending_email, log) =
             self.batch_view(uuid, ViewRead::UserAndMailLog).await?;
@@ -90,7 +91,7 @@ impl Store {
     /// The user object parts that live outside the users table, for a record in hand.
     pub async fn view_of(&self, user: UserRecord) -> Result<UserView, ApiError> {
         let (_, is_2fa_enabled, pending_email, _) =
-            self.batch_view(&user.uuid, ViewRead::OnlyTheRest).await?;
+            self.batch_view(user.uuid, ViewRead::OnlyTheRest).await?;
         Ok(UserView {
             user,
             is_2fa_enabled,
@@ -100,7 +101,7 @@ impl Store {
 
     async fn batch_view(
         &self,
-        uuid: &str,
+        uuid: UserId,
         read: ViewRead,
     ) -> Result<
         (
@@ -152,7 +153,7 @@ impl Store {
     /// update. `None` when the user does not exist or is inactive.
     pub async fn set_scene_dashboard(
         &self,
-        uuid: &str,
+        uuid: UserId,
         scene: &str,
         dashboard: u64,
     ) -> Result<Option<UserRecord>, ApiError> {
@@ -214,7 +215,7 @@ impl Store {
             .map_err(|e| super::builder_failed("users", e))?;
         let items = vec![
             TransactWriteItem::builder().put(put_user).build(),
-            self.claim_email(&user.email, &user.uuid)?,
+            self.claim_email(&user.email, user.uuid)?,
         ];
         match self.transact("users.create", items).await? {
             Tx::Done => Ok(()),
@@ -223,7 +224,8 @@ impl Store {
     }
 
     /// Who owns an address, if anyone.
-    pub async fn email_owner(&self, email: &str) -> Result<Option<String>, ApiError> {
+    /// The user whose address `email` is (compared as [`email_key`] does), if any.
+    pub async fn email_owner(&self, email: &str) -> Result<Option<UserId>, ApiError> {
         let out = self
             .db
             .get_item()
@@ -236,13 +238,13 @@ impl Store {
         Ok(out
             .item
             .and_then(|mut item| item.remove("user_uuid"))
-            .and_then(|v| v.as_s().ok().cloned()))
+            .and_then(|v| v.as_s().ok().and_then(|id| UserId::parse(id))))
     }
 
     pub(crate) fn claim_email(
         &self,
         email: &str,
-        uuid: &str,
+        uuid: UserId,
     ) -> Result<TransactWriteItem, ApiError> {
         let put = Put::builder()
             .table_name(&self.tables.user_emails)
@@ -258,7 +260,7 @@ impl Store {
     pub(crate) fn release_email(
         &self,
         email: &str,
-        uuid: &str,
+        uuid: UserId,
     ) -> Result<TransactWriteItem, ApiError> {
         let delete = Delete::builder()
             .table_name(&self.tables.user_emails)
@@ -274,7 +276,7 @@ impl Store {
     /// the user being active (and still having `old_email`).
     pub(crate) fn user_update(
         &self,
-        uuid: &str,
+        uuid: UserId,
         patch: &ProfilePatch,
         email: Option<(&str, &str)>,
     ) -> Result<TransactWriteItem, ApiError> {
@@ -323,7 +325,7 @@ impl Store {
     /// `email` says. A concurrent claim of the new address fails with `unique`.
     pub async fn update_profile(
         &self,
-        uuid: &str,
+        uuid: UserId,
         patch: &ProfilePatch,
         email: EmailUpdate<'_>,
     ) -> Result<(), ApiError> {

@@ -99,7 +99,7 @@ async fn create_user_prints_uuid_and_email() {
     assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{uuid}");
     let stored = ctx
         .store
-        .user(uuid)
+        .user(UserId::parse(uuid).expect("a uuid"))
         .await
         .unwrap()
         .expect("the user is stored");
@@ -111,7 +111,7 @@ async fn create_user_prints_uuid_and_email() {
     let staff = create_user_cli(&unique_email("cli-staff"), &["--staff"]).await;
     let stored = ctx
         .store
-        .user(staff["uuid"].as_str().unwrap())
+        .user(UserId::parse(staff["uuid"].as_str().unwrap()).expect("a uuid"))
         .await
         .unwrap()
         .unwrap();
@@ -135,7 +135,7 @@ async fn create_user_refuses_a_duplicate_email() {
     let ctx = context().await;
     assert_eq!(
         ctx.store
-            .user(first["uuid"].as_str().unwrap())
+            .user(UserId::parse(first["uuid"].as_str().unwrap()).expect("a uuid"))
             .await
             .unwrap()
             .unwrap()
@@ -195,7 +195,7 @@ async fn create_key_prints_a_working_key() {
         .await
         .unwrap()
         .expect("stored under its hash");
-    assert_eq!(record.user_uuid, uuid);
+    assert_eq!(record.user_uuid, UserId::parse(uuid).expect("a uuid"));
     assert!(record.secure_value.starts_with("sha256$"));
     assert!(!record.secure_value.contains(&key[4..]));
 }
@@ -212,8 +212,18 @@ async fn create_key_refuses_unknown_scopes_and_users() {
     create_key_cli("not-a-uuid", "*", &[]).await.failed();
     // None of the refused keys exists.
     let ctx = context().await;
-    assert!(ctx.store.api_keys_of(uuid).await.unwrap().is_empty());
-    assert!(ctx.store.api_keys_of(&unknown).await.unwrap().is_empty());
+    assert!(ctx
+        .store
+        .api_keys_of(UserId::parse(uuid).expect("a uuid"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(ctx
+        .store
+        .api_keys_of(UserId::parse(&unknown).expect("a uuid"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

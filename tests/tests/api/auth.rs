@@ -82,7 +82,7 @@ both!(unknown_or_malformed_key_fails, |api, ctx| async move {
 
 both!(revoked_key_fails, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     let other_key = create_key(&ctx, &user.user, &["*"]).await;
     assert!(ctx
         .store
@@ -94,13 +94,13 @@ both!(revoked_key_fails, |api, ctx| async move {
         reply.assert_unauthorized("authentication_failed");
     }
     // The user's other key is untouched.
-    assert_eq!(api.me(&other_key).await["uuid"], user.uuid());
+    assert_eq!(api.me(&other_key).await["uuid"], user.uuid().to_string());
 });
 
 both!(deactivated_user_fails, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let second_key = create_key(&ctx, &user.user, &["user:read"]).await;
-    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     deactivate(&ctx, user.uuid()).await;
     for key in [&user.key, &second_key] {
         for (method, path, body) in all_routes() {
@@ -126,7 +126,7 @@ both!(read_key_cannot_write, |api, ctx| async move {
 both!(read_key_reads_me, |api, ctx| async move {
     let user = create_user(&ctx, false, &["user:read"]).await;
     let me = api.me(&user.key).await;
-    assert_eq!(me["uuid"], user.uuid());
+    assert_eq!(me["uuid"], user.uuid().to_string());
     assert_eq!(me["email"], user.user.email);
     // Own uuid instead of @me.
     let reply = api
@@ -134,12 +134,12 @@ both!(read_key_reads_me, |api, ctx| async move {
         .bearer(&user.key)
         .send()
         .await;
-    assert_eq!(reply.user_object()["uuid"], user.uuid());
+    assert_eq!(reply.user_object()["uuid"], user.uuid().to_string());
 });
 
 both!(write_key_implies_read, |api, ctx| async move {
     let user = create_user(&ctx, false, &["user:write"]).await;
-    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     let reply = api
         .set_scene(&user.key, &json!({"scene": "home", "dashboard": 7}))
         .await;
@@ -151,7 +151,7 @@ both!(write_key_implies_read, |api, ctx| async move {
 
 both!(star_key_reads_and_writes, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
-    assert_eq!(api.me(&user.key).await["uuid"], user.uuid());
+    assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     let reply = api
         .register_push_token(&user.key, "star-token", "web")
         .await;
@@ -215,7 +215,7 @@ both!(
             .send()
             .await;
         let object = reply.user_object();
-        assert_eq!(object["uuid"], other.uuid());
+        assert_eq!(object["uuid"], other.uuid().to_string());
         assert_eq!(object["email"], other.user.email);
         assert_eq!(object["is_staff"], false);
 
@@ -227,7 +227,11 @@ both!(
             .send_json(&staff.key, &json!({"scene": "insights", "dashboard": 42}))
             .await;
         let object = reply.user_object();
-        assert_eq!(object["uuid"], other.uuid(), "the target's user object");
+        assert_eq!(
+            object["uuid"],
+            other.uuid().to_string(),
+            "the target's user object"
+        );
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 42}])
@@ -248,7 +252,12 @@ both!(
         let inactive = create_user(&ctx, false, &["*"]).await;
         deactivate(&ctx, inactive.uuid()).await;
         let unknown = uuid::Uuid::new_v4().to_string();
-        for segment in [unknown.as_str(), inactive.uuid(), "not-a-uuid", "12345"] {
+        for segment in [
+            unknown.as_str(),
+            &inactive.uuid().to_string(),
+            "not-a-uuid",
+            "12345",
+        ] {
             let reply = api
                 .get(&format!("/api/users/{segment}/"))
                 .bearer(&staff.key)
@@ -282,7 +291,11 @@ both!(push_tokens_only_via_me, |api, ctx| async move {
     register.assert_status(200);
     let unknown = uuid::Uuid::new_v4().to_string();
     for caller in [&staff, &plain] {
-        for target in [victim.uuid(), unknown.as_str(), "not-a-uuid"] {
+        for target in [
+            victim.uuid().to_string(),
+            unknown.clone(),
+            "not-a-uuid".to_string(),
+        ] {
             let reply = api
                 .post(&format!("/api/users/{target}/push_tokens/"))
                 .send_json(
@@ -315,7 +328,7 @@ both!(own_uuid_works_like_me, |api, ctx| async move {
         .bearer(&user.key)
         .send()
         .await;
-    assert_eq!(reply.user_object()["uuid"], u);
+    assert_eq!(reply.user_object()["uuid"], u.to_string());
 
     let reply = api
         .post(&format!("/api/users/{u}/scene_personalisation/"))
@@ -350,7 +363,7 @@ both!(own_uuid_works_like_me, |api, ctx| async move {
 });
 
 /// The keys of a user as stored: (secure_value, user_is_active).
-async fn stored_keys(ctx: &shared::Context, uuid: &str) -> Vec<(String, bool)> {
+async fn stored_keys(ctx: &shared::Context, uuid: UserId) -> Vec<(String, bool)> {
     let mut keys: Vec<(String, bool)> = ctx
         .store
         .api_keys_of(uuid)
@@ -365,7 +378,7 @@ async fn stored_keys(ctx: &shared::Context, uuid: &str) -> Vec<(String, bool)> {
 
 /// Deactivates the user, then checks that all `count` of their keys are still there and
 /// every one is inactive.
-async fn deactivate_and_check_keys(ctx: &shared::Context, uuid: &str, count: usize) {
+async fn deactivate_and_check_keys(ctx: &shared::Context, uuid: UserId, count: usize) {
     assert!(ctx.store.deactivate_user(uuid).await.expect("deactivate"));
     let stored = stored_keys(ctx, uuid).await;
     assert_eq!(stored.len(), count, "no key was added or lost");
@@ -445,8 +458,17 @@ async fn deactivating_again_finishes_a_partial_deactivation() {
 async fn deactivating_an_unknown_user_changes_nothing() {
     let ctx = context().await;
     let uuid = uuid::Uuid::new_v4().to_string();
-    assert!(!ctx.store.deactivate_user(&uuid).await.expect("deactivate"));
-    assert!(ctx.store.user(&uuid).await.expect("read").is_none());
+    assert!(!ctx
+        .store
+        .deactivate_user(UserId::parse(&uuid).expect("a uuid"))
+        .await
+        .expect("deactivate"));
+    assert!(ctx
+        .store
+        .user(UserId::parse(&uuid).expect("a uuid"))
+        .await
+        .expect("read")
+        .is_none());
 }
 
 /// The key's stored `last_used_at`, if any.

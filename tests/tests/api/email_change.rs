@@ -54,7 +54,7 @@ both!(
         let stored = ctx.store.user(user.uuid()).await.unwrap().unwrap();
         assert_eq!(stored.email, user.user.email);
 
-        api.verify_email(&user.key, user.uuid(), &code)
+        api.verify_email(&user.key, &user.uuid().to_string(), &code)
             .await
             .assert_success();
         let me = api.me(&user.key).await;
@@ -66,7 +66,7 @@ both!(
         );
 
         // The request is gone: the same code does not work twice, and there is nothing to cancel.
-        api.verify_email(&user.key, user.uuid(), &code)
+        api.verify_email(&user.key, &user.uuid().to_string(), &code)
             .await
             .assert_wrong_email_code();
         api.cancel_email_change(&user.key)
@@ -96,7 +96,7 @@ both!(wrong_code_changes_nothing, |api, ctx| async move {
         "abcdef".to_string(),
         "12345".to_string(),
     ] {
-        api.verify_email(&user.key, user.uuid(), &bad)
+        api.verify_email(&user.key, &user.uuid().to_string(), &bad)
             .await
             .assert_wrong_email_code();
     }
@@ -104,7 +104,7 @@ both!(wrong_code_changes_nothing, |api, ctx| async move {
     assert_eq!(me["email"], user.user.email);
     assert_eq!(me["pending_email"], new_email.as_str());
     // The right code still works after a few failures (fewer than five).
-    api.verify_email(&user.key, user.uuid(), &code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &code)
         .await
         .assert_success();
     assert_eq!(api.me(&user.key).await["email"], new_email.as_str());
@@ -118,13 +118,13 @@ both!(cancel_kills_the_code, |api, ctx| async move {
         .send_json(&user.key, &json!({"email": "x@example.com"}))
         .await;
     let object = reply.user_object();
-    assert_eq!(object["uuid"], user.uuid());
+    assert_eq!(object["uuid"], user.uuid().to_string());
     assert_eq!(object["pending_email"], Value::Null);
     assert_eq!(object["email"], user.user.email);
     let me = api.me(&user.key).await;
     assert_eq!(me["pending_email"], Value::Null);
     assert_eq!(me["email"], user.user.email);
-    api.verify_email(&user.key, user.uuid(), &code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &code)
         .await
         .assert_wrong_email_code();
     assert_eq!(api.me(&user.key).await["email"], user.user.email);
@@ -164,11 +164,11 @@ both!(a_new_request_replaces_the_open_one, |api, ctx| async move {
     let second_code = code_mailed_to(&second).await;
     assert_eq!(api.me(&user.key).await["pending_email"], second.as_str());
     if first_code != second_code {
-        api.verify_email(&user.key, user.uuid(), &first_code)
+        api.verify_email(&user.key, &user.uuid().to_string(), &first_code)
             .await
             .assert_wrong_email_code();
     }
-    api.verify_email(&user.key, user.uuid(), &second_code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &second_code)
         .await
         .assert_success();
     let me = api.me(&user.key).await;
@@ -269,14 +269,14 @@ both!(verify_validates_its_body, |api, ctx| async move {
         .assert_blank("uuid");
     // Another user's uuid, as a non-staff caller.
     let other = create_user(&ctx, false, &["*"]).await;
-    api.verify_email(&user.key, other.uuid(), &code)
+    api.verify_email(&user.key, &other.uuid().to_string(), &code)
         .await
         .assert_forbidden(NON_STAFF_DETAIL);
     let me = api.me(&user.key).await;
     assert_eq!(me["email"], user.user.email);
     assert_eq!(me["pending_email"], new_email.as_str());
     // Still verifiable.
-    api.verify_email(&user.key, user.uuid(), &code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &code)
         .await
         .assert_success();
 });
@@ -285,7 +285,7 @@ both!(
     verify_with_nothing_pending_is_a_wrong_code,
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
-        api.verify_email(&user.key, user.uuid(), "123456")
+        api.verify_email(&user.key, &user.uuid().to_string(), "123456")
             .await
             .assert_wrong_email_code();
         assert_eq!(api.me(&user.key).await["email"], user.user.email);
@@ -307,7 +307,7 @@ both!(expired_code_is_refused, |api, ctx| async move {
         Value::Null,
         "an expired request is not pending"
     );
-    api.verify_email(&user.key, user.uuid(), &code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &code)
         .await
         .assert_wrong_email_code();
     let me = api.me(&user.key).await;
@@ -320,7 +320,7 @@ both!(expired_code_is_refused, |api, ctx| async move {
     let (record, code) = shared::email_change::new_request(&keyring, user.uuid(), &new_email, 3600)
         .expect("a request");
     plant(&ctx, &record).await;
-    api.verify_email(&user.key, user.uuid(), &code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &code)
         .await
         .assert_success();
     assert_eq!(api.me(&user.key).await["email"], new_email.as_str());
@@ -330,14 +330,14 @@ both!(five_wrong_codes_then_throttled, |api, ctx| async move {
     let (user, _, code) = pending_change(&api, &ctx, "throttle").await;
     let wrong = other_code(&code);
     for _ in 0..5 {
-        api.verify_email(&user.key, user.uuid(), &wrong)
+        api.verify_email(&user.key, &user.uuid().to_string(), &wrong)
             .await
             .assert_wrong_email_code();
     }
     // Refused now, without testing the code: even the right one. Locked for 30 s after the
     // fifth failure.
     for attempt in [wrong.as_str(), code.as_str()] {
-        api.verify_email(&user.key, user.uuid(), attempt)
+        api.verify_email(&user.key, &user.uuid().to_string(), attempt)
             .await
             .assert_throttled(1..=30);
     }
@@ -387,11 +387,11 @@ async fn without_a_sender_the_email_changes_at_once() {
 both!(a_success_resets_the_failure_count, |api, ctx| async move {
     let (user, _, code) = pending_change(&api, &ctx, "reset-1").await;
     for _ in 0..4 {
-        api.verify_email(&user.key, user.uuid(), &other_code(&code))
+        api.verify_email(&user.key, &user.uuid().to_string(), &other_code(&code))
             .await
             .assert_wrong_email_code();
     }
-    api.verify_email(&user.key, user.uuid(), &code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &code)
         .await
         .assert_success();
     // Four more failures are again free: the count started over.
@@ -399,11 +399,11 @@ both!(a_success_resets_the_failure_count, |api, ctx| async move {
     request_change(&api, &user.key, &second).await;
     let code = code_mailed_to(&second).await;
     for _ in 0..4 {
-        api.verify_email(&user.key, user.uuid(), &other_code(&code))
+        api.verify_email(&user.key, &user.uuid().to_string(), &other_code(&code))
             .await
             .assert_wrong_email_code();
     }
-    api.verify_email(&user.key, user.uuid(), &code)
+    api.verify_email(&user.key, &user.uuid().to_string(), &code)
         .await
         .assert_success();
     assert_eq!(api.me(&user.key).await["email"], second.as_str());
@@ -412,14 +412,16 @@ both!(a_success_resets_the_failure_count, |api, ctx| async move {
 both!(the_failure_limit_is_per_user, |api, ctx| async move {
     let locked = create_user(&ctx, false, &["*"]).await;
     for _ in 0..5 {
-        api.verify_email(&locked.key, locked.uuid(), "000000")
+        api.verify_email(&locked.key, &locked.uuid().to_string(), "000000")
             .await
             .assert_wrong_email_code();
     }
-    let reply = api.verify_email(&locked.key, locked.uuid(), "000000").await;
+    let reply = api
+        .verify_email(&locked.key, &locked.uuid().to_string(), "000000")
+        .await;
     assert_eq!(reply.status, 429, "{}", reply.body);
     let (free, _, code) = pending_change(&api, &ctx, "free").await;
-    api.verify_email(&free.key, free.uuid(), &code)
+    api.verify_email(&free.key, &free.uuid().to_string(), &code)
         .await
         .assert_success();
 });

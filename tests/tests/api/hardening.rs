@@ -9,7 +9,7 @@ use shared::throttle::FailureCharge;
 use shared::throttle::{CodeCheck, FailureState};
 
 /// Lifts a lock the way time would (the count stays): a compare-and-set on the state read.
-async fn let_lock_expire(ctx: &shared::Context, uuid: &str, check: CodeCheck) {
+async fn let_lock_expire(ctx: &shared::Context, uuid: UserId, check: CodeCheck) {
     let seen = failures_of(ctx, uuid, check).await;
     let expired = FailureState {
         count: seen.count,
@@ -31,18 +31,18 @@ both!(
     |api, ctx| async move {
         let (user, _, code) = pending_change(&api, &ctx, "locked").await;
         for _ in 0..5 {
-            api.verify_email(&user.key, user.uuid(), &other_code(&code))
+            api.verify_email(&user.key, &user.uuid().to_string(), &other_code(&code))
                 .await
                 .assert_wrong_email_code();
         }
         // The old bypass: disable (with 2FA off), then guess on.
         api.disable_2fa(&user.key).await.assert_status(200);
-        api.verify_email(&user.key, user.uuid(), &code)
+        api.verify_email(&user.key, &user.uuid().to_string(), &code)
             .await
             .assert_throttled(29..=30);
         // Nor does a success of another kind of check.
         api.enable_2fa(&user.key).await;
-        api.verify_email(&user.key, user.uuid(), &code)
+        api.verify_email(&user.key, &user.uuid().to_string(), &code)
             .await
             .assert_throttled(1..=30);
         assert_eq!(
@@ -75,7 +75,7 @@ both!(
             failures_of(&ctx, user.uuid(), CodeCheck::EmailChange).await,
             FailureState::default()
         );
-        api.verify_email(&user.key, user.uuid(), "123456")
+        api.verify_email(&user.key, &user.uuid().to_string(), "123456")
             .await
             .assert_wrong_email_code();
         // Disabling 2FA and setting it up again (a setup success) leaves the sign-in lock.
@@ -149,7 +149,7 @@ both!(
             .map(|b| format!("{b:02x}"))
             .collect();
         let record = shared::email_change::EmailChangeRecord {
-            user_uuid: user.uuid().to_string(),
+            user_uuid: UserId::parse(&user.uuid().to_string()).expect("a uuid"),
             new_email: unique_email("legacy"),
             code_hash: old_hash,
             code_key_id: String::new(),
@@ -170,7 +170,7 @@ both!(
             .send()
             .await
             .expect("an old-style request");
-        api.verify_email(&user.key, user.uuid(), code)
+        api.verify_email(&user.key, &user.uuid().to_string(), code)
             .await
             .assert_wrong_email_code();
         assert_eq!(api.me(&user.key).await["email"], user.user.email.as_str());
@@ -213,13 +213,13 @@ both!(
     |api, ctx| async move {
         let (user, _, code) = pending_change(&api, &ctx, "exact").await;
         for _ in 0..4 {
-            api.verify_email(&user.key, user.uuid(), &other_code(&code))
+            api.verify_email(&user.key, &user.uuid().to_string(), &other_code(&code))
                 .await
                 .assert_wrong_email_code();
         }
         let before = shared::clock::now_millis();
         // The fifth wrong code voids the request (below) and starts the 30 s lock.
-        api.verify_email(&user.key, user.uuid(), &other_code(&code))
+        api.verify_email(&user.key, &user.uuid().to_string(), &other_code(&code))
             .await
             .assert_wrong_email_code();
         let state = failures_of(&ctx, user.uuid(), CodeCheck::EmailChange).await;
@@ -228,7 +228,9 @@ both!(
                 .contains(&state.locked_until_ms),
             "the lock runs 30 s from the fifth failure"
         );
-        let reply = api.verify_email(&user.key, user.uuid(), &code).await;
+        let reply = api
+            .verify_email(&user.key, &user.uuid().to_string(), &code)
+            .await;
         let retry = reply.assert_throttled(29..=30);
         let remaining_ms = state.locked_until_ms - shared::clock::now_millis();
         assert!(
@@ -248,7 +250,7 @@ both!(
     |api, ctx| async move {
         let (user, new_email, code) = pending_change(&api, &ctx, "void").await;
         for i in 0..5 {
-            api.verify_email(&user.key, user.uuid(), &other_code(&code))
+            api.verify_email(&user.key, &user.uuid().to_string(), &other_code(&code))
                 .await
                 .assert_wrong_email_code();
             let pending = api.me(&user.key).await["pending_email"].clone();
@@ -265,7 +267,7 @@ both!(
         }
         // Even once the lock is over, the right code of the void request does nothing.
         let_lock_expire(&ctx, user.uuid(), CodeCheck::EmailChange).await;
-        api.verify_email(&user.key, user.uuid(), &code)
+        api.verify_email(&user.key, &user.uuid().to_string(), &code)
             .await
             .assert_wrong_email_code();
         assert_eq!(api.me(&user.key).await["email"], user.user.email.as_str());
@@ -277,7 +279,7 @@ both!(
         let mail = mail_to(&new_email).await;
         assert_eq!(mail.len(), 2);
         let fresh = six_digit_runs(&mail[1].1).remove(0);
-        api.verify_email(&user.key, user.uuid(), &fresh)
+        api.verify_email(&user.key, &user.uuid().to_string(), &fresh)
             .await
             .assert_status(200);
         assert_eq!(api.me(&user.key).await["email"], new_email.as_str());
@@ -413,7 +415,7 @@ both!(
             .await
             .user_object();
         let code = code_mailed_to(&new_email).await;
-        api.verify_email(&staff.key, plain.uuid(), &code)
+        api.verify_email(&staff.key, &plain.uuid().to_string(), &code)
             .await
             .assert_forbidden(NON_STAFF_DETAIL);
         assert_eq!(
@@ -426,7 +428,7 @@ both!(
                 .count,
             0
         );
-        api.verify_email(&plain.key, plain.uuid(), &code)
+        api.verify_email(&plain.key, &plain.uuid().to_string(), &code)
             .await
             .assert_status(200);
     }
@@ -594,7 +596,7 @@ async fn a_table_dump_and_the_request_id_do_not_reveal_the_email_code() {
     let (_, record) = dump
         .iter()
         .find(|(table, item)| {
-            table == &ctx.store.tables.email_changes && item.contains(user.uuid())
+            table == &ctx.store.tables.email_changes && item.contains(&user.uuid().to_string())
         })
         .expect("the request is in the dump");
     let record_of = |name: &str| -> String {
@@ -643,7 +645,7 @@ print(json.dumps({"recovered_without_key": found, "with_key": keyed}))
             script,
             &stored,
             &request_id,
-            user.uuid(),
+            &user.uuid().to_string(),
             &secret,
             &key_id,
             &code,
@@ -788,11 +790,11 @@ impl aws_sdk_dynamodb::config::Intercept for IndexLag {
 }
 
 /// A new `*` key of a non-staff user, and its record (not yet stored).
-fn new_key(user_uuid: &str, label: &str) -> (String, shared::auth::ApiKeyRecord) {
+fn new_key(user_uuid: UserId, label: &str) -> (String, shared::auth::ApiKeyRecord) {
     let (key, mask) = shared::auth::generate_api_key();
     let record = shared::auth::ApiKeyRecord {
         secure_value: shared::auth::ApiKeyHash::of(&key).0,
-        user_uuid: user_uuid.to_string(),
+        user_uuid: UserId::parse(&user_uuid.to_string()).expect("a uuid"),
         scopes: vec!["*".into()],
         label: label.into(),
         mask,
@@ -856,7 +858,7 @@ async fn keys_created_while_deactivating_never_stay_usable() {
             .map(|_| {
                 let (ctx, user) = (ctx.clone(), user.user.clone());
                 tokio::spawn(async move {
-                    let (key, record) = new_key(&user.uuid, "racing");
+                    let (key, record) = new_key(user.uuid, "racing");
                     ctx.store.put_api_key(&record).await.map(|_| key)
                 })
             })

@@ -344,7 +344,7 @@ async fn run_worker(
                 out.problems.push(format!("{op:?}: {text}"));
             }
             (Op::GetMe, _)
-                if json["uuid"] != worker.private.uuid()
+                if json["uuid"] != worker.private.uuid().to_string()
                     || json["scene_personalisation"] != scenes_json(&out.private_scenes) =>
             {
                 out.problems.push(format!(
@@ -377,7 +377,7 @@ async fn items_of(
     ctx: &shared::Context,
     table: &str,
     key: &str,
-    uuid: &str,
+    uuid: UserId,
 ) -> Vec<shared::store::Item> {
     let mut items = Vec::new();
     let mut start = None;
@@ -412,7 +412,7 @@ async fn check_user_rows(
     versioned: bool,
     problems: &mut Vec<String>,
 ) -> shared::users::UserRecord {
-    let uuid = created.uuid.as_str();
+    let uuid = created.uuid;
     let tables = &ctx.config.tables;
     // push_tokens: exactly the live tokens, with the last platform registered, plus the
     // version item of the set once a token was added.
@@ -475,7 +475,6 @@ async fn check_user_rows(
         .email_owner(&created.email)
         .await
         .expect("email owner")
-        .as_deref()
         != Some(uuid)
     {
         problems.push(format!("{uuid}: its address is not claimed by it"));
@@ -542,7 +541,11 @@ async fn mixed_load_without_loss() {
                 for i in 0..PRELOADED_TOKENS {
                     let (token, platform) = (format!("p{id}-{i}"), PLATFORMS[i % PLATFORMS.len()]);
                     store
-                        .register_push_token(&uuid, &token, platform)
+                        .register_push_token(
+                            UserId::parse(&uuid).expect("a uuid"),
+                            &token,
+                            platform,
+                        )
                         .await
                         .expect("preload a token");
                     tokens.registered(&token, platform, Some(MAX_TOKENS_PER_USER));
@@ -720,7 +723,7 @@ async fn mixed_load_without_loss() {
         let me = reply.user_object();
         let record = ctx
             .store
-            .user(&created.uuid)
+            .user(created.uuid)
             .await
             .expect("user")
             .expect("exists");

@@ -13,7 +13,7 @@ both!(
     |api, ctx| async move {
         let user = create_user(&ctx, false, &["*"]).await;
         let object = set(&api, &user.key, "insights", 1).await;
-        assert_eq!(object["uuid"], user.uuid());
+        assert_eq!(object["uuid"], user.uuid().to_string());
         assert_eq!(
             object["scene_personalisation"],
             json!([{"scene": "insights", "dashboard": 1}])

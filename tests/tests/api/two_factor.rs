@@ -15,7 +15,7 @@ fn status_with(enabled: bool) -> Value {
 }
 
 /// The user's stored 2FA item of this kind, if any.
-async fn stored(ctx: &shared::Context, uuid: &str, kind: &str) -> Option<shared::store::Item> {
+async fn stored(ctx: &shared::Context, uuid: UserId, kind: &str) -> Option<shared::store::Item> {
     let found = ctx
         .store
         .get_many(&[(
@@ -500,7 +500,7 @@ both!(
         let codes = api.backup_codes(&plain.key).await;
         let status_of = |uuid: &str| format!("/api/users/{uuid}/two_factor_status/");
         let reply = api
-            .get(&status_of(plain.uuid()))
+            .get(&status_of(&plain.uuid().to_string()))
             .bearer(&staff.key)
             .send()
             .await;
@@ -515,7 +515,7 @@ both!(
             .await;
         reply.assert_not_found();
         let reply = api
-            .get(&status_of(staff.uuid()))
+            .get(&status_of(&staff.uuid().to_string()))
             .bearer(&plain.key)
             .send()
             .await;
@@ -634,7 +634,7 @@ both!(
         );
         assert!(keyring
             .decrypt(
-                &uuid::Uuid::new_v4().to_string(),
+                UserId::parse(&uuid::Uuid::new_v4().to_string()).expect("a uuid"),
                 tf::TOTP,
                 &device.secret_enc
             )

@@ -6,7 +6,7 @@ both!(get_me_is_the_user_object, |api, ctx| async move {
     let user = create_user(&ctx, false, &["*"]).await;
     let reply = api.get(ME).bearer(&user.key).send().await;
     let object = reply.user_object();
-    assert_eq!(object["uuid"], user.uuid());
+    assert_eq!(object["uuid"], user.uuid().to_string());
     assert_eq!(object["distinct_id"], user.user.distinct_id);
     assert_eq!(object["email"], user.user.email);
     assert_eq!(object["first_name"], "Test");
