@@ -134,7 +134,7 @@ impl Api {
 
 /// A new user with an open email-change request: the user, the new address and its code.
 pub async fn pending_change(api: &Api, ctx: &Context, tag: &str) -> (TestUser, String, String) {
-    let user = create_user(ctx, false, &["*"]).await;
+    let user = create_user(ctx, &["*"]).await;
     let new_email = unique_email(tag);
     api.request_email_change(&user.key, &new_email)
         .await

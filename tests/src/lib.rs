@@ -309,12 +309,23 @@ pub fn unique_email(tag: &str) -> String {
     format!("{tag}-{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
-pub async fn create_user(ctx: &Context, staff: bool, scopes: &[&str]) -> TestUser {
-    let kind = if staff {
-        shared::users::UserKind::Staff
-    } else {
-        shared::users::UserKind::Regular
-    };
+/// A regular (non-staff) user, made as `users-admin create-user` makes one, with a key of the
+/// given scopes.
+pub async fn create_user(ctx: &Context, scopes: &[&str]) -> TestUser {
+    create_user_of_kind(ctx, shared::users::UserKind::Regular, scopes).await
+}
+
+/// [`create_user`] for a staff user.
+pub async fn create_staff(ctx: &Context, scopes: &[&str]) -> TestUser {
+    create_user_of_kind(ctx, shared::users::UserKind::Staff, scopes).await
+}
+
+/// A user of either kind (for callers that choose it at run time).
+pub async fn create_user_of_kind(
+    ctx: &Context,
+    kind: shared::users::UserKind,
+    scopes: &[&str],
+) -> TestUser {
     let user = UserRecord::new(&unique_email("user"), "Test", "User", kind);
     ctx.store.create_user(&user).await.expect("create user");
     let key = create_key(ctx, &user, scopes).await;

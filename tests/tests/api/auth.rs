@@ -49,7 +49,7 @@ both!(no_key_is_not_authenticated, |api, ctx| async move {
 });
 
 both!(basic_scheme_is_not_authenticated, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     for (method, path, body) in all_routes() {
         // Even with a valid key after it, a scheme other than Bearer is no credentials.
         let reply = api
@@ -81,7 +81,7 @@ both!(unknown_or_malformed_key_fails, |api, ctx| async move {
 });
 
 both!(revoked_key_fails, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     let other_key = create_key(&ctx, &user.user, &["*"]).await;
     assert!(ctx
@@ -98,7 +98,7 @@ both!(revoked_key_fails, |api, ctx| async move {
 });
 
 both!(deactivated_user_fails, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let second_key = create_key(&ctx, &user.user, &["user:read"]).await;
     assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     deactivate(&ctx, user.uuid()).await;
@@ -111,7 +111,7 @@ both!(deactivated_user_fails, |api, ctx| async move {
 });
 
 both!(read_key_cannot_write, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["user:read"]).await;
+    let user = create_user(&ctx, &["user:read"]).await;
     for (method, path, body) in write_routes() {
         let reply = api.call(method, path).send_json(&user.key, &body).await;
         reply.assert_forbidden(MISSING_WRITE_SCOPE);
@@ -124,7 +124,7 @@ both!(read_key_cannot_write, |api, ctx| async move {
 });
 
 both!(read_key_reads_me, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["user:read"]).await;
+    let user = create_user(&ctx, &["user:read"]).await;
     let me = api.me(&user.key).await;
     assert_eq!(me["uuid"], user.uuid().to_string());
     assert_eq!(me["email"], user.user.email);
@@ -138,7 +138,7 @@ both!(read_key_reads_me, |api, ctx| async move {
 });
 
 both!(write_key_implies_read, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["user:write"]).await;
+    let user = create_user(&ctx, &["user:write"]).await;
     assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     let reply = api
         .set_scene(&user.key, &json!({"scene": "home", "dashboard": 7}))
@@ -150,7 +150,7 @@ both!(write_key_implies_read, |api, ctx| async move {
 });
 
 both!(star_key_reads_and_writes, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     assert_eq!(api.me(&user.key).await["uuid"], user.uuid().to_string());
     let reply = api
         .register_push_token(&user.key, "star-token", "web")
@@ -164,8 +164,8 @@ both!(star_key_reads_and_writes, |api, ctx| async move {
 });
 
 both!(non_staff_cannot_name_another_user, |api, ctx| async move {
-    let caller = create_user(&ctx, false, &["*"]).await;
-    let other = create_user(&ctx, false, &["*"]).await;
+    let caller = create_user(&ctx, &["*"]).await;
+    let other = create_user(&ctx, &["*"]).await;
     let o = other.uuid();
     let requests = [
         ("GET", format!("/api/users/{o}/"), json!({})),
@@ -207,8 +207,8 @@ both!(non_staff_cannot_name_another_user, |api, ctx| async move {
 both!(
     staff_reads_and_personalises_another_user,
     |api, ctx| async move {
-        let staff = create_user(&ctx, true, &["*"]).await;
-        let other = create_user(&ctx, false, &["*"]).await;
+        let staff = create_staff(&ctx, &["*"]).await;
+        let other = create_user(&ctx, &["*"]).await;
         let reply = api
             .get(&format!("/api/users/{}/", other.uuid()))
             .bearer(&staff.key)
@@ -248,8 +248,8 @@ both!(
 both!(
     staff_gets_404_for_unknown_inactive_or_malformed_uuid,
     |api, ctx| async move {
-        let staff = create_user(&ctx, true, &["*"]).await;
-        let inactive = create_user(&ctx, false, &["*"]).await;
+        let staff = create_staff(&ctx, &["*"]).await;
+        let inactive = create_user(&ctx, &["*"]).await;
         deactivate(&ctx, inactive.uuid()).await;
         let unknown = uuid::Uuid::new_v4().to_string();
         for segment in [
@@ -282,9 +282,9 @@ both!(
 );
 
 both!(push_tokens_only_via_me, |api, ctx| async move {
-    let staff = create_user(&ctx, true, &["*"]).await;
-    let plain = create_user(&ctx, false, &["*"]).await;
-    let victim = create_user(&ctx, false, &["*"]).await;
+    let staff = create_staff(&ctx, &["*"]).await;
+    let plain = create_user(&ctx, &["*"]).await;
+    let victim = create_user(&ctx, &["*"]).await;
     let register = api
         .register_push_token(&victim.key, "victim-token", "ios")
         .await;
@@ -321,7 +321,7 @@ both!(push_tokens_only_via_me, |api, ctx| async move {
 });
 
 both!(own_uuid_works_like_me, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let u = user.uuid();
     let reply = api
         .get(&format!("/api/users/{u}/"))
@@ -405,7 +405,7 @@ async fn assert_refused(keys: &[&String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deactivation_reaches_every_key_past_one_transaction() {
     let ctx = context().await;
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let mut keys = vec![user.key.clone()];
     for _ in 0..104 {
         keys.push(create_key(&ctx, &user.user, &["user:read"]).await);
@@ -427,7 +427,7 @@ async fn deactivation_reaches_every_key_past_one_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deactivating_again_finishes_a_partial_deactivation() {
     let ctx = context().await;
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let second = create_key(&ctx, &user.user, &["user:read"]).await;
     // Only the user's own flag, as the older tool wrote it (no route or store method clears
     // it alone, and a put of the whole record would drop the user's list of key hashes,
@@ -513,7 +513,7 @@ fn secs_of(iso: &str) -> i64 {
 
 // PostHog notes a personal API key's last use, at most once an hour; here after the response.
 both!(a_key_use_is_noted, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     assert_eq!(last_used(&ctx, &user.key).await, None, "a new key");
     let before = shared::clock::now_secs() as i64;
     let reply = api.get(ME).bearer(&user.key).send().await;
@@ -540,7 +540,7 @@ both!(a_key_use_is_noted, |api, ctx| async move {
 async fn a_key_used_within_the_hour_is_not_noted_again() {
     let ctx = std::sync::Arc::new(context().await);
     let api = Api::InProcess(ctx.clone());
-    let user = create_user(&ctx, false, &["user:read"]).await;
+    let user = create_user(&ctx, &["user:read"]).await;
     let recent = set_last_used(&ctx, &user.key, 3_500).await;
     for _ in 0..3 {
         let reply = api.get(ME).bearer(&user.key).send().await;
@@ -572,7 +572,7 @@ async fn noting_a_key_use_is_conditional() {
         "not created"
     );
 
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let hash = shared::auth::ApiKeyHash::of(&user.key);
     assert!(
         ctx.store

@@ -78,7 +78,7 @@ both!(
         routes.push(("POST", "/api/users/@me/no_such_route/".into(), "fallback"));
         for (method, path, function) in routes {
             // A fresh user per route, so no route's failed codes count against another's.
-            let user = create_user(&ctx, false, &["*"]).await;
+            let user = create_user(&ctx, &["*"]).await;
             let send = |media: &'static str, body: Vec<u8>| {
                 api.call(method, &path)
                     .bearer(&user.key)

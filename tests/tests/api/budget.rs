@@ -76,7 +76,7 @@ impl Budget {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     let (mut b, ctx) = Budget::new().await;
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let k = user.key.clone();
     let api = b.api.clone();
 

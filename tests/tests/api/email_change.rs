@@ -24,7 +24,7 @@ async fn plant(ctx: &shared::Context, record: &EmailChangeRecord) {
 
 /// Checks that `email` is taken: another user's request for it is refused. Returns that user.
 async fn assert_taken(api: &Api, ctx: &shared::Context, email: &str) -> TestUser {
-    let other = create_user(ctx, false, &["*"]).await;
+    let other = create_user(ctx, &["*"]).await;
     api.request_email_change(&other.key, email)
         .await
         .assert_email_taken();
@@ -34,7 +34,7 @@ async fn assert_taken(api: &Api, ctx: &shared::Context, email: &str) -> TestUser
 both!(
     request_then_verify_changes_the_email,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let new_email = unique_email("new");
         let object = request_change(&api, &user.key, &new_email).await;
         assert_eq!(
@@ -135,7 +135,7 @@ both!(cancel_kills_the_code, |api, ctx| async move {
 });
 
 both!(cancel_with_nothing_pending_is_400, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     api.cancel_email_change(&user.key)
         .await
         .assert_no_email_change_request();
@@ -146,8 +146,8 @@ both!(cancel_with_nothing_pending_is_400, |api, ctx| async move {
 });
 
 both!(cancel_acts_on_the_caller_only, |api, ctx| async move {
-    let a = create_user(&ctx, false, &["*"]).await;
-    let b = create_user(&ctx, false, &["*"]).await;
+    let a = create_user(&ctx, &["*"]).await;
+    let b = create_user(&ctx, &["*"]).await;
     let a_new = unique_email("a-new");
     request_change(&api, &a.key, &a_new).await;
     api.cancel_email_change(&b.key)
@@ -177,8 +177,8 @@ both!(a_new_request_replaces_the_open_one, |api, ctx| async move {
 });
 
 both!(duplicate_email_is_refused, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
-    let other = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
+    let other = create_user(&ctx, &["*"]).await;
     for taken in [
         other.user.email.clone(),
         other.user.email.to_uppercase(),
@@ -198,7 +198,7 @@ both!(duplicate_email_is_refused, |api, ctx| async move {
 });
 
 both!(malformed_email_is_refused, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     for bad in [
         "not-an-email",
         "a@b",
@@ -223,7 +223,7 @@ both!(malformed_email_is_refused, |api, ctx| async move {
 });
 
 both!(own_address_opens_no_request, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let object = request_change(&api, &user.key, &user.user.email).await;
     assert_eq!(object["email"], user.user.email);
     assert_eq!(object["pending_email"], Value::Null);
@@ -233,7 +233,7 @@ both!(own_address_opens_no_request, |api, ctx| async move {
 both!(
     profile_fields_and_email_in_one_patch,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let new_email = unique_email("combo");
         let object = api
             .patch_me(
@@ -268,7 +268,7 @@ both!(verify_validates_its_body, |api, ctx| async move {
         .await
         .assert_blank("uuid");
     // Another user's uuid, as a non-staff caller.
-    let other = create_user(&ctx, false, &["*"]).await;
+    let other = create_user(&ctx, &["*"]).await;
     api.verify_email(&user.key, &other.uuid().to_string(), &code)
         .await
         .assert_forbidden(NON_STAFF_DETAIL);
@@ -284,7 +284,7 @@ both!(verify_validates_its_body, |api, ctx| async move {
 both!(
     verify_with_nothing_pending_is_a_wrong_code,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         api.verify_email(&user.key, &user.uuid().to_string(), "123456")
             .await
             .assert_wrong_email_code();
@@ -293,7 +293,7 @@ both!(
 );
 
 both!(expired_code_is_refused, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let new_email = unique_email("expired");
     let keyring = ctx.keyring().await.expect("keys");
     // A request whose 24 hours are over (DynamoDB deletes expired items lazily, so it is
@@ -355,7 +355,7 @@ both!(five_wrong_codes_then_throttled, |api, ctx| async move {
 async fn without_a_sender_the_email_changes_at_once() {
     let ctx = Arc::new(context().await);
     let api = Api::InProcess(Arc::new(context_without_email().await));
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let new_email = unique_email("immediate");
     let object = request_change(&api, &user.key, &new_email).await;
     assert_eq!(object["email"], new_email.as_str());
@@ -410,7 +410,7 @@ both!(a_success_resets_the_failure_count, |api, ctx| async move {
 });
 
 both!(the_failure_limit_is_per_user, |api, ctx| async move {
-    let locked = create_user(&ctx, false, &["*"]).await;
+    let locked = create_user(&ctx, &["*"]).await;
     for _ in 0..5 {
         api.verify_email(&locked.key, &locked.uuid().to_string(), "000000")
             .await

@@ -566,8 +566,8 @@ async fn behind_a_dynamodb_proxy() -> (shared::Context, FaultProxy, Api) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_outage_is_503_on_every_route_then_recovers() {
     let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
-    let before_user = create_user(&direct, false, &["*"]).await;
-    let after_user = create_user(&direct, false, &["*"]).await;
+    let before_user = create_user(&direct, &["*"]).await;
+    let after_user = create_user(&direct, &["*"]).await;
 
     let before = every_route_in_turn(&api, &before_user.key).await;
     for a in &before {
@@ -631,7 +631,7 @@ async fn dynamodb_outage_is_503_on_every_route_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_black_hole_is_503_within_the_timeout() {
     let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
-    let user = create_user(&direct, false, &["*"]).await;
+    let user = create_user(&direct, &["*"]).await;
     api.me(&user.key).await;
 
     proxy.black_hole().await;
@@ -658,7 +658,7 @@ async fn dynamodb_black_hole_is_503_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_dynamodb_is_retried_with_backoff() {
     let (direct, proxy, api) = behind_a_dynamodb_proxy().await;
-    let user = create_user(&direct, false, &["*"]).await;
+    let user = create_user(&direct, &["*"]).await;
 
     // How many DynamoDB requests GET @me makes unthrottled (once the key's first use, which
     // adds a write after the response, is noted).
@@ -740,7 +740,7 @@ async fn secrets_manager_unreachable_at_cold_start() {
     let proxy = FaultProxy::start(&env("AWS_ENDPOINT_URL_SECRETS_MANAGER")).await;
     proxy.down().await;
     let api = in_process(context_via(None, Some(&proxy.url())).await);
-    let user = create_user(&direct, false, &["*"]).await;
+    let user = create_user(&direct, &["*"]).await;
 
     let setup = || api.get(START_SETUP).bearer(&user.key);
     // Refused: 503 for the setup, which must encrypt the new secret.

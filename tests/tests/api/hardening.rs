@@ -58,7 +58,7 @@ both!(
 both!(
     each_kind_of_code_has_its_own_limit_and_only_its_success_resets_it,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.enable_2fa(&user.key).await;
         for _ in 0..5 {
             api.verify_2fa(&user.key, "000000").await.assert_status(400);
@@ -116,7 +116,7 @@ both!(
     |api, ctx| async move {
         // Anyone with the account's key can mint backup codes, so using one must not lift the
         // lock on guessing the TOTP code.
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         api.enable_2fa(&user.key).await;
         let codes = api.backup_codes(&user.key).await;
         for _ in 0..4 {
@@ -142,7 +142,7 @@ both!(
     a_request_from_before_keyed_hashes_is_a_wrong_code_not_a_500,
     |api, ctx| async move {
         use sha2::{Digest, Sha256};
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let (request_id, code) = (uuid::Uuid::new_v4().to_string(), "123456");
         let old_hash: String = Sha256::digest(format!("{request_id}:{code}").as_bytes())
             .iter()
@@ -180,7 +180,7 @@ both!(
 both!(
     an_account_already_over_the_size_bound_can_still_be_changed,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         // A record larger than the bound (but within DynamoDB's), as one written before the
         // bound or grown by other routes would be.
         let big = shared::users::ProfilePatch {
@@ -315,7 +315,7 @@ both!(
 both!(
     at_most_five_email_change_mails_an_hour,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let addresses: Vec<String> = (0..6).map(|i| unique_email(&format!("quota{i}"))).collect();
         for address in &addresses[..5] {
             api.request_email_change(&user.key, address)
@@ -344,7 +344,7 @@ both!(
 both!(
     racing_email_change_requests_send_at_most_five_mails,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let addresses: Vec<String> = (0..10).map(|i| unique_email(&format!("rq{i}"))).collect();
         let mut tasks = Vec::new();
         for address in addresses.clone() {
@@ -381,8 +381,8 @@ both!(
 both!(
     staff_cannot_rewrite_another_users_profile_or_email,
     |api, ctx| async move {
-        let staff = create_user(&ctx, true, &["*"]).await;
-        let plain = create_user(&ctx, false, &["*"]).await;
+        let staff = create_staff(&ctx, &["*"]).await;
+        let plain = create_user(&ctx, &["*"]).await;
         for body in [
             json!({"first_name": "Mallory"}),
             json!({"email": unique_email("steal")}),
@@ -408,8 +408,8 @@ both!(
 both!(
     verify_email_completes_only_the_callers_own_change,
     |api, ctx| async move {
-        let staff = create_user(&ctx, true, &["*"]).await;
-        let plain = create_user(&ctx, false, &["*"]).await;
+        let staff = create_staff(&ctx, &["*"]).await;
+        let plain = create_user(&ctx, &["*"]).await;
         let new_email = unique_email("own");
         api.request_email_change(&plain.key, &new_email)
             .await
@@ -439,7 +439,7 @@ both!(
 // ---------------------------------------------------------------------------------------------
 
 both!(every_response_is_no_store, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let mut seen = 0;
     for route in shared::routes::ROUTES {
         let path = route.path.replace("{uuid}", "@me") + "/";
@@ -482,7 +482,7 @@ both!(every_response_is_no_store, |api, ctx| async move {
 both!(
     growing_settings_are_bounded_and_the_user_stays_usable,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let mut refused = None;
         for round in 0..40 {
             // Each request is under the per-request limit, with keys no earlier one had.
@@ -525,7 +525,7 @@ both!(
 #[tokio::test]
 async fn dynamodbs_item_size_refusal_is_a_400() {
     let ctx = context().await;
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let changes = shared::users::ProfilePatch {
         hedgehog_config: Some(Some(json!({"blob": "z".repeat(420 * 1024)}))),
         ..Default::default()
@@ -586,7 +586,7 @@ async fn dump_every_table(ctx: &shared::Context) -> Vec<(String, String)> {
 async fn a_table_dump_and_the_request_id_do_not_reveal_the_email_code() {
     let ctx = context().await;
     let api = Api::InProcess(std::sync::Arc::new(context().await));
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let new_email = unique_email("dump");
     api.request_email_change(&user.key, &new_email)
         .await
@@ -683,7 +683,7 @@ async fn rotating_the_key_while_functions_are_warm_keeps_every_record_readable()
     let warm = std::sync::Arc::new(context().await);
     let in_process = Api::InProcess(warm.clone());
     let http = Api::http();
-    let old_user = create_user(&warm, false, &["*"]).await;
+    let old_user = create_user(&warm, &["*"]).await;
     let old_secret = in_process.enable_2fa(&old_user.key).await;
     // Both the in-process context and the functions behind the local API are warm now.
     assert_eq!(
@@ -709,7 +709,7 @@ async fn rotating_the_key_while_functions_are_warm_keeps_every_record_readable()
 
     // A cold function writes with the new key.
     let cold = Api::InProcess(std::sync::Arc::new(context().await));
-    let new_user = create_user(&warm, false, &["*"]).await;
+    let new_user = create_user(&warm, &["*"]).await;
     let new_secret = cold.enable_2fa(&new_user.key).await;
     let new_codes = json!(cold.backup_codes(&new_user.key).await);
     // The warm ones, which loaded only the old key, read both: no 500.
@@ -809,7 +809,7 @@ fn new_key(user_uuid: UserId, label: &str) -> (String, shared::auth::ApiKeyRecor
 #[tokio::test]
 async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
     let ctx = context().await;
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let second = create_key(&ctx, &user.user, &["*"]).await;
     let config = ctx
         .store
@@ -853,7 +853,7 @@ async fn keys_created_while_deactivating_never_stay_usable() {
     let ctx = std::sync::Arc::new(context().await);
     let api = Api::InProcess(ctx.clone());
     for _ in 0..8 {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let creators: Vec<_> = (0..4)
             .map(|_| {
                 let (ctx, user) = (ctx.clone(), user.user.clone());
@@ -888,7 +888,7 @@ async fn keys_created_while_deactivating_never_stay_usable() {
 both!(
     regenerating_backup_codes_while_one_is_used_never_says_2fa_is_off,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         api.enable_2fa(&user.key).await;
         for round in 0..6 {
             let code = api.backup_codes(&user.key).await.remove(0);
@@ -957,7 +957,7 @@ async fn requests_around_the_cloudfront_front_door_are_refused_unread() {
     // nextest runs each test in a process of its own, so this setting stays in this test.
     std::env::set_var("ORIGIN_VERIFY_SECRET", "front-door-secret-0123456789");
     let ctx = context().await;
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let recorder = calls::Recorder::default();
     let counted = recorder.instrument(&ctx);
     let api = Api::InProcess(std::sync::Arc::new(counted));

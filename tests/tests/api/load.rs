@@ -515,13 +515,13 @@ async fn mixed_load_without_loss() {
     let mut shared_users = Vec::new();
     let mut shared_keys: Vec<Vec<String>> = Vec::new();
     for _ in 0..SHARED_USERS {
-        let user = create_user(&ctx, false, &["user:read", "user:write"]).await;
+        let user = create_user(&ctx, &["user:read", "user:write"]).await;
         shared_keys.push(vec![user.key]);
         shared_users.push(user.user);
     }
     let mut workers = Vec::new();
     for id in 0..WORKERS {
-        let private = create_user(&ctx, false, &["*"]).await;
+        let private = create_user(&ctx, &["*"]).await;
         let shared_key = create_key(&ctx, &shared_users[id % SHARED_USERS], &["*"]).await;
         shared_keys[id % SHARED_USERS].push(shared_key.clone());
         workers.push(Worker {

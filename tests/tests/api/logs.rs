@@ -10,7 +10,7 @@ use std::time::Duration;
 async fn logs_have_one_line_per_request_and_no_secret() {
     let ctx = context().await;
     let api = Api::http();
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let k = user.key.clone();
     let marker = format!("BodyMarker{}", uuid::Uuid::new_v4().simple());
     let push_token = format!("push-{}", uuid::Uuid::new_v4().simple());

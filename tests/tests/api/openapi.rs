@@ -254,7 +254,7 @@ async fn non_utf8_json_bodies_are_parse_errors() {
     let Api::InProcess(ctx) = &api else {
         unreachable!()
     };
-    let user = create_user(ctx, false, &["*"]).await;
+    let user = create_user(ctx, &["*"]).await;
     let two_factor = [("POST", VALIDATE_2FA), ("POST", VERIFY_2FA)];
     for &(method, path) in super::requests::BODY_ROUTES.iter().chain(&two_factor) {
         for body in [

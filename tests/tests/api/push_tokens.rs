@@ -22,7 +22,7 @@ fn is_iso8601(text: &str) -> bool {
 both!(
     register_returns_the_row_without_the_token,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let body = register(&api, &user.key, "secret-device-token", "ios").await;
         let keys: Vec<&str> = {
             let mut k: Vec<&str> = body
@@ -55,7 +55,7 @@ both!(
 );
 
 both!(same_token_again_updates_platform, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let first = register(&api, &user.key, "device", "ios").await;
     let second = register(&api, &user.key, "device", "android").await;
     assert_eq!(second["id"], first["id"], "the same row");
@@ -71,7 +71,7 @@ both!(same_token_again_updates_platform, |api, ctx| async move {
 both!(
     register_validates_token_and_platform,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let register_body = |body: Value| {
             let (api, key) = (api.clone(), user.key.clone());
             async move { api.post(PUSH_TOKENS).send_json(&key, &body).await }
@@ -121,7 +121,7 @@ both!(
 both!(
     twenty_first_token_evicts_the_least_recently_seen,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let names: Vec<String> = (1..=20).map(|i| format!("token-{i:02}")).collect();
         for name in &names {
             register(&api, &user.key, name, "ios").await;
@@ -154,8 +154,8 @@ both!(
 );
 
 both!(the_cap_is_per_user, |api, ctx| async move {
-    let a = create_user(&ctx, false, &["*"]).await;
-    let b = create_user(&ctx, false, &["*"]).await;
+    let a = create_user(&ctx, &["*"]).await;
+    let b = create_user(&ctx, &["*"]).await;
     register(&api, &b.key, "b-token", "ios").await;
     for i in 0..21 {
         register(&api, &a.key, &format!("a-{i:02}"), "ios").await;
@@ -170,8 +170,8 @@ both!(the_cap_is_per_user, |api, ctx| async move {
 both!(
     unregister_deletes_only_the_callers_row,
     |api, ctx| async move {
-        let me = create_user(&ctx, false, &["*"]).await;
-        let other = create_user(&ctx, false, &["*"]).await;
+        let me = create_user(&ctx, &["*"]).await;
+        let other = create_user(&ctx, &["*"]).await;
         register(&api, &me.key, "shared-token", "ios").await;
         register(&api, &me.key, "keep-me", "ios").await;
         register(&api, &other.key, "shared-token", "android").await;
@@ -195,7 +195,7 @@ both!(
 );
 
 both!(unregister_unknown_token_is_204, |api, ctx| async move {
-    let me = create_user(&ctx, false, &["*"]).await;
+    let me = create_user(&ctx, &["*"]).await;
     register(&api, &me.key, "known", "web").await;
     let reply = api
         .unregister_push_token(&me.key, &json!({"token": "never-registered"}))
@@ -214,7 +214,7 @@ both!(unregister_unknown_token_is_204, |api, ctx| async move {
     }
     assert!(push_tokens_of(&ctx, me.uuid()).await.is_empty());
     // A user with no tokens at all.
-    let empty = create_user(&ctx, false, &["*"]).await;
+    let empty = create_user(&ctx, &["*"]).await;
     let reply = api
         .unregister_push_token(&empty.key, &json!({"token": "x"}))
         .await;
@@ -222,7 +222,7 @@ both!(unregister_unknown_token_is_204, |api, ctx| async move {
 });
 
 both!(unregister_matches_case_sensitively, |api, ctx| async move {
-    let me = create_user(&ctx, false, &["*"]).await;
+    let me = create_user(&ctx, &["*"]).await;
     register(&api, &me.key, "AbCdEf", "ios").await;
     for wrong in ["abcdef", "ABCDEF", "AbCdE", "AbCdEf0"] {
         let reply = api
@@ -245,7 +245,7 @@ both!(unregister_matches_case_sensitively, |api, ctx| async move {
 both!(
     unregister_takes_numbers_as_strings_and_trims,
     |api, ctx| async move {
-        let me = create_user(&ctx, false, &["*"]).await;
+        let me = create_user(&ctx, &["*"]).await;
         register(&api, &me.key, "1234567", "android").await;
         register(&api, &me.key, "padded", "android").await;
         let reply = api
@@ -275,7 +275,7 @@ both!(
 );
 
 both!(unregister_validates_the_token, |api, ctx| async move {
-    let me = create_user(&ctx, false, &["*"]).await;
+    let me = create_user(&ctx, &["*"]).await;
     let long = "z".repeat(513);
     register(&api, &me.key, &"z".repeat(512), "ios").await;
     let unregister = |body: Value| {
@@ -315,7 +315,7 @@ both!(unregister_validates_the_token, |api, ctx| async move {
 both!(
     concurrent_registrations_never_exceed_the_cap,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let register_all = |names: Vec<String>| {
             let api = api.clone();
             let key = user.key.clone();
@@ -377,7 +377,7 @@ both!(
 both!(
     concurrent_registrations_of_one_token_make_one_row,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let api = api.clone();

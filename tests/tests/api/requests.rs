@@ -12,7 +12,7 @@ pub(crate) const BODY_ROUTES: &[(&str, &str)] = &[
 ];
 
 both!(malformed_json_is_a_parse_error, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     for (method, path) in BODY_ROUTES {
         for body in ["{not json", "{\"token\": ", "{\"a\": 1,}"] {
             let reply = api
@@ -28,7 +28,7 @@ both!(malformed_json_is_a_parse_error, |api, ctx| async move {
 both!(
     json_that_is_not_an_object_is_refused,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         for (method, path) in BODY_ROUTES {
             let call = || api.call(method, path);
             let reply = call().send_json(&user.key, &json!(["token", "x"])).await;
@@ -40,7 +40,7 @@ both!(
 );
 
 both!(form_bodies_are_accepted, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let form = "application/x-www-form-urlencoded";
     let reply = api
         .post(PUSH_TOKENS)
@@ -89,7 +89,7 @@ both!(form_bodies_are_accepted, |api, ctx| async move {
 });
 
 both!(bodies_over_64_kib_are_refused, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     // Exactly 64 KiB is allowed; one byte more is not.
     let make = |size: usize| {
         let head = "{\"token\": \"limit-token\", \"pad\": \"";
@@ -159,7 +159,7 @@ both!(
 both!(
     trailing_slash_is_optional_with_credentials,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         for path in ["/api/users/@me", "/api/users/@me/"] {
             let reply = api.get(path).bearer(&user.key).send().await;
             assert_eq!(reply.user_object()["uuid"], user.uuid().to_string());
@@ -234,7 +234,7 @@ both!(
 );
 
 both!(unknown_routes_are_404, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     for path in [
         "/",
         "/api",
@@ -260,7 +260,7 @@ both!(unknown_routes_are_404, |api, ctx| async move {
 });
 
 both!(wrong_method_is_405, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     for (method, path) in [
         ("GET", "/api/users/@me/push_tokens/unregister/"),
         ("GET", "/api/users/@me/push_tokens/unregister"),
@@ -292,7 +292,7 @@ both!(wrong_method_is_405, |api, ctx| async move {
 });
 
 both!(unknown_keys_are_ignored, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let extra =
         json!({"token": "k", "platform": "ios", "user": "someone-else", "id": 5, "extra": [1, 2]});
     let reply = api.post(PUSH_TOKENS).send_json(&user.key, &extra).await;
@@ -326,7 +326,7 @@ both!(unknown_keys_are_ignored, |api, ctx| async move {
 });
 
 both!(success_responses_are_json, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let reply = api.get(ME).bearer(&user.key).send().await;
     assert_eq!(reply.header("content-type"), Some("application/json"));
     let reply = api.register_push_token(&user.key, "j", "ios").await;
@@ -335,7 +335,7 @@ both!(success_responses_are_json, |api, ctx| async move {
 });
 
 both!(json_with_a_charset_is_json, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let reply = api
         .post(SCENE)
         .send_raw(
@@ -351,7 +351,7 @@ both!(json_with_a_charset_is_json, |api, ctx| async move {
 });
 
 both!(percent_encoded_me_is_me, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let reply = api.get("/api/users/%40me/").bearer(&user.key).send().await;
     assert_eq!(reply.user_object()["uuid"], user.uuid().to_string());
     let reply = api

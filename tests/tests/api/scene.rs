@@ -11,7 +11,7 @@ async fn set(api: &Api, key: &str, scene: &str, dashboard: impl Into<Value>) -> 
 both!(
     sets_replaces_and_appends_in_first_set_order,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let object = set(&api, &user.key, "insights", 1).await;
         assert_eq!(object["uuid"], user.uuid().to_string());
         assert_eq!(
@@ -51,7 +51,7 @@ both!(
 both!(
     dashboard_numeric_string_is_accepted,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let object = set(&api, &user.key, "home", "17").await;
         assert_eq!(
             object["scene_personalisation"],
@@ -69,7 +69,7 @@ both!(
 both!(
     dashboard_of_another_type_is_incorrect_type,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         for (value, kind) in [
             (json!("abc"), "str"),
             (json!("12a"), "str"),
@@ -94,7 +94,7 @@ both!(
 both!(
     dashboard_null_and_non_positive_are_refused,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let reply = api
             .set_scene(&user.key, &json!({"scene": "home", "dashboard": null}))
             .await;
@@ -114,7 +114,7 @@ both!(
 );
 
 both!(missing_fields_are_request_errors, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let reply = api.set_scene(&user.key, &json!({"scene": "home"})).await;
     reply.assert_validation_error("invalid_input", "Dashboard must be provided.");
     let reply = api.set_scene(&user.key, &json!({"dashboard": 1})).await;
@@ -128,7 +128,7 @@ both!(missing_fields_are_request_errors, |api, ctx| async move {
 });
 
 both!(scene_must_be_short_and_not_blank, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     for scene in ["", "   "] {
         let reply = api
             .set_scene(&user.key, &json!({"scene": scene, "dashboard": 1}))
@@ -157,7 +157,7 @@ both!(scene_must_be_short_and_not_blank, |api, ctx| async move {
 });
 
 both!(scene_names_are_kept_verbatim, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     // Names with characters that mean something to DynamoDB's expression syntax.
     let names = [
         "a.b",
@@ -186,7 +186,7 @@ both!(scene_names_are_kept_verbatim, |api, ctx| async move {
 both!(
     scene_of_200_wide_characters_is_accepted,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         // 200 characters of 4 bytes each: the limit counts characters.
         let wide = "\u{1F600}".repeat(200);
         let object = set(&api, &user.key, &wide, 1).await;
@@ -210,7 +210,7 @@ both!(
 async fn scenes_are_capped_at_200() {
     let ctx = std::sync::Arc::new(context().await);
     let api = Api::InProcess(ctx.clone());
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     for i in 0..shared::store::users::MAX_SCENES {
         let scene = format!("scene-{i:03}");
         set(&api, &user.key, &scene, i + 1).await;

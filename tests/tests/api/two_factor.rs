@@ -59,7 +59,7 @@ fn assert_exactly_one_accepted(statuses: &[u16]) {
 both!(
     start_setup_returns_a_fresh_secret_and_a_usable_uri,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["user:write"]).await;
+        let user = create_user(&ctx, &["user:write"]).await;
         for path in [
             "/api/users/@me/two_factor_start_setup/",
             "/api/users/@me/start_2fa_setup",
@@ -97,7 +97,7 @@ both!(
 both!(
     validate_confirms_with_a_pyotp_code_and_status_follows,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         assert_eq!(api.two_factor_status(&user.key).await, status_with(false));
         api.enable_2fa(&user.key).await;
         assert_eq!(api.two_factor_status(&user.key).await, status_with(true));
@@ -112,7 +112,7 @@ both!(
 );
 
 both!(validate_errors, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     api.post(VALIDATE_2FA)
         .send_json(&user.key, &json!({}))
         .await
@@ -136,7 +136,7 @@ both!(validate_errors, |api, ctx| async move {
 });
 
 both!(validate_accepts_an_integer_token, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let secret = api.new_2fa_secret(&user.key).await;
     let mut code = pyotp_code(&secret, step_margin().await).await;
     while code.starts_with('0') {
@@ -152,7 +152,7 @@ both!(validate_accepts_an_integer_token, |api, ctx| async move {
 both!(
     a_second_start_invalidates_the_first_secret,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let first = api.new_2fa_secret(&user.key).await;
         let second = api.new_2fa_secret(&user.key).await;
         assert_ne!(first, second);
@@ -169,7 +169,7 @@ both!(
 both!(
     one_step_old_is_accepted_two_steps_old_is_not,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.new_2fa_secret(&user.key).await;
         let now = step_margin().await;
         for refused in [now - 60, now + 60] {
@@ -186,7 +186,7 @@ both!(
 both!(
     an_expired_setup_is_refused_even_before_dynamodb_deletes_it,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.new_2fa_secret(&user.key).await;
         // Age the pending item past its expiry, as it stands after 10 minutes.
         let item = stored(&ctx, user.uuid(), tf::PENDING).await.unwrap();
@@ -201,8 +201,8 @@ both!(
 );
 
 both!(setup_routes_act_only_on_the_caller, |api, ctx| async move {
-    let staff = create_user(&ctx, true, &["*"]).await;
-    let other = create_user(&ctx, false, &["*"]).await;
+    let staff = create_staff(&ctx, &["*"]).await;
+    let other = create_user(&ctx, &["*"]).await;
     for (method, route) in [
         ("GET", "two_factor_start_setup"),
         ("GET", "start_2fa_setup"),
@@ -227,7 +227,7 @@ both!(setup_routes_act_only_on_the_caller, |api, ctx| async move {
 both!(
     backup_codes_need_2fa_and_replace_each_other,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         api.post(BACKUP_CODES)
             .bearer(&user.key)
             .send()
@@ -264,7 +264,7 @@ both!(
 both!(
     disable_removes_everything_and_is_idempotent,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         api.disable_2fa(&user.key).await.assert_success();
         api.enable_2fa(&user.key).await;
         api.backup_codes(&user.key).await;
@@ -310,7 +310,7 @@ both!(
 both!(
     verify_takes_a_totp_code_once_per_step,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.enable_2fa(&user.key).await;
         let now = step_margin().await;
         // The step used to confirm cannot sign in again.
@@ -334,7 +334,7 @@ both!(
 );
 
 both!(verify_without_2fa_is_refused, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     api.verify_2fa(&user.key, "123456")
         .await
         .assert_2fa_not_enabled();
@@ -343,7 +343,7 @@ both!(verify_without_2fa_is_refused, |api, ctx| async move {
 both!(
     a_backup_code_is_consumed_once_and_notifies,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         api.enable_2fa(&user.key).await;
         let codes = api.backup_codes(&user.key).await;
         let typed = codes[2].to_uppercase();
@@ -379,7 +379,7 @@ both!(
 both!(
     twenty_concurrent_verifies_of_one_code_accept_exactly_one,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.enable_2fa(&user.key).await;
         let code = pyotp_code(&secret, step_margin().await + 30).await;
         assert_exactly_one_accepted(&twenty_concurrent_verifies(&api, &user.key, &code).await);
@@ -389,7 +389,7 @@ both!(
 both!(
     twenty_concurrent_uses_of_one_backup_code_accept_exactly_one,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         api.enable_2fa(&user.key).await;
         let code = api.backup_codes(&user.key).await.remove(0);
         assert_exactly_one_accepted(&twenty_concurrent_verifies(&api, &user.key, &code).await);
@@ -406,7 +406,7 @@ both!(
 both!(
     five_failures_lock_checks_with_retry_after_and_a_locked_check_tests_nothing,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.enable_2fa(&user.key).await;
         for _ in 0..5 {
             api.verify_2fa(&user.key, "000000")
@@ -435,7 +435,7 @@ both!(
 both!(
     the_lock_doubles_after_each_further_failure_and_success_resets,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.enable_2fa(&user.key).await;
         // Five failures whose 30-second lock has just run out.
         let seen = FailureState::default();
@@ -494,8 +494,8 @@ both!(
 both!(
     status_for_other_users_follows_the_staff_rules,
     |api, ctx| async move {
-        let staff = create_user(&ctx, true, &["user:read"]).await;
-        let plain = create_user(&ctx, false, &["*"]).await;
+        let staff = create_staff(&ctx, &["user:read"]).await;
+        let plain = create_user(&ctx, &["*"]).await;
         api.enable_2fa(&plain.key).await;
         let codes = api.backup_codes(&plain.key).await;
         let status_of = |uuid: &str| format!("/api/users/{uuid}/two_factor_status/");
@@ -592,7 +592,7 @@ fn base32_decode(text: &str) -> Vec<u8> {
 both!(
     a_table_dump_reveals_no_secret_and_no_backup_code,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let secret = api.enable_2fa(&user.key).await;
         let pending = api.new_2fa_secret(&user.key).await;
         let codes = api.backup_codes(&user.key).await;
@@ -657,7 +657,7 @@ async fn a_failed_notification_never_fails_the_request() {
         "moto refuses an unverified sender"
     );
     let api = Api::InProcess(ctx.clone());
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     api.enable_2fa(&user.key).await;
     let code = api.backup_codes(&user.key).await.remove(0);
     api.verify_2fa(&user.key, code).await.assert_status(200);
@@ -674,7 +674,7 @@ async fn a_failed_notification_never_fails_the_request() {
 async fn a_notice_is_sent_after_the_response() {
     let ctx = std::sync::Arc::new(context().await);
     let api = Api::InProcess(ctx.clone());
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     api.enable_2fa(&user.key).await;
     let disabled = |mail: &[(String, String)]| {
         mail.iter()

@@ -3,7 +3,7 @@ use api_tests::*;
 use serde_json::{json, Value};
 
 both!(get_me_is_the_user_object, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let reply = api.get(ME).bearer(&user.key).send().await;
     let object = reply.user_object();
     assert_eq!(object["uuid"], user.uuid().to_string());
@@ -28,12 +28,12 @@ both!(get_me_is_the_user_object, |api, ctx| async move {
     ] {
         assert!(object.get(hidden).is_none(), "{hidden} is never returned");
     }
-    let staff = create_user(&ctx, true, &["*"]).await;
+    let staff = create_staff(&ctx, &["*"]).await;
     assert_eq!(api.me(&staff.key).await["is_staff"], true);
 });
 
 both!(patch_updates_profile_fields, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let changes = json!({
         "first_name": "Ada",
         "last_name": "Lovelace",
@@ -79,7 +79,7 @@ both!(patch_updates_profile_fields, |api, ctx| async move {
 });
 
 both!(patch_ignores_read_only_fields, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let before = api.me(&user.key).await;
     let forged = json!({
         "is_staff": true,
@@ -122,7 +122,7 @@ both!(patch_ignores_read_only_fields, |api, ctx| async move {
 both!(
     patch_validates_choices_and_booleans,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         // Each bad field comes with a good one, which must not be applied either.
         let patch = |mut body: Value| {
             body["last_name"] = json!("ShouldNotStick");
@@ -165,7 +165,7 @@ both!(
 both!(
     patch_with_empty_body_returns_the_user,
     |api, ctx| async move {
-        let user = create_user(&ctx, false, &["*"]).await;
+        let user = create_user(&ctx, &["*"]).await;
         let before = api.me(&user.key).await;
         let reply = api.patch_me(&user.key, &json!({})).await;
         assert_eq!(reply.user_object(), before);
@@ -175,7 +175,7 @@ both!(
 );
 
 both!(json_settings_are_capped_at_16_kib, |api, ctx| async move {
-    let user = create_user(&ctx, false, &["*"]).await;
+    let user = create_user(&ctx, &["*"]).await;
     let big = json!({"accessories": "x".repeat(17 * 1024)});
     api.patch_me(
         &user.key,

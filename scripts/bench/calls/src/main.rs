@@ -314,7 +314,12 @@ impl Driver {
             })
             .unwrap_or_else(|| vec!["*".into()]);
         let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-        let user = api_tests::create_user(&self.prep, staff, &scopes).await;
+        let kind = if staff {
+            shared::users::UserKind::Staff
+        } else {
+            shared::users::UserKind::Regular
+        };
+        let user = api_tests::create_user_of_kind(&self.prep, kind, &scopes).await;
         json!({"uuid": user.user.uuid, "email": user.user.email, "key": user.key})
     }
 
