@@ -7,6 +7,8 @@ holds a copy that could drift; `scripts/dev gen-router` writes the file for a ha
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -70,19 +72,24 @@ def render_router(router: RouterSpec) -> str:
 
 
 def write_router(template: dict[str, Any], path: Path = ROUTER_FILE) -> Path:
-    """Writes the router for `cargo lambda watch --global`; returns the file."""
+    """Writes the router for `cargo lambda watch --global`, whole or not at all (a run and a
+    check may write it at the same time); returns the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_router(expected_router(template)), encoding="utf-8")
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False) as f:
+        f.write(render_router(expected_router(template)))
+    os.replace(f.name, path)
     return path
 
 
-def check_router(path: Path = ROUTER_FILE) -> list[str]:
-    """What the written router would route differently from template.yaml (it reads back as
-    the same table), for the test command."""
+def check_router() -> list[str]:
+    """Where the router as written would route otherwise than template.yaml's table: what
+    can go wrong once the table is right (template.yaml against the route table is the
+    tests' check) is its rendering for cargo lambda watch. Written to a file of its own."""
     template = load_template()
     expected = expected_router(template)
-    with open(write_router(template, path), "rb") as f:
-        node: Any = tomllib.load(f).get("watch", {}).get("router", {})
+    with tempfile.TemporaryDirectory() as scratch:
+        with open(write_router(template, Path(scratch) / ROUTER_FILE.name), "rb") as f:
+            node: Any = tomllib.load(f).get("watch", {}).get("router", {})
     actual: RouterSpec = {
         p: t if isinstance(t, str) else {str(e["method"]): str(e["function"]) for e in t} for p, t in node.items()
     }

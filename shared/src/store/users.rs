@@ -224,7 +224,8 @@ impl Store {
     }
 
     /// Who owns an address, if anyone.
-    /// The user whose address `email` is (compared as [`email_key`] does), if any.
+    /// The user whose address `email` is (compared as [`email_key`] does), if any. A marker
+    /// whose owner is not a user id is refused (logged), never read as a free address.
     pub async fn email_owner(&self, email: &str) -> Result<Option<UserId>, ApiError> {
         let out = self
             .db
@@ -235,10 +236,15 @@ impl Store {
             .send()
             .await
             .map_err(sdk("user_emails.get"))?;
-        Ok(out
-            .item
-            .and_then(|mut item| item.remove("user_uuid"))
-            .and_then(|v| v.as_s().ok().and_then(|id| UserId::parse(id))))
+        let Some(mut item) = out.item else {
+            return Ok(None);
+        };
+        item.remove("user_uuid")
+            .as_ref()
+            .and_then(|owner| owner.as_s().ok())
+            .and_then(|owner| UserId::parse(owner))
+            .map(Some)
+            .ok_or_else(|| ApiError::internal("user_emails.get", "the owner is not a user id"))
     }
 
     pub(crate) fn claim_email(
