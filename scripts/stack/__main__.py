@@ -78,14 +78,19 @@ def cmd_openapi_routes(_args: argparse.Namespace) -> int:
 
 def cmd_check_policies(args: argparse.Namespace) -> int:
     directory = Path(args.observed_dir).resolve() if args.observed_dir else latest_observed_dir()
-    problems = check_policies(directory)
+    return report(check_policies(directory),
+                  f"template.yaml's policies do not match what the functions did in the tests ({directory}):",
+                  f"template.yaml: every function's policies are exactly what it used in the tests ({directory})")
+
+
+def report(problems: list[str], failed: str, passed: str) -> int:
+    """A check's outcome for a command: its problems under `failed` (exit 1), or `passed`."""
     if problems:
-        print("template.yaml's policies do not match what the functions did in the tests "
-              f"({directory}):", file=sys.stderr)
+        print(failed, file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1
-    print(f"template.yaml: every function's policies are exactly what it used in the tests ({directory})")
+    print(passed)
     return 0
 
 
@@ -105,14 +110,9 @@ def cmd_gen_router(_args: argparse.Namespace) -> int:
 
 
 def cmd_check_router(_args: argparse.Namespace) -> int:
-    problems = check_router()
-    if problems:
-        print(f"{ROUTER_FILE.relative_to(ROOT)} does not route as template.yaml does:", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
-    print(f"{ROUTER_FILE.relative_to(ROOT)} routes as template.yaml does")
-    return 0
+    name = ROUTER_FILE.relative_to(ROOT)
+    return report(check_router(), f"{name} does not route as template.yaml does:",
+                  f"{name} routes as template.yaml does")
 
 
 def cmd_env(args: argparse.Namespace) -> int:
