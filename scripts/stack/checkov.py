@@ -1,5 +1,5 @@
-"""checkov, the template's security scanner, on template.yaml as it is and with
-EdgeProtection on."""
+"""checkov, the template's security scanner, on template.yaml as it is and with every
+optional part on (EdgeProtection, CreateUserPool)."""
 
 from __future__ import annotations
 
@@ -37,27 +37,35 @@ def ensure_checkov(sup: Supervisor) -> Path:
     return checkov
 
 
-def edge_variant(template_text: str) -> str:
-    """template.yaml with EdgeProtection defaulting to "true": checkov evaluates conditions
-    with the parameters' defaults, so the edge resources are scanned only in this copy."""
-    text, n = re.subn(r'(\n  EdgeProtection:\n(?:    .*\n)*?    Default: )"false"', r'\1"true"', template_text)
-    if n != 1:
-        raise StackError('template.yaml: no EdgeProtection parameter with Default: "false"')
+# The "true"/"false" parameters that add resources: checkov evaluates conditions with the
+# parameters' defaults, so what they add is scanned only in a copy where they default to "true".
+OPTIONAL_PARTS = ("EdgeProtection", "CreateUserPool")
+
+
+def all_parts_variant(template_text: str) -> str:
+    """template.yaml with every OPTIONAL_PARTS parameter defaulting to "true": the CloudFront
+    and WAF resources and the Cognito user pool are scanned in this copy (they do not touch
+    each other, so one copy serves both)."""
+    text = template_text
+    for name in OPTIONAL_PARTS:
+        text, n = re.subn(rf'(\n  {name}:\n(?:    .*\n)*?    Default: )"false"', r'\1"true"', text)
+        if n != 1:
+            raise StackError(f'template.yaml: no {name} parameter with Default: "false"')
     return text
 
 
 def run_checkov(sup: Supervisor) -> bool:
-    """checkov on template.yaml as it is and with EdgeProtection on; every failed check fails
-    (a check that does not apply is skipped in the template, beside the resource, with its
-    reason). Offline: --skip-download keeps it from asking Prisma Cloud for its mappings."""
+    """checkov on template.yaml as it is and with every optional part on; every failed check
+    fails (a check that does not apply is skipped in the template, beside the resource, with
+    its reason). Offline: --skip-download keeps it from asking Prisma Cloud for its mappings."""
     try:
         checkov = ensure_checkov(sup)
     except StackError as e:
         print(f"  {e}", file=sys.stderr)
         return False
-    edge = LOCAL_DIR / "checkov" / "template-edge-protection.yaml"
-    edge.parent.mkdir(parents=True, exist_ok=True)
-    edge.write_text(edge_variant(TEMPLATE.read_text()))
+    variant = LOCAL_DIR / "checkov" / "template-all-parts.yaml"
+    variant.parent.mkdir(parents=True, exist_ok=True)
+    variant.write_text(all_parts_variant(TEMPLATE.read_text()))
     return sup.run("checkov", [str(checkov), "--framework", "cloudformation", "--compact", "--quiet",
-                               "--skip-download", "-f", str(TEMPLATE), "-f", str(edge)],
+                               "--skip-download", "-f", str(TEMPLATE), "-f", str(variant)],
                    env=process_env({})) == 0

@@ -14,12 +14,14 @@ from .common import LOCAL_DIR, StackError
 from .supervisor import proc_stat
 
 # Where the in-process tests of a `scripts/dev test` run record each function's AWS calls
-# (DynamoDB, Secrets Manager, SES): `.local/observed/<pid of the run>/<pid of the test>.jsonl`,
-# one line a call:
+# (DynamoDB, Secrets Manager, SES, Cognito):
+# `.local/observed/<pid of the run>/<pid of the test>.jsonl`, one line a call:
 #   {"function": "<binary>", "service": "dynamodb", "action": "GetItem", "resource": "<table name>"}
 #   {"function": "<binary>", "service": "secretsmanager", "action": "GetSecretValue",
 #    "resource": "<the secret id the function was given: its ENCRYPTION_SECRET_ID>"}
 #   {"function": "<binary>", "service": "ses", "action": "SendEmail", "resource": "*"}
+#   {"function": "<binary>", "service": "cognito-idp", "action": "GetUser", "resource": "*"}
+#    (with the user's access token, which authorizes it: no IAM grant, see policies.py)
 # A line of the older record, {"function": ..., "action": ..., "table": ...}, is a DynamoDB call.
 OBSERVED_DIR = LOCAL_DIR / "observed"
 
@@ -27,9 +29,9 @@ OBSERVED_DIR = LOCAL_DIR / "observed"
 @dataclass(frozen=True, order=True)
 class Call:
     """One AWS call a function made in the tests."""
-    service: str   # "dynamodb", "secretsmanager", "ses"
+    service: str   # "dynamodb", "secretsmanager", "ses", "cognito-idp"
     action: str    # without the service prefix: "GetItem", "GetSecretValue", "SendEmail"
-    resource: str  # a table name, the secret id the function was given, or "*" (SES names none)
+    resource: str  # a table name, the secret id the function was given, or "*" (SES, Cognito)
 
     def __str__(self) -> str:
         return f"{self.service}:{self.action}" + ("" if self.resource == "*" else f" on {self.resource}")
