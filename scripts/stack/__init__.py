@@ -1,12 +1,13 @@
 """The local stack behind `scripts/dev` (its commands: __main__.py), one module per job:
 
-  common         the repository's paths, the local region and account, StackError, tools
+  common         the repository's paths, the local region and account, StackError, tools, AWS clients
   template       template.yaml: its CloudFormation tags, functions, routes, local values
   openapi        openapi.yaml's operations
   router         cargo lambda watch's router (.local/cargo-lambda.toml), written from template.yaml
   sam_local_env  scripts/sam-local-env.json, written and checked
   supervisor     child processes in their own sessions, stopped with all they started
   services       DynamoDB Local and moto: started, set up, the functions' environment
+  cognito        the local user pool in moto (sign-in tokens), its demo user, moto's signing key
   watch          cargo lambda watch: started, waited for, every function warmed
   observed       the tests' record of what each function called
   policies       the template's grants against that record

@@ -1,10 +1,11 @@
-"""The local stack: DynamoDB Local, moto (Secrets Manager, SES) and `cargo lambda watch`,
-set up from template.yaml, the one description of the deployed stack.
+"""The local stack: DynamoDB Local, moto (Secrets Manager, SES, and Cognito for sign-in tokens)
+and `cargo lambda watch`, set up from template.yaml, the one description of the deployed stack.
 
 Run it through `scripts/dev`, which installs the tools first.
 
-  run           start everything on the usual ports, create a demo user and key, serve the
-                API on http://127.0.0.1:3000 until Ctrl-C
+  run           start everything on the usual ports, create a demo user and key and the same
+                user in the local user pool (a password to sign in with), serve the API on
+                http://127.0.0.1:3000 until Ctrl-C
   test [-- ARGS]
                 start everything on free ports, run `cargo nextest run` against it (ARGS go to
                 nextest, e.g. `-- -E 'test(two_factor)'`), fuzz the API with schemathesis
@@ -26,7 +27,9 @@ Run it through `scripts/dev`, which installs the tools first.
                 write scripts/sam-local-env.json (`sam local start-api --env-vars`) from
                 template.yaml
   check-router  fail when that router would route otherwise than template.yaml says
-  env           print the environment the functions get locally (for a shell: eval it)
+  env           print the environment the functions get locally (for a shell: eval it), with
+                the local user pool's ids (LOCAL_USER_POOL_ID, LOCAL_USER_POOL_CLIENT_ID) and
+                token settings while `scripts/dev run` runs (the pool exists only then)
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ if not __package__:
 
 from stack.artifacts import SAM_BUILD_DIR, check_sam_artifacts, ensure_arm64_toolchain  # noqa: E402
 from stack.checkov import run_checkov  # noqa: E402
+from stack.cognito import (  # noqa: E402
+    DEMO_PASSWORD, create_demo_user, find_user_pool, moto_private_key_files, sign_in_example,
+)
 from stack.common import (  # noqa: E402
     LOG_DIR, REGION, ROOT, TEMPLATE, VENV_BIN, StackError, cargo_target_dir, process_env, require_tool,
 )
@@ -56,7 +62,8 @@ from stack.policies import check_policies  # noqa: E402
 from stack.router import ROUTER_FILE, check_router, write_router  # noqa: E402
 from stack.sam_local_env import SAM_LOCAL_ENV, check_sam_local_env, sam_local_env  # noqa: E402
 from stack.services import (  # noqa: E402
-    free_port, port_is_free, setup_services, stack_env, start_services, users_admin, wait_services,
+    RUN_STATE, free_port, port_is_free, read_run_state, remove_run_state, setup_services, stack_env,
+    start_services, users_admin, wait_services, write_run_state,
 )
 from stack.supervisor import Supervisor, supervised  # noqa: E402
 from stack.template import functions, load_template, routes  # noqa: E402
@@ -116,9 +123,27 @@ def cmd_check_router(_args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    s = argparse.Namespace(dynamodb_url=f"http://127.0.0.1:{args.dynamodb_port}",
-                           moto_url=f"http://127.0.0.1:{args.moto_port}")
+    # The ports: as given, else those of the `scripts/dev run` that runs, else the usual ones.
+    running = read_run_state() or {}
+    s = argparse.Namespace(
+        dynamodb_url=f"http://127.0.0.1:{args.dynamodb_port}" if args.dynamodb_port
+        else running.get("dynamodb_url", "http://127.0.0.1:8000"),
+        moto_url=f"http://127.0.0.1:{args.moto_port}" if args.moto_port else running.get("moto_url", "http://127.0.0.1:5000"),
+    )
     env = stack_env(load_template(), s)  # type: ignore[arg-type]
+    # The user pool is made by `scripts/dev run` in its moto, with new ids each time: asked of
+    # that moto, never assumed.
+    pool = find_user_pool(s.moto_url)
+    if pool is not None:
+        env.update(pool.function_env())
+        env.update(pool.ids_env())
+    else:
+        where = (f"the `scripts/dev run` that runs has none in its moto ({s.moto_url})" if running else
+                 f"no `scripts/dev run` is running (it says where its services are in "
+                 f"{RUN_STATE.relative_to(ROOT)}), and moto at {s.moto_url} has none")
+        print(f"scripts/dev env: no local user pool: {where}. The pool exists only while `scripts/dev run` runs, "
+              "with new ids each time: LOCAL_USER_POOL_ID and LOCAL_USER_POOL_CLIENT_ID are not exported, and "
+              "TOKEN_* keep template.yaml's values (no sign-in tokens).", file=sys.stderr)
     for k, v in sorted(env.items()):
         print(f"export {k}={shlex.quote(v)}")
     return 0
@@ -136,30 +161,49 @@ def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
     if sup.run("cargo build", ["cargo", "build", "--workspace"], env=penv) != 0:
         raise StackError("cargo build failed")
     wait_services(services)
-    setup_services(template, services, env)
+    pool = setup_services(template, services, env)
+    env.update(pool.function_env())  # the functions accept the local pool's access tokens
+    penv = process_env(env)
     target = cargo_target_dir()
     user = users_admin(target, penv, "create-user", "--email", DEMO_EMAIL, "--first-name", "Demo", "--staff")
     key = users_admin(target, penv, "create-key", "--user", user["uuid"], "--scopes", "*", "--label", "demo")
-    watch = start_watch(sup, args.port, penv, log=None, ignore_changes=False, concurrency=args.concurrency)
+    # The same person in the local user pool: the functions link its sign-in to the staff user
+    # by the verified email (TOKEN_NEW_IDENTITY=link-by-email).
+    create_demo_user(pool, user["email"], DEMO_PASSWORD)
     url = f"http://127.0.0.1:{args.port}"
-    wait_watch(watch, url, timeout=1800)
-    api_key = key["api_key"]
-    print(
-        "\n"
-        f"  API            {url}   (cargo lambda watch; code changes reload the functions)\n"
-        f"  DynamoDB Local {services.dynamodb_url}   (in memory: gone when this stops)\n"
-        f"  moto           {services.moto_url}   (Secrets Manager, SES: {services.moto_url}/moto-api/data.json)\n"
-        f"  logs           {LOG_DIR.relative_to(ROOT)}/run-*.log\n"
-        f"  demo user      {user['email']} ({user['uuid']}), staff\n"
-        f"  API key        {api_key}\n"
-        "\n"
-        f"  curl -s {url}/api/users/@me/ -H 'Authorization: Bearer {api_key}'\n"
-        "\n"
-        "  Ctrl-C stops everything.\n",
-        flush=True,
-    )
-    code = watch.popen.wait()
-    raise StackError(f"cargo lambda watch exited with code {code}")
+    write_run_state(services, url)
+    try:
+        watch = start_watch(sup, args.port, penv, log=None, ignore_changes=False, concurrency=args.concurrency)
+        wait_watch(watch, url, timeout=1800)
+        api_key = key["api_key"]
+        sign_in = sign_in_example(pool, url, user["email"], DEMO_PASSWORD).replace("\n", "\n  ")
+        print(
+            "\n"
+            f"  API            {url}   (cargo lambda watch; code changes reload the functions)\n"
+            f"  DynamoDB Local {services.dynamodb_url}   (in memory: gone when this stops)\n"
+            f"  moto           {services.moto_url}   (Secrets Manager, SES, Cognito: {services.moto_url}/moto-api/data.json)\n"
+            f"  logs           {LOG_DIR.relative_to(ROOT)}/run-*.log\n"
+            f"  demo user      {user['email']} ({user['uuid']}), staff\n"
+            f"  API key        {api_key}\n"
+            f"  user pool      {pool.pool_id}, app client {pool.client_id} (moto's Cognito; new ids each run)\n"
+            f"  sign-in        {user['email']} / {DEMO_PASSWORD}\n"
+            "\n"
+            "  With the API key:\n"
+            "\n"
+            f"  curl -s {url}/api/users/@me/ -H 'Authorization: Bearer {api_key}'\n"
+            "\n"
+            "  Signed in to the local user pool, with its access token:\n"
+            "\n"
+            f"  {sign_in}\n"
+            "\n"
+            "  `eval \"$(scripts/dev env)\"` exports the functions' environment and the pool's ids.\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        code = watch.popen.wait()
+        raise StackError(f"cargo lambda watch exited with code {code}")
+    finally:
+        remove_run_state()
 
 def cmd_build(args: argparse.Namespace, sup: Supervisor) -> int:
     template = load_template()
@@ -202,7 +246,10 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
     built = step("cargo build", sup.run("cargo build", ["cargo", "build", "--workspace", "--all-targets"], env=penv) == 0)
     if built:
         wait_services(services)
-        setup_services(template, services, env)
+        pool = setup_services(template, services, env)
+        env.update(pool.function_env())  # the functions accept the local pool's access tokens
+        penv = process_env(env)
+        private_jwk, private_der = moto_private_key_files()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         watch_log = LOG_DIR / "test-watch.log"
@@ -223,6 +270,11 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
                 "TEMPLATE_PATH": str(TEMPLATE),
                 "OBSERVED_DIR": str(observed_dir),
                 "WATCH_LOG": str(watch_log.resolve()),
+                # The local user pool (sign-in tokens), and moto's signing key, with which the
+                # tests forge tokens the functions take for the pool's.
+                **pool.ids_env(),
+                "TEST_MOTO_COGNITO_PRIVATE_JWK": str(private_jwk),
+                "TEST_MOTO_COGNITO_PRIVATE_KEY_DER": str(private_der),
             })
             require_tool("cargo-nextest", "install it with `cargo install cargo-nextest --locked`")
             require_tool("openssl", "the TLS test makes its certificates with it (apt-get install openssl)")
@@ -304,8 +356,10 @@ def main(argv: list[str]) -> int:
     sub.add_parser("check-router", help="fail when the local router would route otherwise than template.yaml")
     sub.add_parser("build", help="sam build for arm64: one bootstrap per function in .aws-sam/build")
     p = sub.add_parser("env", help="print the local environment of the functions as shell exports")
-    p.add_argument("--dynamodb-port", type=int, default=8000)
-    p.add_argument("--moto-port", type=int, default=5000)
+    p.add_argument("--dynamodb-port", type=int, default=None,
+                   help="default: that of the `scripts/dev run` that runs, else 8000")
+    p.add_argument("--moto-port", type=int, default=None,
+                   help="default: that of the `scripts/dev run` that runs, else 5000")
     args = parser.parse_args(argv)
     if getattr(args, "nextest_args", None) and args.nextest_args[0] == "--":
         args.nextest_args = args.nextest_args[1:]

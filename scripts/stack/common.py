@@ -1,6 +1,6 @@
 """What every part of the local stack shares: the repository's paths, the local region and
-account, the error with a message for the user, and the tools and environment of the
-processes it starts."""
+account, the error with a message for the user, the tools and environment of the processes it
+starts, and an AWS SDK client for a local emulator."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # scripts/stack/common.py
 TEMPLATE = ROOT / "template.yaml"
@@ -42,6 +43,21 @@ def process_env(extra: dict[str, str]) -> dict[str, str]:
     env["SAM_CLI_TELEMETRY"] = "0"
     env.update(extra)
     return env
+
+
+def aws_client(service: str, url: str, attempts: int = 3) -> Any:
+    """A boto3 client of `service` at a local emulator (`url`), with local credentials."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
 
 
 def cargo_target_dir() -> Path:

@@ -1,10 +1,12 @@
-"""The services the functions call locally: DynamoDB Local and moto (Secrets Manager, SES),
-started on given ports, waited for, and set up from template.yaml (tables, secrets, the SES
-sender); the functions' environment against them; users-admin against them."""
+"""The services the functions call locally: DynamoDB Local and moto (Secrets Manager, SES,
+Cognito), started on given ports, waited for, and set up from template.yaml (tables, secrets,
+the SES sender) and for sign-in (the local user pool: cognito.py); the functions' environment
+against them; users-admin against them."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 import string
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import LOCAL_DIR, LOG_DIR, REGION, ROOT, VENV_BIN, StackError, require_tool
-from .supervisor import Child, Supervisor
+from .cognito import LocalPool, setup_user_pool
+from .common import LOCAL_DIR, LOG_DIR, REGION, ROOT, VENV_BIN, StackError, aws_client, require_tool
+from .supervisor import Child, Supervisor, proc_stat
 from .template import Resolver, local_function_env
 
 
@@ -107,23 +110,9 @@ def wait_services(s: Services) -> None:
     wait_until(f"DynamoDB Local on {s.dynamodb_url}", lambda: http_answers(s.dynamodb_url), s.dynamodb, 90)
 
 
-def _client(service: str, url: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        service,
-        endpoint_url=url,
-        region_name=REGION,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
-    )
-
-
 def create_tables(template: dict[str, Any], dynamodb_url: str) -> list[str]:
     resolver = Resolver(template)
-    ddb = _client("dynamodb", dynamodb_url)
+    ddb = aws_client("dynamodb", dynamodb_url)
     created = []
     for logical_id, res in template["Resources"].items():
         if res.get("Type") != "AWS::DynamoDB::Table":
@@ -195,7 +184,7 @@ def generate_secret_string(spec: dict[str, Any]) -> str:
 
 def create_secrets(template: dict[str, Any], moto_url: str) -> list[str]:
     resolver = Resolver(template)
-    sm = _client("secretsmanager", moto_url)
+    sm = aws_client("secretsmanager", moto_url)
     created = []
     for res in template["Resources"].values():
         if res.get("Type") != "AWS::SecretsManager::Secret":
@@ -216,24 +205,34 @@ def create_secrets(template: dict[str, Any], moto_url: str) -> list[str]:
 
 
 def verify_sender(moto_url: str, sender: str) -> None:
-    _client("sesv2", moto_url).create_email_identity(EmailIdentity=sender)
+    aws_client("sesv2", moto_url).create_email_identity(EmailIdentity=sender)
 
 
-def setup_services(template: dict[str, Any], s: Services, env: dict[str, str]) -> None:
+def setup_services(template: dict[str, Any], s: Services, env: dict[str, str]) -> LocalPool:
+    """Creates what the template's resources are locally, and the local user pool. The pool
+    exists only from now on (moto is new each time, and so are its ids): for the functions to
+    accept its tokens, the caller adds `pool.function_env()` to the environment of what it
+    starts after this (users-admin, cargo lambda watch, the tests)."""
     tables = create_tables(template, s.dynamodb_url)
     names = create_secrets(template, s.moto_url)
     if env.get("EMAIL_SENDER"):
         verify_sender(s.moto_url, env["EMAIL_SENDER"])
-    print(f"stack: tables {', '.join(tables)}; secret {', '.join(names)}; SES sender {env.get('EMAIL_SENDER') or '(none)'}", flush=True)
+    pool = setup_user_pool(s.moto_url)
+    print(f"stack: tables {', '.join(tables)}; secret {', '.join(names)}; SES sender {env.get('EMAIL_SENDER') or '(none)'}; "
+          f"user pool {pool.pool_id}, app client {pool.client_id}", flush=True)
+    return pool
 
 
 def stack_env(template: dict[str, Any], s: Services) -> dict[str, str]:
-    """The environment of the functions (and of users-admin and the tests) locally."""
+    """The environment of the functions (and of users-admin and the tests) locally, before the
+    services are set up: the user pool's token settings (TOKEN_*), which keep the template's
+    values here, are known only once setup_services has made the pool."""
     env = local_function_env(template)
     env.update({
         "AWS_ENDPOINT_URL_DYNAMODB": s.dynamodb_url,
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": s.moto_url,
         "AWS_ENDPOINT_URL_SESV2": s.moto_url,
+        "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER": s.moto_url,
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ACCESS_KEY_ID": "local",
@@ -241,6 +240,43 @@ def stack_env(template: dict[str, Any], s: Services) -> dict[str, str]:
         "AWS_EC2_METADATA_DISABLED": "true",
     })
     return env
+
+
+# Where `scripts/dev run` says which ports its services took (for `scripts/dev env`), while it runs.
+RUN_STATE = LOCAL_DIR / "run.json"
+
+
+def _starttime(pid: int) -> int | None:
+    stat = proc_stat(pid)
+    return stat[2] if stat else None
+
+
+def write_run_state(s: Services, api_url: str) -> None:
+    pid = os.getpid()
+    state = {"pid": pid, "starttime": _starttime(pid), "api_url": api_url,
+             "dynamodb_url": s.dynamodb_url, "moto_url": s.moto_url}
+    RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
+    scratch = RUN_STATE.with_name(f"{RUN_STATE.name}.{pid}.tmp")
+    scratch.write_text(json.dumps(state, indent=2) + "\n")
+    scratch.replace(RUN_STATE)
+
+
+def read_run_state() -> dict[str, Any] | None:
+    """What the `scripts/dev run` that is running wrote, or None (none runs)."""
+    try:
+        state = json.loads(RUN_STATE.read_text())
+        alive = _starttime(int(state["pid"])) == state["starttime"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state if alive else None
+
+
+def remove_run_state() -> None:
+    try:
+        if json.loads(RUN_STATE.read_text()).get("pid") == os.getpid():
+            RUN_STATE.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def users_admin(target: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
