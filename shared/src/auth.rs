@@ -1,5 +1,8 @@
-//! Personal-API-key authentication, scopes, and whose account a path may name.
+//! Authentication (a personal API key or a sign-in token, one `Authorization: Bearer` header
+//! for both), scopes, and whose account a path may name.
 use crate::error::ApiError;
+use crate::identities::{IdentityKey, IdentityLink, LinkWrite, LinkedBy};
+use crate::tokens::{self, NewIdentity, TokenVerifier, VerifiedToken};
 pub use crate::routes::Scope;
 use crate::routes::{Matched, Target, NON_STAFF};
 use crate::store::Store;
@@ -69,8 +72,16 @@ fn looks_like_key(key: &str) -> bool {
         .is_some_and(|body| body.len() == KEY_BODY_LEN && body.bytes().all(|b| BASE57.contains(&b)))
 }
 
-/// The authenticated caller, from its key's record (which carries the user's staff and
-/// active flags, so authentication is one read).
+/// What the caller signed in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    /// A sign-in token of this app client.
+    AccessToken { client: String },
+}
+
+/// The authenticated caller, from its key's record or its token's identity link (each
+/// carries the user's staff and active flags, so authentication is one read).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub uuid: UserId,
@@ -78,6 +89,7 @@ pub struct Caller {
     pub scopes: Vec<String>,
     /// The key, when its last use is to be noted: never noted, or not in the last hour.
     pub key_to_note: Option<ApiKeyHash>,
+    pub credential: Credential,
 }
 
 /// How often a key's `last_used_at` is written at most, as PostHog does.
@@ -132,12 +144,33 @@ pub fn bearer_key(req: &Request) -> Result<&str, ApiError> {
     Ok(key)
 }
 
-/// Looks the key's hash up (one consistent read) and checks it is live.
-pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiError> {
-    let key = bearer_key(req)?;
-    if !looks_like_key(key) {
-        return Err(ApiError::AuthenticationFailed);
+/// What a request's credential is checked against: the store (keys, identity links) and,
+/// when the deployment takes sign-in tokens, their verifier and the user pool that tells a
+/// Cognito token's email.
+#[derive(Clone, Copy)]
+pub struct Authenticators<'a> {
+    pub store: &'a Store,
+    pub tokens: Option<&'a TokenVerifier>,
+    pub cognito: Option<&'a aws_sdk_cognitoidentityprovider::Client>,
+}
+
+/// The caller of `Authorization: Bearer <credential>`: a personal API key (by its shape), or,
+/// where the deployment takes them, a sign-in token. Anything else costs no call.
+pub async fn authenticate(auth: Authenticators<'_>, req: &Request) -> Result<Caller, ApiError> {
+    let credential = bearer_key(req)?;
+    if looks_like_key(credential) {
+        return authenticate_key(auth.store, credential).await;
     }
+    match auth.tokens {
+        Some(tokens) if credential.contains('.') => {
+            authenticate_token(auth, tokens, credential).await
+        }
+        _ => Err(ApiError::AuthenticationFailed),
+    }
+}
+
+/// Looks the key's hash up (one consistent read) and checks it is live.
+async fn authenticate_key(store: &Store, key: &str) -> Result<Caller, ApiError> {
     let hash = ApiKeyHash::of(key);
     let record: ApiKeyRecord = store
         .api_key(&hash)
@@ -158,7 +191,129 @@ pub async fn authenticate(store: &Store, req: &Request) -> Result<Caller, ApiErr
         is_staff: record.user_is_staff,
         scopes: record.scopes,
         key_to_note: due.then_some(hash),
+        credential: Credential::ApiKey,
     })
+}
+
+/// Verifies the token, then finds its identity link (one consistent read), or makes one on
+/// the token's first use as the deployment chooses. The token's scopes are the caller's.
+async fn authenticate_token(
+    auth: Authenticators<'_>,
+    tokens: &TokenVerifier,
+    raw: &str,
+) -> Result<Caller, ApiError> {
+    let token = tokens.verify(raw).await?;
+    let key = IdentityKey::of(&token.issuer, &token.subject);
+    let link = match auth.store.identity_link(&key).await? {
+        Some(link) => link,
+        None => link_on_first_use(auth, tokens.settings.new_identity, &token, raw, &key).await?,
+    };
+    if !link.user_is_active {
+        return Err(tokens::refused("user_inactive"));
+    }
+    Ok(Caller {
+        uuid: link.user_uuid,
+        is_staff: link.user_is_staff,
+        scopes: token.scopes,
+        key_to_note: None,
+        credential: Credential::AccessToken {
+            client: token.client,
+        },
+    })
+}
+
+/// The address a token vouches for: its `email` claim if verified, or, for a Cognito access
+/// token (which carries none), the user's attributes as Cognito's `GetUser` tells them to
+/// the token itself.
+async fn verified_email(
+    auth: Authenticators<'_>,
+    token: &VerifiedToken,
+    raw: &str,
+) -> Result<String, ApiError> {
+    let (email, verified) = match (&token.email, auth.cognito) {
+        (Some(email), _) => (email.clone(), token.email_verified),
+        (None, Some(cognito)) => tokens::cognito_email(cognito, raw)
+            .await?
+            .ok_or_else(|| tokens::refused("no_email"))?,
+        (None, None) => return Err(tokens::refused("no_email")),
+    };
+    if !verified {
+        return Err(tokens::refused("email_not_verified"));
+    }
+    if !crate::email_change::is_valid_email(&email) {
+        return Err(tokens::refused("email_not_an_address"));
+    }
+    Ok(email)
+}
+
+/// A token's first use: with `LinkByEmail`, a link to the active user whose address is the
+/// token's verified email; with `CreateUser`, also a new user when nobody has that address.
+/// Racing first uses make one link (and one user): the writes are conditional, and the loser
+/// reads the winner's link.
+async fn link_on_first_use(
+    auth: Authenticators<'_>,
+    policy: NewIdentity,
+    token: &VerifiedToken,
+    raw: &str,
+    key: &IdentityKey,
+) -> Result<IdentityLink, ApiError> {
+    if policy == NewIdentity::Refuse {
+        return Err(tokens::refused("not_linked"));
+    }
+    let email = verified_email(auth, token, raw).await?;
+    let store = auth.store;
+    for _round in 0..3 {
+        let (write, link) = match store.email_owner(&email).await? {
+            Some(owner) => {
+                let user = store
+                    .user(owner)
+                    .await?
+                    .filter(|u| u.is_active)
+                    .ok_or_else(|| tokens::refused("user_inactive"))?;
+                let link = IdentityLink::new(
+                    &token.issuer,
+                    &token.subject,
+                    user.uuid,
+                    user.is_staff,
+                    LinkedBy::VerifiedEmail,
+                );
+                (store.link_identity(&link).await?, link)
+            }
+            None if policy == NewIdentity::CreateUser => {
+                let mut user = crate::users::UserRecord::new(
+                    &email,
+                    "",
+                    "",
+                    crate::users::UserKind::Regular,
+                );
+                user.is_email_verified = Some(true);
+                let link = IdentityLink::new(
+                    &token.issuer,
+                    &token.subject,
+                    user.uuid,
+                    false,
+                    LinkedBy::NewUser,
+                );
+                (store.create_user_with_identity(&user, &link).await?, link)
+            }
+            None => return Err(tokens::refused("not_linked")),
+        };
+        match write {
+            LinkWrite::Linked => {
+                tracing::info!(linked_by = ?link.linked_by, "sign-in identity linked");
+                return Ok(link);
+            }
+            LinkWrite::AlreadyLinked => {
+                if let Some(link) = store.identity_link(key).await? {
+                    return Ok(link);
+                }
+            }
+            LinkWrite::UserInactive => return Err(tokens::refused("user_inactive")),
+            // Another user took the address meanwhile: the next round links to them.
+            LinkWrite::EmailTaken => {}
+        }
+    }
+    Err(ApiError::Unavailable)
 }
 
 /// Whose account the request acts on.
@@ -259,6 +414,7 @@ mod tests {
             is_staff: false,
             scopes: vec![s.into()],
             key_to_note: None,
+            credential: Credential::ApiKey,
         };
         assert!(caller("user:write").require(Scope::UserRead).is_ok());
         assert!(caller("*").require(Scope::UserWrite).is_ok());

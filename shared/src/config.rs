@@ -12,6 +12,8 @@ pub struct Tables {
     pub email_changes: String,
     /// Failure states of code checks and the email-change mail log.
     pub limits: String,
+    /// Links from a sign-in token's (issuer, subject) to a user.
+    pub identities: String,
 }
 
 #[derive(Debug, Clone)]
@@ -23,21 +25,24 @@ pub struct Config {
     pub totp_issuer: String,
     /// SES sender; `None` turns email off (email changes then apply at once).
     pub email_sender: Option<String>,
+    /// Sign-in tokens (JWT access tokens) beside personal API keys; `None`: keys only.
+    pub tokens: Option<crate::tokens::TokenSettings>,
 }
 
-/// A required variable was not set: the deployment is broken, so start-up fails loudly.
+/// A required variable was not set (or not to a value it can take): the deployment is
+/// broken, so start-up fails loudly.
 #[derive(Debug, thiserror::Error)]
-#[error("environment variable {0} is not set")]
+#[error("environment variable {0} is not set or not valid")]
 pub struct MissingVar(pub &'static str);
 
-fn required(name: &'static str) -> Result<String, MissingVar> {
+pub(crate) fn required(name: &'static str) -> Result<String, MissingVar> {
     env::var(name)
         .ok()
         .filter(|v| !v.is_empty())
         .ok_or(MissingVar(name))
 }
 
-fn optional(name: &str) -> Option<String> {
+pub(crate) fn optional(name: &str) -> Option<String> {
     env::var(name)
         .ok()
         .map(|v| v.trim().to_string())
@@ -55,10 +60,12 @@ impl Config {
                 two_factor: required("TWO_FACTOR_TABLE")?,
                 email_changes: required("EMAIL_CHANGES_TABLE")?,
                 limits: required("LIMITS_TABLE")?,
+                identities: required("IDENTITIES_TABLE")?,
             },
             encryption_secret_id: optional("ENCRYPTION_SECRET_ID"),
             totp_issuer: optional("TOTP_ISSUER").unwrap_or_else(|| "PostHog".to_string()),
             email_sender: optional("EMAIL_SENDER"),
+            tokens: crate::tokens::TokenSettings::from_env()?,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! What a function builds once per cold start and shares, by reference, with every request.
-use crate::auth::{self, ApiKeyHash, Caller, TargetUser};
+use crate::auth::{self, ApiKeyHash, Authenticators, Caller, TargetUser};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::email::Mailer;
@@ -8,6 +8,7 @@ use crate::http;
 use crate::routes::{self, Matched};
 use crate::runtime::Queue;
 use crate::store::Store;
+use crate::tokens::TokenVerifier;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -62,6 +63,11 @@ pub struct Context {
     keys: Arc<LoadedKeys>,
     /// Keys whose use is noted once the response is out ([`Context::after_response`]).
     used_keys: Queue<ApiKeyHash>,
+    /// Sign-in token verification, where the deployment takes tokens; its cache of the
+    /// issuer's keys is shared with the contexts made from this one.
+    tokens: Option<Arc<TokenVerifier>>,
+    /// The user pool that tells a Cognito access token's email at its first use.
+    cognito: Option<aws_sdk_cognitoidentityprovider::Client>,
 }
 
 /// The SDK configuration every client of a function is built from (the standard AWS
@@ -190,8 +196,48 @@ pub mod https {
         SharedHttpClient::new(OnFirstRequest(inner))
     }
 
+    /// The connector for calls beyond AWS (the token issuer's JWKS, at Auth0, Okta or a
+    /// provider of the team's own): it trusts the public web's roots (Mozilla's set, compiled
+    /// in), or, when `ca_bundle` names a PEM file, only the roots in it (a private issuer).
+    /// Built on the first such call, never at start-up. `Err` when the bundle cannot be read.
+    pub fn web_connector(
+        ca_bundle: Option<&std::path::Path>,
+        connect_timeout: std::time::Duration,
+    ) -> Result<aws_smithy_http_client::Connector, ()> {
+        let mut roots = TrustStore::empty();
+        match ca_bundle {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .ok()
+                    .filter(|pem| parse_ca_bundle(pem).is_some());
+                let Some(pem) = pem else {
+                    tracing::error!("TOKEN_CA_BUNDLE is not a readable PEM file of certificates");
+                    return Err(());
+                };
+                roots.add_pem_certificate(pem);
+            }
+            None => {
+                for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+                    roots.add_pem_certificate(pem(cert.as_ref()));
+                }
+            }
+        }
+        let context = TlsContext::builder()
+            .with_trust_store(roots)
+            .build()
+            .map_err(|_| tracing::error!("no TLS context for the web's roots"))?;
+        let settings = HttpConnectorSettings::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(connect_timeout * 2)
+            .build();
+        Ok(aws_smithy_http_client::Connector::builder()
+            .connector_settings(settings)
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context)
+            .build())
+    }
+
     /// A DER certificate as PEM, the form the SDK's trust store takes.
-    #[cfg(test)]
     fn pem(der: &[u8]) -> Vec<u8> {
         let body = aws_smithy_types::base64::encode(der);
         let mut out = b"-----BEGIN CERTIFICATE-----\n".to_vec();
@@ -333,12 +379,25 @@ impl Context {
             .encryption_secret_id
             .as_ref()
             .map(|_| aws_sdk_secretsmanager::Client::new(sdk));
+        let tokens = config.tokens.clone().map(TokenVerifier::new);
+        // The pool's own region, which the issuer names (it may differ from the function's).
+        let cognito = tokens
+            .as_ref()
+            .and_then(|t| t.settings.cognito_region())
+            .map(|region| {
+                let conf = aws_sdk_cognitoidentityprovider::config::Builder::from(sdk)
+                    .region(aws_config::Region::new(region.to_string()))
+                    .build();
+                aws_sdk_cognitoidentityprovider::Client::from_conf(conf)
+            });
         Context {
             store,
             mailer,
             secrets,
             keys: Arc::default(),
             used_keys: Queue::default(),
+            tokens: tokens.map(Arc::new),
+            cognito,
             config,
         }
     }
@@ -384,7 +443,17 @@ impl Context {
             secrets: self.secrets.clone(),
             keys: self.keys.clone(),
             used_keys: Queue::default(),
+            tokens: self.tokens.clone(),
+            cognito: self.cognito.clone(),
         }
+    }
+
+    /// The same context verifying tokens with other settings (a test's own issuer), with its
+    /// own, empty cache of the issuer's keys.
+    pub fn with_token_settings(mut self, settings: crate::tokens::TokenSettings) -> Self {
+        self.config.tokens = Some(settings.clone());
+        self.tokens = Some(Arc::new(TokenVerifier::new(settings)));
+        self
     }
 
     /// The same context with every client's calls also going through `interceptor` (tests
@@ -405,6 +474,14 @@ impl Context {
             self.store.tables.clone(),
         ));
         ctx.mailer = self.mailer.instrumented(interceptor.clone());
+        ctx.cognito = self.cognito.as_ref().map(|cognito| {
+            let conf = cognito
+                .config()
+                .to_builder()
+                .interceptor(interceptor.clone())
+                .build();
+            aws_sdk_cognitoidentityprovider::Client::from_conf(conf)
+        });
         ctx.secrets = self.secrets.as_ref().map(|secrets| {
             let conf = secrets
                 .config()
@@ -440,7 +517,12 @@ impl Context {
             return Err(ApiError::NotFound);
         }
         http::check_body_size(req)?;
-        let caller = auth::authenticate(&self.store, req).await?;
+        let authenticators = Authenticators {
+            store: &self.store,
+            tokens: self.tokens.as_deref(),
+            cognito: self.cognito.as_ref(),
+        };
+        let caller = auth::authenticate(authenticators, req).await?;
         if let Some(key) = &caller.key_to_note {
             self.used_keys.push(key.clone());
         }

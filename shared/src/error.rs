@@ -20,6 +20,12 @@ pub enum ApiError {
     NotAuthenticated,
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// A sign-in token was refused; `reason` is logged (never the token), `detail` answered.
+    #[error("invalid access token ({reason})")]
+    InvalidToken {
+        reason: &'static str,
+        detail: &'static str,
+    },
     #[error("permission denied")]
     PermissionDenied(String),
     #[error("not found")]
@@ -86,7 +92,9 @@ impl ApiError {
         match self {
             ApiError::Validation { .. } | ApiError::Parse(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotAuthenticated | ApiError::AuthenticationFailed => StatusCode::UNAUTHORIZED,
+            ApiError::NotAuthenticated
+            | ApiError::AuthenticationFailed
+            | ApiError::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -120,6 +128,12 @@ impl ApiError {
                 "authentication_error",
                 "authentication_failed",
                 "Personal API key found in request Authorization header is invalid.".into(),
+                None,
+            ),
+            ApiError::InvalidToken { detail, .. } => (
+                "authentication_error",
+                "authentication_failed",
+                (*detail).into(),
                 None,
             ),
             ApiError::PermissionDenied(detail) => (
@@ -175,6 +189,10 @@ impl ApiError {
         match &self {
             ApiError::NotAuthenticated | ApiError::AuthenticationFailed => {
                 builder = builder.header("www-authenticate", "Bearer");
+            }
+            // RFC 6750 §3.1: the client should sign in again (or refresh) rather than retry.
+            ApiError::InvalidToken { .. } => {
+                builder = builder.header("www-authenticate", "Bearer error=\"invalid_token\"");
             }
             ApiError::Throttled { retry_after_secs } => {
                 builder = builder.header("retry-after", retry_after_secs.to_string());

@@ -10,11 +10,13 @@ pub mod email_change;
 pub mod error;
 pub mod fields;
 pub mod http;
+pub mod identities;
 pub mod push_tokens;
 pub mod routes;
 pub mod runtime;
 pub mod store;
 pub mod throttle;
+pub mod tokens;
 pub mod two_factor;
 pub mod users;
 

@@ -19,6 +19,8 @@ use std::time::Instant;
 pub const DYNAMODB: &str = "dynamodb";
 pub const SECRETS_MANAGER: &str = "secretsmanager";
 pub const SES: &str = "ses";
+/// Cognito's `GetUser`, which a sign-in token's first use may make (authorized by the token).
+pub const COGNITO: &str = "cognito-idp";
 
 /// One AWS call.
 #[derive(Debug, Clone)]
@@ -138,6 +140,12 @@ fn iam_service(sdk_name: &str) -> &'static str {
     match sdk_name {
         "DynamoDB" => DYNAMODB,
         "SESv2" => SES,
+        _ if sdk_name
+            .replace([' ', '-'], "")
+            .eq_ignore_ascii_case("CognitoIdentityProvider") =>
+        {
+            COGNITO
+        }
         _ if sdk_name
             .replace(' ', "")
             .eq_ignore_ascii_case("SecretsManager") =>

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
+use shared::identities::{IdentityLink, LinkWrite, LinkedBy};
 use shared::store::Store;
 use shared::users::{UserId, UserKind, UserRecord};
 use shared::ApiError;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "users-admin",
-    about = "Manage users and personal API keys of the users API"
+    about = "Manage users, personal API keys and sign-in identities of the users API"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,7 +55,31 @@ enum Command {
         #[arg(long)]
         key: String,
     },
-    /// Deactivate a user: from now on every key of the user gets 401.
+    /// Link a sign-in identity (a token issuer's subject, its `sub` claim) to a user: from now
+    /// on that subject's access tokens act as the user.
+    LinkIdentity {
+        #[arg(long)]
+        user: String,
+        /// The token issuer (its `iss`); defaults to TOKEN_ISSUER, the deployment's.
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        subject: String,
+    },
+    /// Remove a sign-in identity's link: its tokens then get 401 (or, where the deployment
+    /// links on first use, link again by their verified email).
+    UnlinkIdentity {
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        subject: String,
+    },
+    /// List the sign-in identities linked to a user.
+    ListIdentities {
+        #[arg(long)]
+        user: String,
+    },
+    /// Deactivate a user: from now on every key and sign-in token of the user gets 401.
     DeactivateUser {
         #[arg(long)]
         user: String,
@@ -104,6 +129,14 @@ enum Failure {
     NoUser(UserId),
     #[error("no such key")]
     NoSuchKey,
+    #[error("no such identity link")]
+    NoSuchLink,
+    #[error("that identity is already linked to user {0}")]
+    AlreadyLinked(UserId),
+    #[error("no --issuer given and TOKEN_ISSUER is not set")]
+    NoIssuer,
+    #[error("--subject is empty")]
+    NoSubject,
     #[error("ENCRYPTION_SECRET_ID is not set: it names the Secrets Manager secret of the keys")]
     NoSecretId,
     #[error("Secrets Manager call failed: {0}")]
@@ -129,6 +162,24 @@ fn secrets_failed(err: impl std::error::Error) -> Failure {
 /// The user a uuid as typed names.
 fn user_uuid(user: &str) -> Result<UserId, Failure> {
     UserId::parse(user.trim()).ok_or_else(|| Failure::NotAUuid(user.to_string()))
+}
+
+/// The issuer (given, or the deployment's) and subject an identity command names.
+fn identity(
+    config: &shared::config::Config,
+    issuer: Option<String>,
+    subject: &str,
+) -> Result<(String, String), Failure> {
+    let issuer = issuer
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .or_else(|| config.tokens.as_ref().map(|t| t.issuer.clone()))
+        .ok_or(Failure::NoIssuer)?;
+    let subject = subject.trim();
+    if subject.is_empty() {
+        return Err(Failure::NoSubject);
+    }
+    Ok((issuer, subject.to_string()))
 }
 
 async fn run(command: Command) -> Result<Value, Failure> {
@@ -244,6 +295,51 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 .await
                 .map_err(secrets_failed)?;
             Ok(json!({"ok": true, "active_key_id": key_id}))
+        }
+        Command::LinkIdentity {
+            user,
+            issuer,
+            subject,
+        } => {
+            let uuid = user_uuid(&user)?;
+            let (issuer, subject) = identity(&config, issuer, &subject)?;
+            let owner = store
+                .user(uuid)
+                .await?
+                .filter(|u| u.is_active)
+                .ok_or(Failure::NoActiveUser(uuid))?;
+            let link = IdentityLink::new(&issuer, &subject, uuid, owner.is_staff, LinkedBy::Operator);
+            match store.link_identity(&link).await? {
+                LinkWrite::Linked => Ok(json!({"ok": true, "issuer": issuer, "subject": subject, "user": uuid})),
+                LinkWrite::AlreadyLinked => {
+                    let other = store.identity_link(&link.key()).await?.map(|l| l.user_uuid);
+                    Err(Failure::AlreadyLinked(other.unwrap_or(uuid)))
+                }
+                LinkWrite::UserInactive | LinkWrite::EmailTaken => Err(Failure::NoActiveUser(uuid)),
+            }
+        }
+        Command::UnlinkIdentity { issuer, subject } => {
+            let (issuer, subject) = identity(&config, issuer, &subject)?;
+            let key = shared::identities::IdentityKey::of(&issuer, &subject);
+            let link = store.unlink_identity(&key).await?.ok_or(Failure::NoSuchLink)?;
+            Ok(json!({"ok": true, "user": link.user_uuid}))
+        }
+        Command::ListIdentities { user } => {
+            let uuid = user_uuid(&user)?;
+            if store.user(uuid).await?.is_none() {
+                return Err(Failure::NoUser(uuid));
+            }
+            let mut links = store.identities_of(uuid).await?;
+            links.sort_by(|a, b| a.linked_at.cmp(&b.linked_at));
+            Ok(Value::Array(
+                links
+                    .into_iter()
+                    .map(|l| {
+                        json!({"issuer": l.issuer, "subject": l.subject, "linked_at": l.linked_at,
+                               "linked_by": l.linked_by, "active": l.user_is_active})
+                    })
+                    .collect(),
+            ))
         }
         Command::DeactivateUser { user } => {
             let uuid = user_uuid(&user)?;

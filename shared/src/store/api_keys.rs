@@ -9,6 +9,18 @@ use aws_sdk_dynamodb::types::AttributeValue;
 const KEY_INACTIVE: &str = "SET user_is_active = :no";
 const KEY_EXISTS: &str = "attribute_exists(secure_value)";
 
+/// Something that authenticates as a user: a key (by its hash) or an identity link (by its key).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Credential {
+    Key(String),
+    Link(String),
+}
+
+struct CredentialLists {
+    credentials: Vec<Credential>,
+    added: u64,
+}
+
 impl Store {
     pub async fn api_key(&self, hash: &ApiKeyHash) -> Result<Option<ApiKeyRecord>, ApiError> {
         let out = self
@@ -151,39 +163,40 @@ impl Store {
         }
     }
 
-    /// Deactivates a user and every key of theirs, so that none of the keys authenticates
-    /// again; false when there is no such user. Rerunning it is harmless.
+    /// Deactivates a user, every key of theirs and every sign-in identity linked to them, so
+    /// that none of them authenticates again; false when there is no such user. Rerunning it
+    /// is harmless.
     ///
-    /// The keys are those of the user's own list of key hashes, read consistently (and, for
-    /// keys made before that list existed, the `by_user` index). The user and their keys
-    /// change in one transaction (up to 99 keys; any beyond follow once the user is
-    /// inactive), conditioned on no key having been added since the list was read: a key
-    /// added meanwhile makes it read again, and once the user is inactive no key can be
-    /// added (`put_api_key`). So no key can stay live, whatever the index shows.
+    /// The keys and links are those of the user's own lists, read consistently (and, for
+    /// keys made before that list existed, the `by_user` index). The user and their keys and
+    /// links change in one transaction (up to 99; any beyond follow once the user is
+    /// inactive), conditioned on none having been added since the lists were read: one added
+    /// meanwhile makes it read again, and once the user is inactive none can be added
+    /// (`put_api_key`, `link_identity`). So none can stay live, whatever the index shows.
     pub async fn deactivate_user(&self, uuid: UserId) -> Result<bool, ApiError> {
         use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
-        const KEYS_WITH_THE_USER: usize = 99;
-        let mut gone: std::collections::BTreeSet<String> = Default::default();
+        const WITH_THE_USER: usize = 99;
+        let mut gone: std::collections::BTreeSet<Credential> = Default::default();
         for _attempt in 0..5 {
-            let Some((listed, keys_added)) = self.user_key_list(uuid).await? else {
+            let Some(lists) = self.user_credential_lists(uuid).await? else {
                 return Ok(false);
             };
-            let mut keys: std::collections::BTreeSet<String> = listed.into_iter().collect();
-            keys.extend(
+            let mut all: std::collections::BTreeSet<Credential> = lists.credentials.into_iter().collect();
+            all.extend(
                 self.api_keys_of(uuid)
                     .await?
                     .into_iter()
-                    .map(|k| k.secure_value),
+                    .map(|k| Credential::Key(k.secure_value)),
             );
-            let keys: Vec<String> = keys.into_iter().filter(|k| !gone.contains(k)).collect();
-            let (with_user, rest) = keys.split_at(keys.len().min(KEYS_WITH_THE_USER));
+            let all: Vec<Credential> = all.into_iter().filter(|c| !gone.contains(c)).collect();
+            let (with_user, rest) = all.split_at(all.len().min(WITH_THE_USER));
             let mut user = Update::builder()
                 .table_name(&self.tables.users)
                 .key("uuid", s(uuid))
                 .update_expression("SET is_active = :no")
                 .expression_attribute_names("#uuid", "uuid")
                 .expression_attribute_values(":no", AttributeValue::Bool(false));
-            user = match keys_added {
+            user = match lists.added {
                 0 => user.condition_expression(
                     "attribute_exists(#uuid) AND attribute_not_exists(keys_added)",
                 ),
@@ -197,25 +210,25 @@ impl Store {
                         .map_err(|e| super::builder_failed("users.deactivate", e))?,
                 )
                 .build()];
-            for key in with_user {
+            for credential in with_user {
                 items.push(
                     TransactWriteItem::builder()
-                        .update(self.key_inactive(key)?)
+                        .update(self.credential_inactive(credential)?)
                         .build(),
                 );
             }
             match self.transact("users.deactivate", items).await? {
                 super::Tx::Done => {
-                    self.mark_keys_inactive(rest).await?;
+                    self.mark_inactive(rest).await?;
                     return Ok(true);
                 }
-                // A key was added (or the user removed) since the list was read: read again.
+                // A key or link was added (or the user removed) since the lists were read.
                 super::Tx::Refused(failed) if failed.first() == Some(&true) => continue,
-                // Keys revoked meanwhile: nothing to deactivate there.
+                // Keys revoked or links removed meanwhile: nothing to deactivate there.
                 super::Tx::Refused(failed) => {
-                    for (key, refused) in with_user.iter().zip(failed.iter().skip(1)) {
+                    for (credential, refused) in with_user.iter().zip(failed.iter().skip(1)) {
                         if *refused {
-                            gone.insert(key.clone());
+                            gone.insert(credential.clone());
                         }
                     }
                 }
@@ -224,15 +237,15 @@ impl Store {
         Err(ApiError::Unavailable)
     }
 
-    /// The user's own list of key hashes and how many keys were ever added to it, read
-    /// consistently; `None` when there is no such user.
-    async fn user_key_list(&self, uuid: UserId) -> Result<Option<(Vec<String>, u64)>, ApiError> {
+    /// The user's own lists of key hashes and identity links, and how many were ever added
+    /// to them, read consistently; `None` when there is no such user.
+    async fn user_credential_lists(&self, uuid: UserId) -> Result<Option<CredentialLists>, ApiError> {
         let out = self
             .db
             .get_item()
             .table_name(&self.tables.users)
             .key("uuid", s(uuid))
-            .projection_expression("api_key_hashes, keys_added, #uuid")
+            .projection_expression("api_key_hashes, identity_keys, keys_added, #uuid")
             .expression_attribute_names("#uuid", "uuid")
             .consistent_read(true)
             .send()
@@ -241,16 +254,62 @@ impl Store {
         let Some(item) = out.item else {
             return Ok(None);
         };
-        let hashes = match item.get("api_key_hashes") {
+        let set = |name: &str| match item.get(name) {
             Some(AttributeValue::Ss(set)) => set.clone(),
             _ => Vec::new(),
         };
+        let mut credentials: Vec<Credential> =
+            set("api_key_hashes").into_iter().map(Credential::Key).collect();
+        credentials.extend(set("identity_keys").into_iter().map(Credential::Link));
         let added = item
             .get("keys_added")
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        Ok(Some((hashes, added)))
+        Ok(Some(CredentialLists { credentials, added }))
+    }
+
+    /// The update that marks a key or link inactive, if it still exists, in a transaction.
+    fn credential_inactive(
+        &self,
+        credential: &Credential,
+    ) -> Result<aws_sdk_dynamodb::types::Update, ApiError> {
+        match credential {
+            Credential::Key(hash) => self.key_inactive(hash),
+            Credential::Link(identity) => self.link_inactive(identity),
+        }
+    }
+
+    /// Marks keys and links inactive one by one (one removed meanwhile is skipped).
+    async fn mark_inactive(&self, credentials: &[Credential]) -> Result<(), ApiError> {
+        for credential in credentials {
+            let (table, key, condition, update) = match credential {
+                Credential::Key(hash) => (&self.tables.api_keys, ("secure_value", hash), KEY_EXISTS, KEY_INACTIVE),
+                Credential::Link(id) => (
+                    &self.tables.identities,
+                    ("identity", id),
+                    super::identities::LINK_EXISTS,
+                    super::identities::LINK_INACTIVE,
+                ),
+            };
+            let result = self
+                .db
+                .update_item()
+                .table_name(table)
+                .key(key.0, s(key.1.as_str()))
+                .update_expression(update)
+                .condition_expression(condition)
+                .expression_attribute_values(":no", AttributeValue::Bool(false))
+                .send()
+                .await;
+            match result {
+                Err(e) if !super::is_condition_failed(&e) => {
+                    return Err(ApiError::from_sdk("users.deactivate_credential", &e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The update that marks a key inactive, if it still exists, in a transaction.
@@ -266,28 +325,5 @@ impl Store {
             .expression_attribute_values(":no", AttributeValue::Bool(false))
             .build()
             .map_err(|e| super::builder_failed("api_keys", e))
-    }
-
-    /// Marks keys inactive one by one (a key revoked meanwhile is skipped).
-    async fn mark_keys_inactive(&self, keys: &[String]) -> Result<(), ApiError> {
-        for key in keys {
-            let result = self
-                .db
-                .update_item()
-                .table_name(&self.tables.api_keys)
-                .key("secure_value", s(key))
-                .update_expression(KEY_INACTIVE)
-                .condition_expression(KEY_EXISTS)
-                .expression_attribute_values(":no", AttributeValue::Bool(false))
-                .send()
-                .await;
-            match result {
-                Err(e) if !super::is_condition_failed(&e) => {
-                    return Err(ApiError::from_sdk("api_keys.deactivate", &e))
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! check-then-write that can race is a condition expression or a transaction.
 pub mod api_keys;
 pub mod email_changes;
+pub mod identities;
 pub mod limits;
 pub mod push_tokens;
 pub mod two_factor;
