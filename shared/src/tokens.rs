@@ -526,7 +526,14 @@ pub async fn cognito_email(
     use aws_sdk_cognitoidentityprovider::error::SdkError;
     let out = match cognito.get_user().access_token(access_token).send().await {
         Ok(out) => out,
-        Err(SdkError::ServiceError(e)) if !e.err().is_too_many_requests_exception() && !e.err().is_internal_error_exception() => {
+        // Cognito throttling or failing is the provider's outage, as for the JWKS: a 503.
+        Err(SdkError::ServiceError(e))
+            if e.err().is_too_many_requests_exception() || e.err().is_internal_error_exception() =>
+        {
+            tracing::warn!("Cognito could not tell the token's email (throttled or failing)");
+            return Err(ApiError::Unavailable);
+        }
+        Err(SdkError::ServiceError(e)) => {
             tracing::info!(code = ?aws_sdk_cognitoidentityprovider::error::ProvideErrorMetadata::code(e.err()), "Cognito did not tell the token's email");
             return Ok(None);
         }

@@ -196,4 +196,16 @@ impl Reply {
     pub fn assert_2fa_not_enabled(&self) {
         self.assert_validation_error("2fa_not_enabled", "2FA must be enabled first");
     }
+
+    /// A 401 refusing a sign-in token, with RFC 6750's `error="invalid_token"` and this detail.
+    #[track_caller]
+    pub fn assert_invalid_token(&self, detail: &str) {
+        self.assert_error(401, "authentication_error", "authentication_failed", detail, None);
+        assert_eq!(
+            self.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\""),
+            "{}",
+            self.body
+        );
+    }
 }

@@ -283,13 +283,20 @@ impl Store {
     /// Marks keys and links inactive one by one (one removed meanwhile is skipped).
     async fn mark_inactive(&self, credentials: &[Credential]) -> Result<(), ApiError> {
         for credential in credentials {
-            let (table, key, condition, update) = match credential {
-                Credential::Key(hash) => (&self.tables.api_keys, ("secure_value", hash), KEY_EXISTS, KEY_INACTIVE),
+            let (table, key, condition, update, name) = match credential {
+                Credential::Key(hash) => (
+                    &self.tables.api_keys,
+                    ("secure_value", hash),
+                    KEY_EXISTS,
+                    KEY_INACTIVE,
+                    None,
+                ),
                 Credential::Link(id) => (
                     &self.tables.identities,
                     ("identity", id),
                     super::identities::LINK_EXISTS,
                     super::identities::LINK_INACTIVE,
+                    Some(("#identity", "identity")),
                 ),
             };
             let result = self
@@ -299,6 +306,9 @@ impl Store {
                 .key(key.0, s(key.1.as_str()))
                 .update_expression(update)
                 .condition_expression(condition)
+                .set_expression_attribute_names(
+                    name.map(|(k, v)| [(k.to_string(), v.to_string())].into()),
+                )
                 .expression_attribute_values(":no", AttributeValue::Bool(false))
                 .send()
                 .await;

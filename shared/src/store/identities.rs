@@ -5,9 +5,10 @@ use crate::identities::{IdentityKey, IdentityLink, LinkWrite};
 use crate::users::{UserId, UserRecord};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 
-/// A link's update when its user is deactivated, and its condition (the link still exists).
+/// A link's update when its user is deactivated, and its condition (the link still exists;
+/// `#identity` names the key attribute: IDENTITY is one of DynamoDB's reserved words).
 pub(super) const LINK_INACTIVE: &str = "SET user_is_active = :no";
-pub(super) const LINK_EXISTS: &str = "attribute_exists(identity)";
+pub(super) const LINK_EXISTS: &str = "attribute_exists(#identity)";
 
 impl Store {
     /// The link of a token's (issuer, subject), read consistently.
@@ -28,7 +29,8 @@ impl Store {
         let put = Put::builder()
             .table_name(&self.tables.identities)
             .set_item(Some(to_item(link)?))
-            .condition_expression("attribute_not_exists(identity)")
+            .condition_expression("attribute_not_exists(#identity)")
+            .expression_attribute_names("#identity", "identity")
             .build()
             .map_err(|e| super::builder_failed("identities.put", e))?;
         Ok(TransactWriteItem::builder().put(put).build())
@@ -159,6 +161,7 @@ impl Store {
             .key("identity", s(identity))
             .update_expression(LINK_INACTIVE)
             .condition_expression(LINK_EXISTS)
+            .expression_attribute_names("#identity", "identity")
             .expression_attribute_values(":no", AttributeValue::Bool(false))
             .build()
             .map_err(|e| super::builder_failed("identities", e))

@@ -15,5 +15,6 @@ mod requests;
 mod routes;
 mod scene;
 mod tls;
+mod tokens;
 mod two_factor;
 mod users;
