@@ -332,3 +332,93 @@ async fn list_keys_shows_masks_and_last_use() {
     let message = admin(&["list-keys", "--user", &unknown]).await;
     assert!(message.failed().contains("no user"), "{}", message.stderr);
 }
+
+/// link-identity, list-identities and unlink-identity: an operator links a sign-in subject to
+/// a user (a deployment that refuses new identities takes only such links), lists it, and
+/// removes it; deactivation makes its tokens 401 and shows in the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_are_linked_listed_and_unlinked_by_the_operator() {
+    use api_tests::tokens::{cognito_user, stack_token_settings};
+    let user = create_user_cli(&unique_email("cli-identity"), &[]).await;
+    let uuid = user["uuid"].as_str().unwrap();
+    // A pool user whose address is not this user's: only the operator's link connects them.
+    let cognito = cognito_user(&unique_email("elsewhere"), true).await;
+    let ctx = context().await;
+    let mut settings = stack_token_settings();
+    settings.new_identity = shared::tokens::NewIdentity::Refuse;
+    let api = Api::InProcess(std::sync::Arc::new(
+        ctx.with_store(ctx.store.clone()).with_token_settings(settings.clone()),
+    ));
+    let me = |api: Api, token: String| async move { api.get(ME).bearer(&token).send().await };
+    assert_eq!(me(api.clone(), cognito.access_token.clone()).await.status, 401);
+
+    let linked = admin(&["link-identity", "--user", uuid, "--subject", &cognito.sub]).await;
+    assert_eq!(
+        linked.json(),
+        json!({"ok": true, "issuer": settings.issuer, "subject": cognito.sub, "user": uuid})
+    );
+    let reply = me(api.clone(), cognito.access_token.clone()).await;
+    assert_eq!(reply.ok_json()["uuid"], json!(uuid));
+
+    // The same subject cannot be linked to a second user.
+    let other = create_user_cli(&unique_email("cli-identity-other"), &[]).await;
+    let again = admin(&[
+        "link-identity",
+        "--user",
+        other["uuid"].as_str().unwrap(),
+        "--subject",
+        &cognito.sub,
+    ])
+    .await;
+    assert!(
+        again.failed().contains(&format!("already linked to user {uuid}")),
+        "{}",
+        again.stderr
+    );
+
+    let list = || async {
+        let out = admin(&["list-identities", "--user", uuid]).await;
+        assert_eq!(out.code, 0, "users-admin failed: {}", out.stderr);
+        serde_json::from_str::<Value>(out.stdout.trim()).expect("a JSON array")
+    };
+    let listed = eventually(list, |l: &Value| l.as_array().is_some_and(|a| a.len() == 1)).await;
+    let link = &listed[0];
+    assert_eq!(
+        keys_of(link),
+        vec!["active", "issuer", "linked_at", "linked_by", "subject"]
+    );
+    assert_eq!(
+        (&link["issuer"], &link["subject"], &link["linked_by"], &link["active"]),
+        (&json!(settings.issuer), &json!(cognito.sub), &json!("operator"), &json!(true))
+    );
+
+    let unlinked = admin(&["unlink-identity", "--subject", &cognito.sub]).await;
+    assert_eq!(unlinked.json(), json!({"ok": true, "user": uuid}));
+    assert_eq!(me(api.clone(), cognito.access_token.clone()).await.status, 401);
+    let gone = admin(&["unlink-identity", "--subject", &cognito.sub]).await;
+    assert!(gone.failed().contains("no such identity link"), "{}", gone.stderr);
+
+    // Linked again, then the user deactivated: the token is refused, the list says inactive.
+    admin(&["link-identity", "--user", uuid, "--subject", &cognito.sub])
+        .await
+        .json();
+    admin(&["deactivate-user", "--user", uuid]).await.json();
+    assert_eq!(me(api.clone(), cognito.access_token.clone()).await.status, 401);
+    let listed = eventually(list, |l: &Value| {
+        l.as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["active"] == json!(false))
+    })
+    .await;
+    assert_eq!(listed[0]["active"], json!(false));
+    let inactive = admin(&["link-identity", "--user", uuid, "--subject", "another-subject"]).await;
+    assert!(inactive.failed().contains("no active user"), "{}", inactive.stderr);
+
+    // Bad input is refused with a message and changes nothing.
+    let blank = admin(&["link-identity", "--user", uuid, "--subject", " "]).await;
+    assert!(blank.failed().contains("--subject is empty"), "{}", blank.stderr);
+    let not_uuid = admin(&["list-identities", "--user", "nobody"]).await;
+    assert!(not_uuid.failed().contains("is not a uuid"), "{}", not_uuid.stderr);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let missing = admin(&["list-identities", "--user", &unknown]).await;
+    assert!(missing.failed().contains("no user"), "{}", missing.stderr);
+}

@@ -68,6 +68,11 @@ fn make_certificates(dir: &Path) {
 async fn start_proxy(dir: &Path) -> (tokio::process::Child, u16) {
     let upstream = env("AWS_ENDPOINT_URL_DYNAMODB");
     let upstream_port = upstream.rsplit(':').next().unwrap().trim_end_matches('/');
+    start_proxy_to(dir, upstream_port).await
+}
+
+/// Starts the proxy in front of a loopback port; returns it and its port.
+async fn start_proxy_to(dir: &Path, upstream_port: &str) -> (tokio::process::Child, u16) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-proxy.py");
     let mut child = tokio::process::Command::new("python3")
         .arg(script)
@@ -160,5 +165,63 @@ async fn https_trusts_amazon_roots_and_aws_ca_bundle_only() {
         matches!(wrong_name, Err(ApiError::Unavailable)),
         "a certificate for another name: {wrong_name:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sign-in token issuer's keys over TLS: the JWKS client trusts the public web's roots,
+/// which do not include an authority made here (a 503: the issuer cannot be reached safely),
+/// and, given `TOKEN_CA_BUNDLE`'s authority instead, fetches the keys and takes the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwks_is_fetched_over_tls_trusting_web_roots_or_the_configured_bundle() {
+    use api_tests::tokens::*;
+    use serde_json::json;
+    use shared::identities::{IdentityLink, LinkedBy};
+    use shared::tokens::NewIdentity;
+    let dir: PathBuf = std::env::temp_dir().join(format!("api-tests-jwks-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    let keys = own_keys().await;
+    let server = JwksServer::start(json!([jwk(&keys.ec_jwk, "ec-1", json!({}))])).await;
+    let (_proxy, port) = start_proxy_to(&dir, &server.port.to_string()).await;
+    let ctx = api_tests::context().await;
+    let issuer = format!("https://issuer.test/{}", uuid::Uuid::new_v4().simple());
+    let url = format!("https://localhost:{port}/.well-known/jwks.json");
+    let user = api_tests::create_user(&ctx, &["user:read"]).await;
+    ctx.store
+        .link_identity(&IdentityLink::new(&issuer, "s", user.uuid(), false, LinkedBy::Operator))
+        .await
+        .unwrap();
+    let token = sign(
+        jsonwebtoken::Algorithm::ES256,
+        Some("ec-1"),
+        &own_claims(&issuer, "s", "user:read"),
+        &keys.ec,
+    );
+    let api_with = |ca_bundle: Option<PathBuf>| {
+        let mut settings = own_issuer_settings(&issuer, &url, NewIdentity::Refuse);
+        settings.ca_bundle = ca_bundle;
+        api_tests::Api::InProcess(std::sync::Arc::new(
+            ctx.with_store(ctx.store.clone()).with_token_settings(settings),
+        ))
+    };
+
+    // The public web's roots (negative control): the handshake fails, nothing is fetched.
+    let reply = api_with(None).get(api_tests::ME).bearer(&token).send().await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(server.fetches(), 0, "no request got past the handshake");
+
+    // TOKEN_CA_BUNDLE naming the authority: the keys come over TLS and the token is taken.
+    let reply = api_with(Some(dir.join("ca.pem")))
+        .get(api_tests::ME)
+        .bearer(&token)
+        .send()
+        .await;
+    assert_eq!(reply.ok_json()["uuid"], json!(user.uuid().to_string()));
+    assert_eq!(server.fetches(), 1);
+
+    // A bundle that is not certificates is a deployment fault: a 500, logged, never a panic.
+    std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
+    let reply = api_with(Some(dir.join("junk.pem"))).get(api_tests::ME).bearer(&token).send().await;
+    assert_eq!(reply.status, 500, "{}", reply.body);
     let _ = std::fs::remove_dir_all(&dir);
 }
