@@ -66,6 +66,7 @@ from stack.common import (  # noqa: E402
 from stack.services import (  # noqa: E402
     free_port, port_is_free, setup_services, stack_env, start_services, wait_services, wait_until,
 )
+from stack.cognito import LocalPool, create_demo_user, sign_in  # noqa: E402
 from stack.supervisor import Supervisor, supervised  # noqa: E402
 from stack.template import functions, load_template  # noqa: E402
 
@@ -604,6 +605,7 @@ class PythonGetUser(GetUser):
 
 
 def peer_name(function: str) -> str:
+    function = function.removesuffix(TOKEN)  # a token request's peer is its function's
     return PYTHON if function == READ_ROUTE else f"python-{function}"
 
 
@@ -637,6 +639,41 @@ def print_comparison(results: dict[str, "Result"], folder: str) -> None:
     print(f"{EMPTY:30} {ms(e.cold)} {ms(e.penalty)}           | {ms(ce.cold)} {ms(ce.penalty)}")
 
 
+class WithToken(Scenario):
+    """A function's request with a sign-in token instead of the key: the local pool's access
+    token of a user with the same verified address, linked on its first use (made here, outside
+    the measurement), so each measured request is a linked token's."""
+
+    inner: type[Scenario] = Scenario
+    pool: LocalPool | None = None
+
+    def __init__(self, driver: Driver):
+        super().__init__(driver)
+        self.scenario = self.inner(driver)
+        self.name = self.scenario.name + TOKEN
+        self.case = self.scenario.case + ", with a Cognito access token (its identity already linked)"
+
+    def setup(self) -> None:
+        assert self.pool is not None, "the local user pool is made before the scenarios"
+        self.scenario.setup()
+        email = self.scenario.user["email"]
+        create_demo_user(self.pool, email)
+        self.token = sign_in(self.pool, email)
+        self.d.invoke(Request("GET", "/api/users/@me/", self.token))  # the first use links it
+
+    def prepare(self, i: int) -> Request:
+        req = self.scenario.prepare(i)
+        return Request(req.method, req.path, self.token, req.body, req.expect, req.replay)
+
+
+class GetUserWithToken(WithToken):
+    inner = GetUser
+
+
+class PushTokensRegisterWithToken(WithToken):
+    inner = PushTokensRegister
+
+
 class Replay(Scenario):
     """The Python replay peer of a function: each request is first run in process (bench-calls)
     with its calls recorded; the peer then gets the same event plus those calls to make."""
@@ -657,6 +694,11 @@ class Replay(Scenario):
         return Request(req.method, req.path, req.key, req.body, req.expect,
                        {"calls": calls, "status": out["status"], "body": out["body"]})
 
+
+# Requests with a sign-in token, beside the same functions' key requests: the suffix names the
+# measurement, which runs the function's own binary.
+TOKEN = "+token"
+TOKEN_SCENARIOS: list[type[WithToken]] = [GetUserWithToken, PushTokensRegisterWithToken]
 
 SCENARIOS: list[type[Scenario]] = [
     PushTokensUnregister, PushTokensRegister, ScenePersonalisation, TwoFactorStartSetup,
@@ -1370,7 +1412,11 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
         run_checked(sup, "cargo build --release", ["cargo", "build", "--release", "--workspace"], penv)
     py = python_peer(sup)
     wait_services(services)
-    setup_services(template, services, env)
+    pool = setup_services(template, services, env)
+    # The functions take the local pool's sign-in tokens, as a deployment takes its pool's.
+    env.update(pool.function_env())
+    penv = process_env(env)
+    WithToken.pool = pool
     target_dir = cargo_target_dir()
     release = Path(args.binaries) if args.binaries else target_dir / "release"
     binaries = [b for b in functions(template).values()]
@@ -1383,6 +1429,9 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
         fenv["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = f"http://127.0.0.1:{port}"
     own = own_variables(template)
     targets = {b: Target(b, [str(release / b)], ROOT, function_env(fenv, own, b), release / b) for b in binaries}
+    for cls in TOKEN_SCENARIOS:
+        b = cls.inner.name
+        targets[b + TOKEN] = Target(b + TOKEN, [str(release / b)], ROOT, function_env(fenv, own, b), release / b)
     targets[EMPTY] = Target(EMPTY, [str(release / EMPTY)], ROOT, fenv, release / EMPTY)
     targets[PYTHON] = Target(PYTHON, [str(py), "-m", "awslambdaric", "handler.handler"], PY_FUNCTION_DIR,
                              {**function_env(fenv, own, READ_ROUTE), "LAMBDA_TASK_ROOT": str(PY_FUNCTION_DIR),
@@ -1407,7 +1456,7 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
     procs = Processes(LOG_DIR)
     try:
         scenario_of: dict[str, Scenario] = {}
-        for cls in [*SCENARIOS, Empty, PythonGetUser]:
+        for cls in [*SCENARIOS, *TOKEN_SCENARIOS, Empty, PythonGetUser]:
             s = cls(driver)
             s.setup()
             scenario_of[s.name] = s

@@ -297,7 +297,7 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
 
     step("cfn-lint template.yaml",
          sup.run("cfn-lint", [str(VENV_BIN / "cfn-lint"), str(TEMPLATE)], env=process_env({})) == 0)
-    step("checkov template.yaml (as is and with EdgeProtection=true)", run_checkov(sup))
+    step("checkov template.yaml (as is, and with EdgeProtection and CreateUserPool on)", run_checkov(sup))
     step("sam validate --lint",
          sup.run("sam validate", [str(VENV_BIN / "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)],
                  env=process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})) == 0)

@@ -126,15 +126,21 @@ def create_demo_user(pool: LocalPool, email: str, password: str = DEMO_PASSWORD)
                               UserAttributes=[{"Name": "email", "Value": email},
                                               {"Name": "email_verified", "Value": "true"}])
     idp.admin_set_user_password(UserPoolId=pool.pool_id, Username=email, Password=password, Permanent=True)
-    result = idp.initiate_auth(AuthFlow="USER_PASSWORD_AUTH", ClientId=pool.client_id,
-                               AuthParameters={"USERNAME": email, "PASSWORD": password})["AuthenticationResult"]
-    claims = jwt_claims(result["AccessToken"])
+    claims = jwt_claims(sign_in(pool, email, password))
     expected = {"iss": pool.issuer, "client_id": pool.client_id, "token_use": "access"}
     wrong = {k: claims.get(k) for k, v in expected.items() if claims.get(k) != v}
     if wrong:
         raise StackError(f"moto's Cognito signs access tokens otherwise than the functions are told: {wrong}, "
                          f"expected {expected}")
     return claims
+
+
+def sign_in(pool: LocalPool, email: str, password: str = DEMO_PASSWORD) -> str:
+    """The access token of a user of the pool, from `InitiateAuth` (USER_PASSWORD_AUTH)."""
+    idp = _cognito(pool.moto_url)
+    result = idp.initiate_auth(AuthFlow="USER_PASSWORD_AUTH", ClientId=pool.client_id,
+                               AuthParameters={"USERNAME": email, "PASSWORD": password})
+    return result["AuthenticationResult"]["AccessToken"]
 
 
 def jwt_claims(token: str) -> dict[str, Any]:
