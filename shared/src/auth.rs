@@ -109,17 +109,23 @@ fn key_use_due(last_used_at: Option<&str>, now_secs: u64) -> bool {
 
 impl Caller {
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        let allowed = self.scopes.iter().any(|s| {
-            s == "*" || s == scope.as_str() || (scope == Scope::UserRead && s == "user:write")
-        });
-        if allowed {
-            Ok(())
-        } else {
-            Err(ApiError::PermissionDenied(format!(
-                "API key missing required scope '{}'",
-                scope.as_str()
-            )))
-        }
+        require_scope(&self.scopes, scope)
+    }
+}
+
+/// Whether granted scopes allow a route's (`user:write` implies `user:read`); PostHog's
+/// message for keys and OAuth tokens alike when not.
+fn require_scope(granted: &[String], scope: Scope) -> Result<(), ApiError> {
+    let allowed = granted.iter().any(|s| {
+        s == "*" || s == scope.as_str() || (scope == Scope::UserRead && s == "user:write")
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied(format!(
+            "API key missing required scope '{}'",
+            scope.as_str()
+        )))
     }
 }
 
@@ -156,14 +162,21 @@ pub struct Authenticators<'a> {
 
 /// The caller of `Authorization: Bearer <credential>`: a personal API key (by its shape), or,
 /// where the deployment takes them, a sign-in token. Anything else costs no call.
-pub async fn authenticate(auth: Authenticators<'_>, req: &Request) -> Result<Caller, ApiError> {
+///
+/// `scope` is the route's: a token that does not grant it is refused (403) before its
+/// identity is looked up, so such a token never links or creates anything.
+pub async fn authenticate(
+    auth: Authenticators<'_>,
+    req: &Request,
+    scope: Scope,
+) -> Result<Caller, ApiError> {
     let credential = bearer_key(req)?;
     if looks_like_key(credential) {
         return authenticate_key(auth.store, credential).await;
     }
     match auth.tokens {
         Some(tokens) if credential.contains('.') => {
-            authenticate_token(auth, tokens, credential).await
+            authenticate_token(auth, tokens, credential, scope).await
         }
         _ => Err(ApiError::AuthenticationFailed),
     }
@@ -201,12 +214,24 @@ async fn authenticate_token(
     auth: Authenticators<'_>,
     tokens: &TokenVerifier,
     raw: &str,
+    scope: Scope,
 ) -> Result<Caller, ApiError> {
     let token = tokens.verify(raw).await?;
+    require_scope(&token.scopes, scope)?;
     let key = IdentityKey::of(&token.issuer, &token.subject);
     let link = match auth.store.identity_link(&key).await? {
         Some(link) => link,
-        None => link_on_first_use(auth, tokens.settings.new_identity, &token, raw, &key).await?,
+        None => {
+            if let Some(refusal) = tokens.refused_lately(&key.0) {
+                return Err(refusal);
+            }
+            let linked =
+                link_on_first_use(auth, tokens.settings.new_identity, &token, raw, &key).await;
+            if let Err(error) = &linked {
+                tokens.note_refusal(&key.0, error);
+            }
+            linked?
+        }
     };
     if !link.user_is_active {
         return Err(tokens::refused("user_inactive"));
@@ -249,7 +274,9 @@ async fn verified_email(
 /// A token's first use: with `LinkByEmail`, a link to the active user whose address is the
 /// token's verified email; with `CreateUser`, also a new user when nobody has that address.
 /// Racing first uses make one link (and one user): the writes are conditional, and the loser
-/// reads the winner's link.
+/// reads the winner's link. Never linked by email: staff (their links are an operator's to
+/// make) and a user whose address was set without being proved here (`is_email_verified`
+/// false: changed without a code), whose owner may not be the address's.
 async fn link_on_first_use(
     auth: Authenticators<'_>,
     policy: NewIdentity,
@@ -270,6 +297,12 @@ async fn link_on_first_use(
                     .await?
                     .filter(|u| u.is_active)
                     .ok_or_else(|| tokens::refused("user_inactive"))?;
+                if user.is_staff {
+                    return Err(tokens::refused("staff_account"));
+                }
+                if user.is_email_verified == Some(false) {
+                    return Err(tokens::refused("account_address_not_verified"));
+                }
                 let link = IdentityLink::new(
                     &token.issuer,
                     &token.subject,

@@ -522,7 +522,7 @@ impl Context {
             tokens: self.tokens.as_deref(),
             cognito: self.cognito.as_ref(),
         };
-        let caller = auth::authenticate(authenticators, req).await?;
+        let caller = auth::authenticate(authenticators, req, matched.route.scope).await?;
         if let Some(key) = &caller.key_to_note {
             self.used_keys.push(key.clone());
         }

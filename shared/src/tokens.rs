@@ -19,6 +19,9 @@ pub const LEEWAY_SECS: u64 = 60;
 /// A token naming a key the cached JWKS lacks makes the function fetch the JWKS again at most
 /// this often, so that forged key ids cannot make it hammer the provider.
 pub const UNKNOWN_KID_REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// Keys fetched this long ago are fetched again at the next token (the issuer may have
+/// withdrawn one); the keys in hand stay in use if that fetch fails.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(60 * 60);
 /// After a failed fetch with no keys in hand, requests answer 503 for this long before the
 /// next one tries again (an outage is not met with a fetch per request).
 pub const FAILED_FETCH_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -124,7 +127,9 @@ pub fn default_jwks_url(issuer: &str) -> String {
 pub fn refused(reason: &'static str) -> ApiError {
     let detail = match reason {
         "expired" => "The access token has expired.",
-        "not_linked" => "No account is linked to this sign-in.",
+        "not_linked" | "staff_account" | "account_address_not_verified" => {
+            "No account is linked to this sign-in."
+        }
         "email_not_verified" => {
             "No account is linked to this sign-in, and its email address is not verified."
         }
@@ -191,6 +196,18 @@ struct Claims {
     aud: Option<OneOrMany>,
     #[serde(default)]
     client_id: Option<String>,
+    /// The app client, where `aud` names the API (OpenID's `azp`; Okta's `cid`).
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    cid: Option<String>,
+    /// Claims only ID tokens carry: such a token is refused even without `token_use`.
+    #[serde(default)]
+    nonce: Option<serde_json::Value>,
+    #[serde(default)]
+    at_hash: Option<serde_json::Value>,
+    #[serde(default)]
+    c_hash: Option<serde_json::Value>,
     #[serde(default)]
     token_use: Option<String>,
     #[serde(default)]
@@ -212,7 +229,11 @@ impl TokenSettings {
     /// Checks the claims signature verification left: audience, kind of token, issue time,
     /// and reads the scopes and email.
     fn accept(&self, claims: Claims, now_secs: u64) -> Result<VerifiedToken, ApiError> {
-        if claims.token_use.as_deref().is_some_and(|u| u != "access") {
+        if claims.token_use.as_deref().is_some_and(|u| u != "access")
+            || claims.nonce.is_some()
+            || claims.at_hash.is_some()
+            || claims.c_hash.is_some()
+        {
             return Err(refused("not_an_access_token"));
         }
         if claims
@@ -224,19 +245,22 @@ impl TokenSettings {
         if claims.sub.is_empty() {
             return Err(refused("no_subject"));
         }
-        let audience = claims.aud.as_ref().map(OneOrMany::values).unwrap_or_default();
-        let client = claims
-            .client_id
-            .as_deref()
-            .filter(|c| self.audiences.iter().any(|a| a == c))
-            .or_else(|| {
-                audience
-                    .iter()
-                    .copied()
-                    .find(|a| self.audiences.iter().any(|x| x == a))
-            })
-            .ok_or_else(|| refused("audience"))?
-            .to_string();
+        let accepted = |v: &str| self.audiences.iter().any(|a| a == v);
+        // A Cognito access token names its app client in `client_id` (and has no `aud`): that
+        // client must be accepted. Other issuers' tokens name the API in `aud`, and the app
+        // client, if at all, in `azp` (or `cid`): only that may make a client first-party.
+        let (client, app) = match claims.client_id.as_deref() {
+            Some(client) if accepted(client) => (client.to_string(), Some(client.to_string())),
+            Some(_) => return Err(refused("audience")),
+            None => {
+                let audience = claims.aud.as_ref().map(OneOrMany::values).unwrap_or_default();
+                let matched = audience
+                    .into_iter()
+                    .find(|a| accepted(a))
+                    .ok_or_else(|| refused("audience"))?;
+                (matched.to_string(), claims.azp.clone().or(claims.cid.clone()))
+            }
+        };
         let mut granted: Vec<&str> = claims.scope.as_deref().unwrap_or("").split(' ').collect();
         if let Some(scp) = &claims.scp {
             granted.extend(scp.values());
@@ -251,7 +275,7 @@ impl TokenSettings {
                 scopes.push(bare.to_string());
             }
         }
-        if self.first_party_clients.iter().any(|c| *c == client) {
+        if app.is_some_and(|app| self.first_party_clients.iter().any(|c| *c == app)) {
             for scope in ["user:read", "user:write"] {
                 if !scopes.iter().any(|s| s == scope) {
                     scopes.push(scope.to_string());
@@ -293,10 +317,19 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
     type_fits && alg_fits && use_fits
 }
 
+/// How long a subject whose first use was refused is refused again without looking further
+/// (no Cognito `GetUser`, no address lookup), so that one unlinked account cannot make each
+/// request cost those calls.
+pub const FIRST_USE_REFUSAL_KEPT: Duration = Duration::from_secs(30);
+/// Refusals kept at most (past that, the expired go, then all).
+const FIRST_USE_REFUSALS_KEPT: usize = 1024;
+
 /// Verifies tokens of one issuer, with its keys fetched on the first token and cached.
 pub struct TokenVerifier {
     pub settings: TokenSettings,
     jwks: Jwks,
+    /// Subjects (identity keys) whose first use was refused lately, and why.
+    refused_first_uses: std::sync::Mutex<std::collections::HashMap<String, (Instant, &'static str)>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -310,7 +343,34 @@ impl std::fmt::Debug for TokenVerifier {
 impl TokenVerifier {
     pub fn new(settings: TokenSettings) -> Self {
         let jwks = Jwks::new(settings.jwks_url.clone(), settings.ca_bundle.clone());
-        TokenVerifier { settings, jwks }
+        TokenVerifier {
+            settings,
+            jwks,
+            refused_first_uses: Default::default(),
+        }
+    }
+
+    /// A first use of this identity refused within [`FIRST_USE_REFUSAL_KEPT`], as its refusal.
+    pub fn refused_lately(&self, identity: &str) -> Option<ApiError> {
+        let refusals = self.refused_first_uses.lock().ok()?;
+        let (at, reason) = refusals.get(identity)?;
+        (at.elapsed() < FIRST_USE_REFUSAL_KEPT).then(|| refused(reason))
+    }
+
+    /// Notes a refused first use (see [`TokenVerifier::refused_lately`]).
+    pub fn note_refusal(&self, identity: &str, error: &ApiError) {
+        let ApiError::InvalidToken { reason, .. } = error else {
+            return; // a 503 is tried again at once
+        };
+        if let Ok(mut refusals) = self.refused_first_uses.lock() {
+            if refusals.len() >= FIRST_USE_REFUSALS_KEPT {
+                refusals.retain(|_, (at, _)| at.elapsed() < FIRST_USE_REFUSAL_KEPT);
+                if refusals.len() >= FIRST_USE_REFUSALS_KEPT {
+                    refusals.clear();
+                }
+            }
+            refusals.insert(identity.to_string(), (Instant::now(), reason));
+        }
     }
 
     /// Checks a token to the letter: size, shape, `alg` (RS256 or ES256 only, and the one its
@@ -371,6 +431,8 @@ struct Jwks {
     url: String,
     ca_bundle: Option<PathBuf>,
     keys: RwLock<Option<Arc<Vec<Jwk>>>>,
+    /// When the keys in hand were fetched.
+    fetched_at: RwLock<Option<Instant>>,
     fetches: tokio::sync::Mutex<JwksFetches>,
     connector: OnceLock<Result<aws_smithy_http_client::Connector, ()>>,
 }
@@ -381,6 +443,7 @@ impl Jwks {
             url,
             ca_bundle,
             keys: RwLock::default(),
+            fetched_at: RwLock::default(),
             fetches: tokio::sync::Mutex::default(),
             connector: OnceLock::new(),
         }
@@ -401,12 +464,29 @@ impl Jwks {
 
     async fn key(&self, kid: &str) -> Result<Jwk, ApiError> {
         if let (_, Some(jwk)) = self.cached(kid) {
-            return Ok(jwk);
+            if !self.stale() {
+                return Ok(jwk);
+            }
         }
         let mut fetches = self.fetches.lock().await;
         let (loaded, found) = self.cached(kid);
+        let stale = fetches
+            .last_fetch
+            .is_some_and(|at| at.elapsed() >= JWKS_MAX_AGE);
         if let Some(jwk) = found {
-            return Ok(jwk); // fetched by another request meanwhile
+            if !stale {
+                return Ok(jwk); // fetched by another request meanwhile
+            }
+            // Old keys: fetch them again; if that fails, the keys in hand go on serving.
+            match self.fetch().await {
+                Ok(keys) => self.keep(keys),
+                Err(_) => tracing::warn!("the issuer's keys could not be fetched again: the old ones stay in use"),
+            }
+            fetches.last_fetch = Some(Instant::now());
+            if let Ok(mut at) = self.fetched_at.write() {
+                *at = Some(Instant::now());
+            }
+            return self.cached(kid).1.ok_or_else(|| refused("unknown_key_id"));
         }
         if loaded
             && fetches
@@ -426,14 +506,11 @@ impl Jwks {
             Ok(keys) => {
                 fetches.last_fetch = Some(Instant::now());
                 fetches.last_failure = None;
-                let found = keys
-                    .iter()
-                    .find(|k| k.common.key_id.as_deref() == Some(kid))
-                    .cloned();
-                if let Ok(mut cached) = self.keys.write() {
-                    *cached = Some(Arc::new(keys));
+                self.keep(keys);
+                if let Ok(mut at) = self.fetched_at.write() {
+                    *at = Some(Instant::now());
                 }
-                found.ok_or_else(|| refused("unknown_key_id"))
+                self.cached(kid).1.ok_or_else(|| refused("unknown_key_id"))
             }
             Err(err) => {
                 // A refresh for an unknown key id counts as one too, or forged ids would
@@ -445,6 +522,22 @@ impl Jwks {
                 Err(err)
             }
         }
+    }
+
+    /// The whole set is replaced: a key the issuer no longer publishes is no longer trusted.
+    fn keep(&self, keys: Vec<Jwk>) {
+        if let Ok(mut cached) = self.keys.write() {
+            *cached = Some(Arc::new(keys));
+        }
+    }
+
+    /// Whether the keys in hand are older than [`JWKS_MAX_AGE`] (read without the lock).
+    fn stale(&self) -> bool {
+        self.fetched_at
+            .read()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() >= JWKS_MAX_AGE)
     }
 
     fn connector(&self) -> Result<&aws_smithy_http_client::Connector, ApiError> {

@@ -57,6 +57,11 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
             .map(|json| json.len())
             .map_err(|e| ApiError::serialisation("user record", &e))
     };
+    // An address set without a code (no sender configured) is one nobody proved: the user
+    // object says so, and sign-in tokens never link to it by email.
+    if new_email.is_some() && !mails_code {
+        patch.is_email_verified = Some(false);
+    }
     let stored_len = json_len(&view.user)?;
     view.user.apply(&patch);
     // Only an update that grows a record past the bound is refused: one that was already

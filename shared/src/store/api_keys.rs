@@ -188,6 +188,13 @@ impl Store {
                     .into_iter()
                     .map(|k| Credential::Key(k.secure_value)),
             );
+            // Links are always written with the user's list; the index is a second net.
+            all.extend(
+                self.identities_of(uuid)
+                    .await?
+                    .into_iter()
+                    .map(|l| Credential::Link(l.identity)),
+            );
             let all: Vec<Credential> = all.into_iter().filter(|c| !gone.contains(c)).collect();
             let (with_user, rest) = all.split_at(all.len().min(WITH_THE_USER));
             let mut user = Update::builder()

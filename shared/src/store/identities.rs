@@ -93,39 +93,42 @@ impl Store {
         })
     }
 
-    /// Removes a link (and it from its user's list); the link removed, if there was one.
+    /// Removes a link and takes it off its user's list, in one transaction (so that a first
+    /// use linking the identity again cannot fall between the two and leave a link the list
+    /// lacks); the link removed, if there was one.
     pub async fn unlink_identity(&self, key: &IdentityKey) -> Result<Option<IdentityLink>, ApiError> {
-        let out = self
-            .db
-            .delete_item()
-            .table_name(&self.tables.identities)
-            .key("identity", s(&key.0))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(sdk("identities.delete"))?;
-        let Some(old) = out.attributes else {
-            return Ok(None);
-        };
-        let link: IdentityLink = from_item(old)?;
-        // Only tidies the list: a deactivation skips links that are gone.
-        let result = self
-            .db
-            .update_item()
-            .table_name(&self.tables.users)
-            .key("uuid", s(link.user_uuid))
-            .update_expression("DELETE identity_keys :key")
-            .condition_expression("attribute_exists(#uuid)")
-            .expression_attribute_names("#uuid", "uuid")
-            .expression_attribute_values(":key", AttributeValue::Ss(vec![key.0.clone()]))
-            .send()
-            .await;
-        match result {
-            Err(e) if !super::is_condition_failed(&e) => {
-                Err(ApiError::from_sdk("users.forget_identity", &e))
+        use aws_sdk_dynamodb::types::Delete;
+        for _round in 0..3 {
+            let Some(link) = self.identity_link(key).await? else {
+                return Ok(None);
+            };
+            let delete = Delete::builder()
+                .table_name(&self.tables.identities)
+                .key("identity", s(&key.0))
+                .condition_expression("user_uuid = :u")
+                .expression_attribute_values(":u", s(link.user_uuid))
+                .build()
+                .map_err(|e| super::builder_failed("identities.unlink", e))?;
+            let user = Update::builder()
+                .table_name(&self.tables.users)
+                .key("uuid", s(link.user_uuid))
+                .update_expression("DELETE identity_keys :key")
+                .condition_expression("attribute_exists(#uuid)")
+                .expression_attribute_names("#uuid", "uuid")
+                .expression_attribute_values(":key", AttributeValue::Ss(vec![key.0.clone()]))
+                .build()
+                .map_err(|e| super::builder_failed("identities.unlink", e))?;
+            let items = vec![
+                TransactWriteItem::builder().delete(delete).build(),
+                TransactWriteItem::builder().update(user).build(),
+            ];
+            match self.transact("identities.unlink", items).await? {
+                Tx::Done => return Ok(Some(link)),
+                // Unlinked (or linked anew) meanwhile: read it again.
+                Tx::Refused(_) => continue,
             }
-            _ => Ok(Some(link)),
         }
+        Err(ApiError::Unavailable)
     }
 
     /// Every link of a user, through the `by_user` index.

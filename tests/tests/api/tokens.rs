@@ -236,6 +236,24 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
             INVALID,
         ),
         ("moto's own ID token", cognito.id_token.clone(), INVALID),
+        (
+            "an ID token's nonce, no token_use",
+            moto_signed(&genuine, json!({"token_use": null, "nonce": "n-0"})),
+            INVALID,
+        ),
+        (
+            "an ID token's at_hash, no token_use",
+            moto_signed(&genuine, json!({"token_use": null, "at_hash": "h"})),
+            INVALID,
+        ),
+        (
+            "an accepted client as aud, but another client_id",
+            moto_signed(
+                &genuine,
+                json!({"aud": genuine["client_id"].clone(), "client_id": "another-client"}),
+            ),
+            INVALID,
+        ),
         ("oversized", oversized, INVALID),
         ("garbage segments", "abc.def.ghi".to_string(), INVALID),
         ("empty segments", "..".to_string(), INVALID),
@@ -332,16 +350,7 @@ async fn racing_first_uses_create_one_user_and_one_link() {
     let api = with_settings(&ctx, settings);
     for _round in 0..3 {
         let cognito = cognito_user(&unique_email("race"), true).await;
-        let replies = futures_join(
-            (0..10)
-                .map(|_| {
-                    let api = api.clone();
-                    let token = cognito.access_token.clone();
-                    tokio::spawn(async move { api.get(ME).bearer(&token).send().await })
-                })
-                .collect(),
-        )
-        .await;
+        let replies = race_first_uses(&api, &cognito.access_token).await;
         let uuids: std::collections::BTreeSet<String> = replies
             .iter()
             .map(|r| {
@@ -358,16 +367,7 @@ async fn racing_first_uses_create_one_user_and_one_link() {
 
 both!(racing_first_uses_link_an_existing_user_once, |api, ctx| async move {
     let (user, cognito) = app_user_with_cognito(&ctx).await;
-    let replies = futures_join(
-        (0..10)
-            .map(|_| {
-                let api = api.clone();
-                let token = cognito.access_token.clone();
-                tokio::spawn(async move { api.get(ME).bearer(&token).send().await })
-            })
-            .collect(),
-    )
-    .await;
+    let replies = race_first_uses(&api, &cognito.access_token).await;
     for reply in &replies {
         reply.assert_status(200);
         assert_eq!(reply.json()["uuid"], json!(user.uuid().to_string()));
@@ -375,12 +375,19 @@ both!(racing_first_uses_link_an_existing_user_once, |api, ctx| async move {
     assert_eq!(ctx.store.identities_of(user.uuid()).await.unwrap().len(), 1);
 });
 
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<Reply>>) -> Vec<Reply> {
-    let mut out = Vec::new();
-    for handle in handles {
-        out.push(handle.await.expect("the request task"));
+/// Ten `GET @me` with one token at once: a token's first uses, racing.
+async fn race_first_uses(api: &Api, token: &str) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (api, token) = (api.clone(), token.to_string());
+            tokio::spawn(async move { api.get(ME).bearer(&token).send().await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.expect("the request task"));
     }
-    out
+    replies
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,10 +420,11 @@ async fn scopes_come_from_the_token_with_or_without_the_prefix() {
     let mut settings = stack_token_settings();
     settings.first_party_clients = vec![];
     settings.scope_prefix = "posthog-users/".into();
-    let api = with_settings(&ctx, settings);
+    let api = with_settings(&ctx, settings.clone());
     let (user, cognito) = app_user_with_cognito(&ctx).await;
-    // moto's own token names no scope of this API: with no first-party client, nothing (its
-    // first use links the subject all the same: the scope is checked after authentication).
+    // moto's own token names no scope of this API: with no first-party client, nothing, and
+    // a token refused for its scope is refused before its identity is looked up: it links
+    // nothing.
     api.get(ME)
         .bearer(&cognito.access_token)
         .send()
@@ -428,6 +436,9 @@ async fn scopes_come_from_the_token_with_or_without_the_prefix() {
             "API key missing required scope 'user:read'",
             None,
         );
+    assert!(ctx.store.identities_of(user.uuid()).await.unwrap().is_empty());
+    let link = IdentityLink::new(&settings.issuer, &cognito.sub, user.uuid(), false, LinkedBy::Operator);
+    ctx.store.link_identity(&link).await.unwrap();
     let genuine = claims_of(&cognito.access_token);
     let read_only = moto_signed(&genuine, json!({"scope": "openid posthog-users/user:read"}));
     api.get(ME).bearer(&read_only).send().await.assert_status(200);
@@ -600,3 +611,97 @@ both!(api_keys_still_work_beside_tokens, |api, ctx| async move {
     assert_eq!(reply.status, 401);
     assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
 });
+
+both!(staff_and_unproved_addresses_are_never_linked_by_email, |api, ctx| async move {
+    // Staff: their links are an operator's to make.
+    let staff = create_staff(&ctx, &["user:read"]).await;
+    let cognito = cognito_user(&staff.user.email, true).await;
+    api.get(ME)
+        .bearer(&cognito.access_token)
+        .send()
+        .await
+        .assert_invalid_token(NOT_LINKED);
+    assert!(ctx.store.identities_of(staff.uuid()).await.unwrap().is_empty());
+    // An address set without a code (no sender configured) is shown unverified and links no
+    // token, whoever signs in with it: its owner never proved it.
+    let quick = Api::InProcess(Arc::new(context_without_email().await));
+    let user = create_user(&ctx, &["*"]).await;
+    let claimed = unique_email("claimed");
+    let reply = quick.request_email_change(&user.key, &claimed).await;
+    let body = reply.ok_json();
+    assert_eq!((&body["email"], &body["is_email_verified"]), (&json!(claimed), &json!(false)));
+    let victim = cognito_user(&claimed, true).await;
+    api.get(ME)
+        .bearer(&victim.access_token)
+        .send()
+        .await
+        .assert_invalid_token(NOT_LINKED);
+    assert!(ctx.store.identities_of(user.uuid()).await.unwrap().is_empty());
+});
+
+/// A subject whose first use was refused is refused again for a while without asking Cognito
+/// or reading addresses: one unlinked account cannot make every request cost those calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_use_is_not_looked_into_again_at_once() {
+    let ctx = context().await;
+    let recorder = calls::Recorder::default();
+    let api = Api::InProcess(Arc::new(recorder.instrument(&ctx)));
+    let stranger = cognito_user(&unique_email("stranger"), true).await;
+    api.get(ME)
+        .bearer(&stranger.access_token)
+        .send()
+        .await
+        .assert_invalid_token(NOT_LINKED);
+    let first: Vec<String> = recorder.take().iter().map(|c| format!("{}:{}", c.service, c.operation)).collect();
+    assert!(first.contains(&"cognito-idp:GetUser".to_string()), "{first:?}");
+    for _ in 0..5 {
+        api.get(ME)
+            .bearer(&stranger.access_token)
+            .send()
+            .await
+            .assert_invalid_token(NOT_LINKED);
+    }
+    let again: Vec<String> = recorder.take().iter().map(|c| format!("{}:{}", c.service, c.operation)).collect();
+    assert_eq!(again, vec!["dynamodb:GetItem".to_string(); 5], "only the link's read");
+}
+
+/// An operator's unlink racing the same identity's first use (which links it again by
+/// email), then a deactivation: whatever the order, no link stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
+    let ctx = context().await;
+    let settings = stack_token_settings();
+    let api = with_settings(&ctx, settings.clone());
+    for _round in 0..5 {
+        let (user, cognito) = app_user_with_cognito(&ctx).await;
+        api.get(ME).bearer(&cognito.access_token).send().await.assert_status(200);
+        let key = IdentityKey::of(&settings.issuer, &cognito.sub);
+        let unlink = {
+            let store = ctx.store.clone();
+            let key = key.clone();
+            tokio::spawn(async move { store.unlink_identity(&key).await })
+        };
+        let uses: Vec<_> = (0..4)
+            .map(|_| {
+                let (api, token) = (api.clone(), cognito.access_token.clone());
+                tokio::spawn(async move { api.get(ME).bearer(&token).send().await })
+            })
+            .collect();
+        unlink.await.unwrap().unwrap();
+        for u in uses {
+            let reply = u.await.unwrap();
+            assert!([200, 401].contains(&reply.status), "{}", reply.body);
+        }
+        assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
+        if let Some(link) = ctx.store.identity_link(&key).await.unwrap() {
+            assert!(!link.user_is_active, "a link left live after deactivation");
+        }
+        let fresh = with_settings(&ctx, settings.clone());
+        fresh
+            .get(ME)
+            .bearer(&cognito.access_token)
+            .send()
+            .await
+            .assert_invalid_token(INVALID);
+    }
+}
