@@ -1365,7 +1365,7 @@ def render(doc: dict[str, Any]) -> str:
         "",
         "## How it is measured",
         "",
-        "- Binaries: `cargo build --release --workspace` (opt-level s, thin LTO, one codegen unit,",
+        "- Binaries: `cargo build --release --workspace` (opt-level s, fat LTO, one codegen unit,",
         "  stripped); arm64 sizes from `cargo lambda build --release --arm64`, what `sam build` deploys",
         "  (it cannot run here).",
         "- Each process gets a Lambda-like environment: the template's variables, the local endpoints,",

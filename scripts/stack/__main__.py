@@ -167,9 +167,10 @@ def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
     target = cargo_target_dir()
     user = users_admin(target, penv, "create-user", "--email", DEMO_EMAIL, "--first-name", "Demo", "--staff")
     key = users_admin(target, penv, "create-key", "--user", user["uuid"], "--scopes", "*", "--label", "demo")
-    # The same person in the local user pool: the functions link its sign-in to the staff user
-    # by the verified email (TOKEN_NEW_IDENTITY=link-by-email).
-    create_demo_user(pool, user["email"], DEMO_PASSWORD)
+    # The same person in the local user pool. A staff user's sign-in is never linked by email
+    # at its first use (docs/API.md §2): an operator links it, as here.
+    claims = create_demo_user(pool, user["email"], DEMO_PASSWORD)
+    users_admin(target, penv, "link-identity", "--user", user["uuid"], "--subject", claims["sub"])
     url = f"http://127.0.0.1:{args.port}"
     write_run_state(services, url)
     try:
