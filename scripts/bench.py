@@ -1534,9 +1534,13 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
     sup.stop(services.dynamodb)
     sup.stop(services.moto)
     if not args.no_arm64 and zig_available(penv):
-        sizes = arm64_sizes(sup, penv, [n for n in names if targets[n].binary is not None])
-        for n, size in sizes.items():
-            results[n].size_arm64 = size
+        # By binary: a token request's measurement runs its function's own binary.
+        binaries_measured = sorted({targets[n].binary.name for n in names if targets[n].binary is not None})
+        sizes = arm64_sizes(sup, penv, binaries_measured)
+        for n in names:
+            binary = targets[n].binary
+            if binary is not None and binary.name in sizes:
+                results[n].size_arm64 = sizes[binary.name]
     elif not args.no_arm64:
         log("zig is not available: no arm64 sizes")
 
