@@ -2,10 +2,10 @@
 //! for both), scopes, and whose account a path may name.
 use crate::error::ApiError;
 use crate::identities::{IdentityKey, IdentityLink, LinkWrite, LinkedBy};
-use crate::tokens::{self, NewIdentity, TokenVerifier, VerifiedToken};
 pub use crate::routes::Scope;
 use crate::routes::{Matched, Target, NON_STAFF};
 use crate::store::Store;
+use crate::tokens::{self, NewIdentity, TokenVerifier, VerifiedToken};
 use crate::users::UserId;
 use lambda_http::Request;
 use rand::Rng;
@@ -77,7 +77,9 @@ fn looks_like_key(key: &str) -> bool {
 pub enum Credential {
     ApiKey,
     /// A sign-in token of this app client.
-    AccessToken { client: String },
+    AccessToken {
+        client: String,
+    },
 }
 
 /// The authenticated caller, from its key's record or its token's identity link (each
@@ -313,12 +315,8 @@ async fn link_on_first_use(
                 (store.link_identity(&link).await?, link)
             }
             None if policy == NewIdentity::CreateUser => {
-                let mut user = crate::users::UserRecord::new(
-                    &email,
-                    "",
-                    "",
-                    crate::users::UserKind::Regular,
-                );
+                let mut user =
+                    crate::users::UserRecord::new(&email, "", "", crate::users::UserKind::Regular);
                 user.is_email_verified = Some(true);
                 let link = IdentityLink::new(
                     &token.issuer,

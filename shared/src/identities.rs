@@ -79,7 +79,10 @@ mod tests {
     #[test]
     fn keys_cannot_be_spelt_by_another_pair() {
         assert_eq!(IdentityKey::of("https://i", "s").0, r#"["https://i","s"]"#);
-        assert_ne!(IdentityKey::of("a\",\"b", "c"), IdentityKey::of("a", "b\",\"c"));
+        assert_ne!(
+            IdentityKey::of("a\",\"b", "c"),
+            IdentityKey::of("a", "b\",\"c")
+        );
         assert_ne!(IdentityKey::of("a|b", "c"), IdentityKey::of("a", "b|c"));
     }
 }

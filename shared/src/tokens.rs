@@ -253,12 +253,19 @@ impl TokenSettings {
             Some(client) if accepted(client) => (client.to_string(), Some(client.to_string())),
             Some(_) => return Err(refused("audience")),
             None => {
-                let audience = claims.aud.as_ref().map(OneOrMany::values).unwrap_or_default();
+                let audience = claims
+                    .aud
+                    .as_ref()
+                    .map(OneOrMany::values)
+                    .unwrap_or_default();
                 let matched = audience
                     .into_iter()
                     .find(|a| accepted(a))
                     .ok_or_else(|| refused("audience"))?;
-                (matched.to_string(), claims.azp.clone().or(claims.cid.clone()))
+                (
+                    matched.to_string(),
+                    claims.azp.clone().or(claims.cid.clone()),
+                )
             }
         };
         let mut granted: Vec<&str> = claims.scope.as_deref().unwrap_or("").split(' ').collect();
@@ -282,10 +289,8 @@ impl TokenSettings {
                 }
             }
         }
-        let email_verified = matches!(
-            claims.email_verified,
-            Some(Flag::Bool(true))
-        ) || matches!(&claims.email_verified, Some(Flag::Text(t)) if t == "true");
+        let email_verified = matches!(claims.email_verified, Some(Flag::Bool(true)))
+            || matches!(&claims.email_verified, Some(Flag::Text(t)) if t == "true");
         Ok(VerifiedToken {
             issuer: claims.iss,
             subject: claims.sub,
@@ -304,7 +309,9 @@ impl TokenSettings {
 fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
     let type_fits = match (&jwk.algorithm, alg) {
         (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => ec.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
+            ec.curve == EllipticCurve::P256
+        }
         _ => false,
     };
     let alg_fits = match jwk.common.key_algorithm {
@@ -313,7 +320,10 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
         Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
         Some(_) => false,
     };
-    let use_fits = matches!(jwk.common.public_key_use, None | Some(PublicKeyUse::Signature));
+    let use_fits = matches!(
+        jwk.common.public_key_use,
+        None | Some(PublicKeyUse::Signature)
+    );
     type_fits && alg_fits && use_fits
 }
 
@@ -329,7 +339,8 @@ pub struct TokenVerifier {
     pub settings: TokenSettings,
     jwks: Jwks,
     /// Subjects (identity keys) whose first use was refused lately, and why.
-    refused_first_uses: std::sync::Mutex<std::collections::HashMap<String, (Instant, &'static str)>>,
+    refused_first_uses:
+        std::sync::Mutex<std::collections::HashMap<String, (Instant, &'static str)>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -480,7 +491,9 @@ impl Jwks {
             // Old keys: fetch them again; if that fails, the keys in hand go on serving.
             match self.fetch().await {
                 Ok(keys) => self.keep(keys),
-                Err(_) => tracing::warn!("the issuer's keys could not be fetched again: the old ones stay in use"),
+                Err(_) => tracing::warn!(
+                    "the issuer's keys could not be fetched again: the old ones stay in use"
+                ),
             }
             fetches.last_fetch = Some(Instant::now());
             if let Ok(mut at) = self.fetched_at.write() {
@@ -543,7 +556,10 @@ impl Jwks {
     fn connector(&self) -> Result<&aws_smithy_http_client::Connector, ApiError> {
         self.connector
             .get_or_init(|| {
-                crate::context::https::web_connector(self.ca_bundle.as_deref(), JWKS_CONNECT_TIMEOUT)
+                crate::context::https::web_connector(
+                    self.ca_bundle.as_deref(),
+                    JWKS_CONNECT_TIMEOUT,
+                )
             })
             .as_ref()
             .map_err(|_| ApiError::internal("jwks.connector", "the CA bundle cannot be used"))
@@ -559,7 +575,10 @@ impl Jwks {
             .map_err(|_| ApiError::internal("jwks.fetch", "TOKEN_JWKS_URL is not a URL"))?;
         let fetched = tokio::time::timeout(JWKS_FETCH_TIMEOUT, async {
             let response = connector.call(request).await.map_err(|e| {
-                tracing::warn!(error_kind = jwks_error_kind(&e), "the issuer's keys could not be fetched");
+                tracing::warn!(
+                    error_kind = jwks_error_kind(&e),
+                    "the issuer's keys could not be fetched"
+                );
             })?;
             let status = response.status().as_u16();
             if status != 200 {
@@ -621,7 +640,8 @@ pub async fn cognito_email(
         Ok(out) => out,
         // Cognito throttling or failing is the provider's outage, as for the JWKS: a 503.
         Err(SdkError::ServiceError(e))
-            if e.err().is_too_many_requests_exception() || e.err().is_internal_error_exception() =>
+            if e.err().is_too_many_requests_exception()
+                || e.err().is_internal_error_exception() =>
         {
             tracing::warn!("Cognito could not tell the token's email (throttled or failing)");
             return Err(ApiError::Unavailable);
@@ -639,9 +659,12 @@ pub async fn cognito_email(
             .and_then(|a| a.value())
             .map(str::to_string)
     };
-    Ok(attribute("email")
-        .filter(|e| !e.is_empty())
-        .map(|email| (email, attribute("email_verified").as_deref() == Some("true"))))
+    Ok(attribute("email").filter(|e| !e.is_empty()).map(|email| {
+        (
+            email,
+            attribute("email_verified").as_deref() == Some("true"),
+        )
+    }))
 }
 
 fn jwks_error_kind(err: &aws_smithy_runtime_api::client::result::ConnectorError) -> &'static str {
@@ -698,22 +721,63 @@ mod tests {
         let base = serde_json::json!({"iss": "i", "sub": "s"});
         let with = |extra: serde_json::Value| {
             let mut c = base.clone();
-            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
             s.accept(claims(c), 1_000)
         };
-        assert_eq!(with(serde_json::json!({"client_id": "app"})).unwrap().client, "app");
-        assert_eq!(with(serde_json::json!({"aud": ["x", "api://users"]})).unwrap().client, "api://users");
-        assert_eq!(with(serde_json::json!({"aud": "api://users"})).unwrap().client, "api://users");
-        assert!(matches!(with(serde_json::json!({"aud": "other"})), Err(ApiError::InvalidToken { reason: "audience", .. })));
-        assert!(matches!(with(serde_json::json!({"client_id": "other"})), Err(ApiError::InvalidToken { reason: "audience", .. })));
-        assert!(matches!(with(serde_json::json!({})), Err(ApiError::InvalidToken { reason: "audience", .. })));
+        assert_eq!(
+            with(serde_json::json!({"client_id": "app"}))
+                .unwrap()
+                .client,
+            "app"
+        );
+        assert_eq!(
+            with(serde_json::json!({"aud": ["x", "api://users"]}))
+                .unwrap()
+                .client,
+            "api://users"
+        );
+        assert_eq!(
+            with(serde_json::json!({"aud": "api://users"}))
+                .unwrap()
+                .client,
+            "api://users"
+        );
+        assert!(matches!(
+            with(serde_json::json!({"aud": "other"})),
+            Err(ApiError::InvalidToken {
+                reason: "audience",
+                ..
+            })
+        ));
+        assert!(matches!(
+            with(serde_json::json!({"client_id": "other"})),
+            Err(ApiError::InvalidToken {
+                reason: "audience",
+                ..
+            })
+        ));
+        assert!(matches!(
+            with(serde_json::json!({})),
+            Err(ApiError::InvalidToken {
+                reason: "audience",
+                ..
+            })
+        ));
         assert!(matches!(
             with(serde_json::json!({"client_id": "app", "token_use": "id"})),
-            Err(ApiError::InvalidToken { reason: "not_an_access_token", .. })
+            Err(ApiError::InvalidToken {
+                reason: "not_an_access_token",
+                ..
+            })
         ));
         assert!(matches!(
             with(serde_json::json!({"client_id": "app", "iat": 1_061})),
-            Err(ApiError::InvalidToken { reason: "issued_in_the_future", .. })
+            Err(ApiError::InvalidToken {
+                reason: "issued_in_the_future",
+                ..
+            })
         ));
         assert!(with(serde_json::json!({"client_id": "app", "iat": 1_060})).is_ok());
     }
@@ -723,13 +787,18 @@ mod tests {
         let mut s = settings();
         let token = |s: &TokenSettings, scope: &str| {
             s.accept(
-                claims(serde_json::json!({"iss": "i", "sub": "s", "client_id": "app", "scope": scope})),
+                claims(
+                    serde_json::json!({"iss": "i", "sub": "s", "client_id": "app", "scope": scope}),
+                ),
                 0,
             )
             .unwrap()
             .scopes
         };
-        assert_eq!(token(&s, "posthog-users/user:write openid other/user:read"), ["user:write"]);
+        assert_eq!(
+            token(&s, "posthog-users/user:write openid other/user:read"),
+            ["user:write"]
+        );
         assert_eq!(token(&s, "user:read *"), ["user:read", "*"]);
         assert!(token(&s, "aws.cognito.signin.user.admin").is_empty());
         s.first_party_clients = vec!["app".into()];
@@ -774,11 +843,25 @@ mod tests {
 
     #[test]
     fn keys_fit_only_their_own_algorithm() {
-        let rsa: Jwk = serde_json::from_value(serde_json::json!({"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB"})).unwrap();
-        let rsa_es: Jwk = serde_json::from_value(serde_json::json!({"kty": "RSA", "kid": "r", "alg": "ES256", "n": "AQAB", "e": "AQAB"})).unwrap();
-        let rsa_enc: Jwk = serde_json::from_value(serde_json::json!({"kty": "RSA", "kid": "r", "use": "enc", "n": "AQAB", "e": "AQAB"})).unwrap();
-        let ec: Jwk = serde_json::from_value(serde_json::json!({"kty": "EC", "kid": "e", "crv": "P-256", "x": "AQAB", "y": "AQAB"})).unwrap();
-        let oct: Jwk = serde_json::from_value(serde_json::json!({"kty": "oct", "kid": "o", "k": "c2VjcmV0"})).unwrap();
+        let rsa: Jwk = serde_json::from_value(
+            serde_json::json!({"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB"}),
+        )
+        .unwrap();
+        let rsa_es: Jwk = serde_json::from_value(
+            serde_json::json!({"kty": "RSA", "kid": "r", "alg": "ES256", "n": "AQAB", "e": "AQAB"}),
+        )
+        .unwrap();
+        let rsa_enc: Jwk = serde_json::from_value(
+            serde_json::json!({"kty": "RSA", "kid": "r", "use": "enc", "n": "AQAB", "e": "AQAB"}),
+        )
+        .unwrap();
+        let ec: Jwk = serde_json::from_value(
+            serde_json::json!({"kty": "EC", "kid": "e", "crv": "P-256", "x": "AQAB", "y": "AQAB"}),
+        )
+        .unwrap();
+        let oct: Jwk =
+            serde_json::from_value(serde_json::json!({"kty": "oct", "kid": "o", "k": "c2VjcmV0"}))
+                .unwrap();
         assert!(key_fits(&rsa, Algorithm::RS256));
         assert!(!key_fits(&rsa, Algorithm::ES256));
         assert!(!key_fits(&rsa, Algorithm::HS256));

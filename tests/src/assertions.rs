@@ -200,7 +200,13 @@ impl Reply {
     /// A 401 refusing a sign-in token, with RFC 6750's `error="invalid_token"` and this detail.
     #[track_caller]
     pub fn assert_invalid_token(&self, detail: &str) {
-        self.assert_error(401, "authentication_error", "authentication_failed", detail, None);
+        self.assert_error(
+            401,
+            "authentication_error",
+            "authentication_failed",
+            detail,
+            None,
+        );
         assert_eq!(
             self.header("www-authenticate"),
             Some("Bearer error=\"invalid_token\""),

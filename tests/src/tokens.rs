@@ -258,7 +258,10 @@ impl JwksServer {
                     let (status, body) = if fail.load(Ordering::SeqCst) {
                         ("503 Service Unavailable", "{}".to_string())
                     } else {
-                        ("200 OK", json!({"keys": k.lock().unwrap().clone()}).to_string())
+                        (
+                            "200 OK",
+                            json!({"keys": k.lock().unwrap().clone()}).to_string(),
+                        )
                     };
                     let response = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -310,7 +313,11 @@ pub fn stack_token_settings() -> TokenSettings {
 }
 
 /// Settings for a test's own issuer, whose keys `jwks` serves.
-pub fn own_issuer_settings(issuer: &str, jwks_url: &str, new_identity: NewIdentity) -> TokenSettings {
+pub fn own_issuer_settings(
+    issuer: &str,
+    jwks_url: &str,
+    new_identity: NewIdentity,
+) -> TokenSettings {
     TokenSettings {
         issuer: issuer.to_string(),
         jwks_url: jwks_url.to_string(),

@@ -308,9 +308,12 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 .await?
                 .filter(|u| u.is_active)
                 .ok_or(Failure::NoActiveUser(uuid))?;
-            let link = IdentityLink::new(&issuer, &subject, uuid, owner.is_staff, LinkedBy::Operator);
+            let link =
+                IdentityLink::new(&issuer, &subject, uuid, owner.is_staff, LinkedBy::Operator);
             match store.link_identity(&link).await? {
-                LinkWrite::Linked => Ok(json!({"ok": true, "issuer": issuer, "subject": subject, "user": uuid})),
+                LinkWrite::Linked => {
+                    Ok(json!({"ok": true, "issuer": issuer, "subject": subject, "user": uuid}))
+                }
                 LinkWrite::AlreadyLinked => {
                     let other = store.identity_link(&link.key()).await?.map(|l| l.user_uuid);
                     Err(Failure::AlreadyLinked(other.unwrap_or(uuid)))
@@ -321,7 +324,10 @@ async fn run(command: Command) -> Result<Value, Failure> {
         Command::UnlinkIdentity { issuer, subject } => {
             let (issuer, subject) = identity(&config, issuer, &subject)?;
             let key = shared::identities::IdentityKey::of(&issuer, &subject);
-            let link = store.unlink_identity(&key).await?.ok_or(Failure::NoSuchLink)?;
+            let link = store
+                .unlink_identity(&key)
+                .await?
+                .ok_or(Failure::NoSuchLink)?;
             Ok(json!({"ok": true, "user": link.user_uuid}))
         }
         Command::ListIdentities { user } => {

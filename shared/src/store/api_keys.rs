@@ -181,7 +181,8 @@ impl Store {
             let Some(lists) = self.user_credential_lists(uuid).await? else {
                 return Ok(false);
             };
-            let mut all: std::collections::BTreeSet<Credential> = lists.credentials.into_iter().collect();
+            let mut all: std::collections::BTreeSet<Credential> =
+                lists.credentials.into_iter().collect();
             all.extend(
                 self.api_keys_of(uuid)
                     .await?
@@ -246,7 +247,10 @@ impl Store {
 
     /// The user's own lists of key hashes and identity links, and how many were ever added
     /// to them, read consistently; `None` when there is no such user.
-    async fn user_credential_lists(&self, uuid: UserId) -> Result<Option<CredentialLists>, ApiError> {
+    async fn user_credential_lists(
+        &self,
+        uuid: UserId,
+    ) -> Result<Option<CredentialLists>, ApiError> {
         let out = self
             .db
             .get_item()
@@ -265,8 +269,10 @@ impl Store {
             Some(AttributeValue::Ss(set)) => set.clone(),
             _ => Vec::new(),
         };
-        let mut credentials: Vec<Credential> =
-            set("api_key_hashes").into_iter().map(Credential::Key).collect();
+        let mut credentials: Vec<Credential> = set("api_key_hashes")
+            .into_iter()
+            .map(Credential::Key)
+            .collect();
         credentials.extend(set("identity_keys").into_iter().map(Credential::Link));
         let added = item
             .get("keys_added")

@@ -86,17 +86,22 @@ impl Store {
             TransactWriteItem::builder().put(put_user).build(),
             self.claim_email(&user.email, user.uuid)?,
         ];
-        Ok(match self.transact("identities.create_user", items).await? {
-            Tx::Done => LinkWrite::Linked,
-            Tx::Refused(failed) if failed.first() == Some(&true) => LinkWrite::AlreadyLinked,
-            Tx::Refused(_) => LinkWrite::EmailTaken,
-        })
+        Ok(
+            match self.transact("identities.create_user", items).await? {
+                Tx::Done => LinkWrite::Linked,
+                Tx::Refused(failed) if failed.first() == Some(&true) => LinkWrite::AlreadyLinked,
+                Tx::Refused(_) => LinkWrite::EmailTaken,
+            },
+        )
     }
 
     /// Removes a link and takes it off its user's list, in one transaction (so that a first
     /// use linking the identity again cannot fall between the two and leave a link the list
     /// lacks); the link removed, if there was one.
-    pub async fn unlink_identity(&self, key: &IdentityKey) -> Result<Option<IdentityLink>, ApiError> {
+    pub async fn unlink_identity(
+        &self,
+        key: &IdentityKey,
+    ) -> Result<Option<IdentityLink>, ApiError> {
         use aws_sdk_dynamodb::types::Delete;
         for _round in 0..3 {
             let Some(link) = self.identity_link(key).await? else {

@@ -347,10 +347,14 @@ async fn identities_are_linked_listed_and_unlinked_by_the_operator() {
     let mut settings = stack_token_settings();
     settings.new_identity = shared::tokens::NewIdentity::Refuse;
     let api = Api::InProcess(std::sync::Arc::new(
-        ctx.with_store(ctx.store.clone()).with_token_settings(settings.clone()),
+        ctx.with_store(ctx.store.clone())
+            .with_token_settings(settings.clone()),
     ));
     let me = |api: Api, token: String| async move { api.get(ME).bearer(&token).send().await };
-    assert_eq!(me(api.clone(), cognito.access_token.clone()).await.status, 401);
+    assert_eq!(
+        me(api.clone(), cognito.access_token.clone()).await.status,
+        401
+    );
 
     let linked = admin(&["link-identity", "--user", uuid, "--subject", &cognito.sub]).await;
     assert_eq!(
@@ -371,7 +375,9 @@ async fn identities_are_linked_listed_and_unlinked_by_the_operator() {
     ])
     .await;
     assert!(
-        again.failed().contains(&format!("already linked to user {uuid}")),
+        again
+            .failed()
+            .contains(&format!("already linked to user {uuid}")),
         "{}",
         again.stderr
     );
@@ -388,36 +394,75 @@ async fn identities_are_linked_listed_and_unlinked_by_the_operator() {
         vec!["active", "issuer", "linked_at", "linked_by", "subject"]
     );
     assert_eq!(
-        (&link["issuer"], &link["subject"], &link["linked_by"], &link["active"]),
-        (&json!(settings.issuer), &json!(cognito.sub), &json!("operator"), &json!(true))
+        (
+            &link["issuer"],
+            &link["subject"],
+            &link["linked_by"],
+            &link["active"]
+        ),
+        (
+            &json!(settings.issuer),
+            &json!(cognito.sub),
+            &json!("operator"),
+            &json!(true)
+        )
     );
 
     let unlinked = admin(&["unlink-identity", "--subject", &cognito.sub]).await;
     assert_eq!(unlinked.json(), json!({"ok": true, "user": uuid}));
-    assert_eq!(me(api.clone(), cognito.access_token.clone()).await.status, 401);
+    assert_eq!(
+        me(api.clone(), cognito.access_token.clone()).await.status,
+        401
+    );
     let gone = admin(&["unlink-identity", "--subject", &cognito.sub]).await;
-    assert!(gone.failed().contains("no such identity link"), "{}", gone.stderr);
+    assert!(
+        gone.failed().contains("no such identity link"),
+        "{}",
+        gone.stderr
+    );
 
     // Linked again, then the user deactivated: the token is refused, the list says inactive.
     admin(&["link-identity", "--user", uuid, "--subject", &cognito.sub])
         .await
         .json();
     admin(&["deactivate-user", "--user", uuid]).await.json();
-    assert_eq!(me(api.clone(), cognito.access_token.clone()).await.status, 401);
+    assert_eq!(
+        me(api.clone(), cognito.access_token.clone()).await.status,
+        401
+    );
     let listed = eventually(list, |l: &Value| {
         l.as_array()
             .is_some_and(|a| a.len() == 1 && a[0]["active"] == json!(false))
     })
     .await;
     assert_eq!(listed[0]["active"], json!(false));
-    let inactive = admin(&["link-identity", "--user", uuid, "--subject", "another-subject"]).await;
-    assert!(inactive.failed().contains("no active user"), "{}", inactive.stderr);
+    let inactive = admin(&[
+        "link-identity",
+        "--user",
+        uuid,
+        "--subject",
+        "another-subject",
+    ])
+    .await;
+    assert!(
+        inactive.failed().contains("no active user"),
+        "{}",
+        inactive.stderr
+    );
 
     // Bad input is refused with a message and changes nothing.
     let blank = admin(&["link-identity", "--user", uuid, "--subject", " "]).await;
-    assert!(blank.failed().contains("--subject is empty"), "{}", blank.stderr);
+    assert!(
+        blank.failed().contains("--subject is empty"),
+        "{}",
+        blank.stderr
+    );
     let not_uuid = admin(&["list-identities", "--user", "nobody"]).await;
-    assert!(not_uuid.failed().contains("is not a uuid"), "{}", not_uuid.stderr);
+    assert!(
+        not_uuid.failed().contains("is not a uuid"),
+        "{}",
+        not_uuid.stderr
+    );
     let unknown = uuid::Uuid::new_v4().to_string();
     let missing = admin(&["list-identities", "--user", &unknown]).await;
     assert!(missing.failed().contains("no user"), "{}", missing.stderr);

@@ -177,7 +177,8 @@ async fn the_jwks_is_fetched_over_tls_trusting_web_roots_or_the_configured_bundl
     use serde_json::json;
     use shared::identities::{IdentityLink, LinkedBy};
     use shared::tokens::NewIdentity;
-    let dir: PathBuf = std::env::temp_dir().join(format!("api-tests-jwks-tls-{}", uuid::Uuid::new_v4()));
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("api-tests-jwks-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     make_certificates(&dir);
     let keys = own_keys().await;
@@ -188,7 +189,13 @@ async fn the_jwks_is_fetched_over_tls_trusting_web_roots_or_the_configured_bundl
     let url = format!("https://localhost:{port}/.well-known/jwks.json");
     let user = api_tests::create_user(&ctx, &["user:read"]).await;
     ctx.store
-        .link_identity(&IdentityLink::new(&issuer, "s", user.uuid(), false, LinkedBy::Operator))
+        .link_identity(&IdentityLink::new(
+            &issuer,
+            "s",
+            user.uuid(),
+            false,
+            LinkedBy::Operator,
+        ))
         .await
         .unwrap();
     let token = sign(
@@ -201,12 +208,17 @@ async fn the_jwks_is_fetched_over_tls_trusting_web_roots_or_the_configured_bundl
         let mut settings = own_issuer_settings(&issuer, &url, NewIdentity::Refuse);
         settings.ca_bundle = ca_bundle;
         api_tests::Api::InProcess(std::sync::Arc::new(
-            ctx.with_store(ctx.store.clone()).with_token_settings(settings),
+            ctx.with_store(ctx.store.clone())
+                .with_token_settings(settings),
         ))
     };
 
     // The public web's roots (negative control): the handshake fails, nothing is fetched.
-    let reply = api_with(None).get(api_tests::ME).bearer(&token).send().await;
+    let reply = api_with(None)
+        .get(api_tests::ME)
+        .bearer(&token)
+        .send()
+        .await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(server.fetches(), 0, "no request got past the handshake");
 
@@ -221,7 +233,11 @@ async fn the_jwks_is_fetched_over_tls_trusting_web_roots_or_the_configured_bundl
 
     // A bundle that is not certificates is a deployment fault: a 500, logged, never a panic.
     std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
-    let reply = api_with(Some(dir.join("junk.pem"))).get(api_tests::ME).bearer(&token).send().await;
+    let reply = api_with(Some(dir.join("junk.pem")))
+        .get(api_tests::ME)
+        .bearer(&token)
+        .send()
+        .await;
     assert_eq!(reply.status, 500, "{}", reply.body);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,37 +36,45 @@ async fn app_user_with_cognito(ctx: &shared::Context) -> (TestUser, CognitoUser)
 /// The same context taking tokens with other settings (its own, empty JWKS cache).
 fn with_settings(ctx: &shared::Context, settings: shared::tokens::TokenSettings) -> Api {
     Api::InProcess(Arc::new(
-        ctx.with_store(ctx.store.clone()).with_token_settings(settings),
+        ctx.with_store(ctx.store.clone())
+            .with_token_settings(settings),
     ))
 }
 
-both!(a_cognito_access_token_works_on_every_route, |api, ctx| async move {
-    // Each route's function meets a token's first use (and links it by the verified email);
-    // a second user's token then goes to a function that finds the link already made.
-    for (method, path) in every_route() {
-        let (user, cognito) = app_user_with_cognito(&ctx).await;
-        let body = if method == "GET" { json!(null) } else { json!({}) };
-        let mut call = api.call(method, &path).bearer(&cognito.access_token);
-        if method != "GET" {
-            call = call.json(&body);
+both!(
+    a_cognito_access_token_works_on_every_route,
+    |api, ctx| async move {
+        // Each route's function meets a token's first use (and links it by the verified email);
+        // a second user's token then goes to a function that finds the link already made.
+        for (method, path) in every_route() {
+            let (user, cognito) = app_user_with_cognito(&ctx).await;
+            let body = if method == "GET" {
+                json!(null)
+            } else {
+                json!({})
+            };
+            let mut call = api.call(method, &path).bearer(&cognito.access_token);
+            if method != "GET" {
+                call = call.json(&body);
+            }
+            let reply = call.send().await;
+            assert!(
+                ![401, 403, 404, 405].contains(&reply.status) && reply.status < 500,
+                "{method} {path}: {} {}",
+                reply.status,
+                reply.body
+            );
+            let me = api.get(ME).bearer(&cognito.access_token).send().await;
+            me.assert_status(200);
+            assert_eq!(me.json()["uuid"], json!(user.uuid().to_string()), "{path}");
+            assert_eq!(me.json()["email"], json!(user.user.email));
+            let links = ctx.store.identities_of(user.uuid()).await.unwrap();
+            assert_eq!(links.len(), 1, "{path}");
+            assert_eq!(links[0].subject, cognito.sub);
+            assert_eq!(links[0].linked_by, LinkedBy::VerifiedEmail);
         }
-        let reply = call.send().await;
-        assert!(
-            ![401, 403, 404, 405].contains(&reply.status) && reply.status < 500,
-            "{method} {path}: {} {}",
-            reply.status,
-            reply.body
-        );
-        let me = api.get(ME).bearer(&cognito.access_token).send().await;
-        me.assert_status(200);
-        assert_eq!(me.json()["uuid"], json!(user.uuid().to_string()), "{path}");
-        assert_eq!(me.json()["email"], json!(user.user.email));
-        let links = ctx.store.identities_of(user.uuid()).await.unwrap();
-        assert_eq!(links.len(), 1, "{path}");
-        assert_eq!(links[0].subject, cognito.sub);
-        assert_eq!(links[0].linked_by, LinkedBy::VerifiedEmail);
     }
-});
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_function_creates_a_user_at_a_first_use_where_the_deployment_says_so() {
@@ -110,7 +118,11 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
     let genuine = claims_of(&cognito.access_token);
     // The genuine token's first use links the subject (moto's GetUser, which tells the
     // address, knows only the tokens moto issued).
-    api.get(ME).bearer(&cognito.access_token).send().await.assert_status(200);
+    api.get(ME)
+        .bearer(&cognito.access_token)
+        .send()
+        .await
+        .assert_status(200);
     // Positive control: moto's claims signed again with moto's key by the tests pass, so each
     // refusal below is that one change's.
     let resigned = moto_signed(&genuine, json!({}));
@@ -135,7 +147,10 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
         ),
         (
             "alg none",
-            format!("{}.", header_and_payload(json!({"alg": "none", "typ": "JWT", "kid": "dummy"}))),
+            format!(
+                "{}.",
+                header_and_payload(json!({"alg": "none", "typ": "JWT", "kid": "dummy"}))
+            ),
             INVALID,
         ),
         (
@@ -163,7 +178,8 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
                 Algorithm::HS256,
                 Some("dummy"),
                 &genuine,
-                &EncodingKey::from_secret(moto_public_jwk().await.to_string().as_bytes()).expect("an HMAC key"),
+                &EncodingKey::from_secret(moto_public_jwk().await.to_string().as_bytes())
+                    .expect("an HMAC key"),
             ),
             INVALID,
         ),
@@ -179,7 +195,12 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
         ),
         (
             "unknown kid",
-            sign(Algorithm::RS256, Some("not-a-key-of-the-pool"), &genuine, &keys.rsa),
+            sign(
+                Algorithm::RS256,
+                Some("not-a-key-of-the-pool"),
+                &genuine,
+                &keys.rsa,
+            ),
             INVALID,
         ),
         (
@@ -217,7 +238,10 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
         ),
         (
             "the issuer with a trailing slash",
-            moto_signed(&genuine, json!({"iss": format!("{}/", genuine["iss"].as_str().unwrap())})),
+            moto_signed(
+                &genuine,
+                json!({"iss": format!("{}/", genuine["iss"].as_str().unwrap())}),
+            ),
             INVALID,
         ),
         (
@@ -227,7 +251,10 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
         ),
         (
             "an audience that is not ours, no client_id",
-            moto_signed(&genuine, json!({"client_id": null, "aud": "another-client"})),
+            moto_signed(
+                &genuine,
+                json!({"client_id": null, "aud": "another-client"}),
+            ),
             INVALID,
         ),
         (
@@ -276,7 +303,10 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
     }
     // A write route refuses them the same way and changes nothing.
     for (case, token, detail) in &cases {
-        let reply = api.patch(ME).send_json(token, &json!({"first_name": "Forged"})).await;
+        let reply = api
+            .patch(ME)
+            .send_json(token, &json!({"first_name": "Forged"}))
+            .await;
         assert_eq!(reply.status, 401, "{case}");
         reply.assert_invalid_token(detail);
     }
@@ -285,7 +315,10 @@ both!(forged_and_wrong_tokens_are_refused, |api, ctx| async move {
     // Nothing was linked to the subjects the forgeries named.
     assert!(ctx
         .store
-        .identity_link(&IdentityKey::of(genuine["iss"].as_str().unwrap(), "someone-else"))
+        .identity_link(&IdentityKey::of(
+            genuine["iss"].as_str().unwrap(),
+            "someone-else"
+        ))
         .await
         .unwrap()
         .is_none());
@@ -298,29 +331,41 @@ async fn moto_public_jwk() -> Value {
     set["keys"][0].clone()
 }
 
-both!(a_first_use_links_by_verified_email_only, |api, ctx| async move {
-    let user = create_user(&ctx, &["user:read"]).await;
-    // An address the pool has not verified: no link, whoever owns that address here.
-    let unverified = cognito_user(&user.user.email, false).await;
-    let reply = api.get(ME).bearer(&unverified.access_token).send().await;
-    reply.assert_invalid_token(UNVERIFIED);
-    assert!(ctx.store.identities_of(user.uuid()).await.unwrap().is_empty());
-    // An address nobody has here, verified: link-by-email (the stack's setting) refuses.
-    let stranger = cognito_user(&unique_email("stranger"), true).await;
-    let reply = api.get(ME).bearer(&stranger.access_token).send().await;
-    reply.assert_invalid_token(NOT_LINKED);
-    assert_eq!(ctx.store.email_owner(&stranger.email).await.unwrap(), None);
-    // The address in another case is still that user's (addresses compare as the store does).
-    let other = create_user(&ctx, &["user:read"]).await;
-    let upper = cognito_user(&other.user.email.to_uppercase(), true).await;
-    let reply = api.get(ME).bearer(&upper.access_token).send().await;
-    reply.assert_status(200);
-    assert_eq!(reply.json()["uuid"], json!(other.uuid().to_string()));
-});
+both!(
+    a_first_use_links_by_verified_email_only,
+    |api, ctx| async move {
+        let user = create_user(&ctx, &["user:read"]).await;
+        // An address the pool has not verified: no link, whoever owns that address here.
+        let unverified = cognito_user(&user.user.email, false).await;
+        let reply = api.get(ME).bearer(&unverified.access_token).send().await;
+        reply.assert_invalid_token(UNVERIFIED);
+        assert!(ctx
+            .store
+            .identities_of(user.uuid())
+            .await
+            .unwrap()
+            .is_empty());
+        // An address nobody has here, verified: link-by-email (the stack's setting) refuses.
+        let stranger = cognito_user(&unique_email("stranger"), true).await;
+        let reply = api.get(ME).bearer(&stranger.access_token).send().await;
+        reply.assert_invalid_token(NOT_LINKED);
+        assert_eq!(ctx.store.email_owner(&stranger.email).await.unwrap(), None);
+        // The address in another case is still that user's (addresses compare as the store does).
+        let other = create_user(&ctx, &["user:read"]).await;
+        let upper = cognito_user(&other.user.email.to_uppercase(), true).await;
+        let reply = api.get(ME).bearer(&upper.access_token).send().await;
+        reply.assert_status(200);
+        assert_eq!(reply.json()["uuid"], json!(other.uuid().to_string()));
+    }
+);
 
 both!(a_deactivated_users_tokens_get_401, |api, ctx| async move {
     let (user, cognito) = app_user_with_cognito(&ctx).await;
-    api.get(ME).bearer(&cognito.access_token).send().await.assert_status(200);
+    api.get(ME)
+        .bearer(&cognito.access_token)
+        .send()
+        .await
+        .assert_status(200);
     assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
     let links = ctx.store.identities_of(user.uuid()).await.unwrap();
     assert!(links.iter().all(|l| !l.user_is_active));
@@ -339,7 +384,12 @@ async fn a_deactivated_users_address_links_no_new_identity() {
     let api = Api::InProcess(Arc::new(context().await));
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
     reply.assert_invalid_token(INVALID);
-    assert!(ctx.store.identities_of(user.uuid()).await.unwrap().is_empty());
+    assert!(ctx
+        .store
+        .identities_of(user.uuid())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -359,21 +409,29 @@ async fn racing_first_uses_create_one_user_and_one_link() {
             })
             .collect();
         assert_eq!(uuids.len(), 1, "every request is the same, one user");
-        let owner = ctx.store.email_owner(&cognito.email).await.unwrap().unwrap();
+        let owner = ctx
+            .store
+            .email_owner(&cognito.email)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(uuids.into_iter().next().unwrap(), owner.to_string());
         assert_eq!(ctx.store.identities_of(owner).await.unwrap().len(), 1);
     }
 }
 
-both!(racing_first_uses_link_an_existing_user_once, |api, ctx| async move {
-    let (user, cognito) = app_user_with_cognito(&ctx).await;
-    let replies = race_first_uses(&api, &cognito.access_token).await;
-    for reply in &replies {
-        reply.assert_status(200);
-        assert_eq!(reply.json()["uuid"], json!(user.uuid().to_string()));
+both!(
+    racing_first_uses_link_an_existing_user_once,
+    |api, ctx| async move {
+        let (user, cognito) = app_user_with_cognito(&ctx).await;
+        let replies = race_first_uses(&api, &cognito.access_token).await;
+        for reply in &replies {
+            reply.assert_status(200);
+            assert_eq!(reply.json()["uuid"], json!(user.uuid().to_string()));
+        }
+        assert_eq!(ctx.store.identities_of(user.uuid()).await.unwrap().len(), 1);
     }
-    assert_eq!(ctx.store.identities_of(user.uuid()).await.unwrap().len(), 1);
-});
+);
 
 /// Ten `GET @me` with one token at once: a token's first uses, racing.
 async fn race_first_uses(api: &Api, token: &str) -> Vec<Reply> {
@@ -400,13 +458,24 @@ async fn a_deployment_that_refuses_new_identities_takes_only_linked_ones() {
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
     reply.assert_invalid_token(NOT_LINKED);
     // An operator links it (as users-admin link-identity does).
-    let link = IdentityLink::new(&settings.issuer, &cognito.sub, user.uuid(), false, LinkedBy::Operator);
+    let link = IdentityLink::new(
+        &settings.issuer,
+        &cognito.sub,
+        user.uuid(),
+        false,
+        LinkedBy::Operator,
+    );
     ctx.store.link_identity(&link).await.unwrap();
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
     reply.assert_status(200);
     assert_eq!(reply.json()["uuid"], json!(user.uuid().to_string()));
     // Unlinked, it is refused again.
-    assert!(ctx.store.unlink_identity(&link.key()).await.unwrap().is_some());
+    assert!(ctx
+        .store
+        .unlink_identity(&link.key())
+        .await
+        .unwrap()
+        .is_some());
     api.get(ME)
         .bearer(&cognito.access_token)
         .send()
@@ -436,12 +505,27 @@ async fn scopes_come_from_the_token_with_or_without_the_prefix() {
             "API key missing required scope 'user:read'",
             None,
         );
-    assert!(ctx.store.identities_of(user.uuid()).await.unwrap().is_empty());
-    let link = IdentityLink::new(&settings.issuer, &cognito.sub, user.uuid(), false, LinkedBy::Operator);
+    assert!(ctx
+        .store
+        .identities_of(user.uuid())
+        .await
+        .unwrap()
+        .is_empty());
+    let link = IdentityLink::new(
+        &settings.issuer,
+        &cognito.sub,
+        user.uuid(),
+        false,
+        LinkedBy::Operator,
+    );
     ctx.store.link_identity(&link).await.unwrap();
     let genuine = claims_of(&cognito.access_token);
     let read_only = moto_signed(&genuine, json!({"scope": "openid posthog-users/user:read"}));
-    api.get(ME).bearer(&read_only).send().await.assert_status(200);
+    api.get(ME)
+        .bearer(&read_only)
+        .send()
+        .await
+        .assert_status(200);
     api.patch_me(&read_only, &json!({"first_name": "No"}))
         .await
         .assert_error(
@@ -457,7 +541,15 @@ async fn scopes_come_from_the_token_with_or_without_the_prefix() {
             .await
             .assert_status(200);
     }
-    assert_eq!(ctx.store.user(user.uuid()).await.unwrap().unwrap().first_name, "Yes");
+    assert_eq!(
+        ctx.store
+            .user(user.uuid())
+            .await
+            .unwrap()
+            .unwrap()
+            .first_name,
+        "Yes"
+    );
 }
 
 /// A context taking tokens of a test's own issuer, whose keys `server` serves, with a user
@@ -495,16 +587,37 @@ async fn es256_and_rs256_of_any_issuer_and_one_jwks_fetch_per_process() {
     assert_eq!(server.fetches(), 1, "the key set is fetched once and kept");
     // An algorithm that does not fit the named key: ES256 under the RSA kid, RS256 under EC.
     let swapped = sign(Algorithm::ES256, Some("rsa-1"), &claims, &keys.ec);
-    api.get(ME).bearer(&swapped).send().await.assert_invalid_token(INVALID);
+    api.get(ME)
+        .bearer(&swapped)
+        .send()
+        .await
+        .assert_invalid_token(INVALID);
     let swapped = sign(Algorithm::RS256, Some("ec-1"), &claims, &keys.rsa);
-    api.get(ME).bearer(&swapped).send().await.assert_invalid_token(INVALID);
+    api.get(ME)
+        .bearer(&swapped)
+        .send()
+        .await
+        .assert_invalid_token(INVALID);
     // Forged key ids: refused, and they make no more than the one refresh per 5 minutes (here
     // none: the set was fetched just now).
     for i in 0..20 {
-        let forged = sign(Algorithm::RS256, Some(&format!("forged-{i}")), &claims, &keys.rsa);
-        api.get(ME).bearer(&forged).send().await.assert_invalid_token(INVALID);
+        let forged = sign(
+            Algorithm::RS256,
+            Some(&format!("forged-{i}")),
+            &claims,
+            &keys.rsa,
+        );
+        api.get(ME)
+            .bearer(&forged)
+            .send()
+            .await
+            .assert_invalid_token(INVALID);
     }
-    assert_eq!(server.fetches(), 1, "forged kids do not make the function fetch");
+    assert_eq!(
+        server.fetches(),
+        1,
+        "forged kids do not make the function fetch"
+    );
     // Warm requests with good tokens make no call but DynamoDB's.
     for _ in 0..10 {
         api.get(ME).bearer(&es).send().await.assert_status(200);
@@ -521,13 +634,25 @@ async fn an_unknown_kid_refreshes_the_keys_when_none_were_fetched_recently() {
     let (api, user, issuer) = own_issuer(&server, "subject-2").await;
     let claims = own_claims(&issuer, "subject-2", "user:read");
     let rotated = sign(Algorithm::RS256, Some("rsa-2"), &claims, &keys.rsa);
-    api.get(ME).bearer(&rotated).send().await.assert_invalid_token(INVALID);
+    api.get(ME)
+        .bearer(&rotated)
+        .send()
+        .await
+        .assert_invalid_token(INVALID);
     server.set_keys(json!([
         jwk(&keys.ec_jwk, "ec-1", json!({})),
         jwk(&keys.rsa_jwk, "rsa-2", json!({}))
     ]));
-    api.get(ME).bearer(&rotated).send().await.assert_invalid_token(INVALID);
-    assert_eq!(server.fetches(), 1, "no refresh within 5 minutes of the last fetch");
+    api.get(ME)
+        .bearer(&rotated)
+        .send()
+        .await
+        .assert_invalid_token(INVALID);
+    assert_eq!(
+        server.fetches(),
+        1,
+        "no refresh within 5 minutes of the last fetch"
+    );
     // A fresh process (cold start) fetches again and takes the issuer's new key.
     let ctx = context().await;
     let settings = own_issuer_settings(&issuer, &server.url(), NewIdentity::Refuse);
@@ -549,10 +674,19 @@ async fn an_unreachable_issuer_is_503_then_recovers() {
     let ctx = context().await;
     let issuer = format!("https://issuer.test/{}", uuid::Uuid::new_v4().simple());
     let url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
-    let api = with_settings(&ctx, own_issuer_settings(&issuer, &url, NewIdentity::Refuse));
+    let api = with_settings(
+        &ctx,
+        own_issuer_settings(&issuer, &url, NewIdentity::Refuse),
+    );
     let user = create_user(&ctx, &["user:read"]).await;
     ctx.store
-        .link_identity(&IdentityLink::new(&issuer, "s", user.uuid(), false, LinkedBy::Operator))
+        .link_identity(&IdentityLink::new(
+            &issuer,
+            "s",
+            user.uuid(),
+            false,
+            LinkedBy::Operator,
+        ))
         .await
         .unwrap();
     let token = sign(
@@ -612,32 +746,48 @@ both!(api_keys_still_work_beside_tokens, |api, ctx| async move {
     assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
 });
 
-both!(staff_and_unproved_addresses_are_never_linked_by_email, |api, ctx| async move {
-    // Staff: their links are an operator's to make.
-    let staff = create_staff(&ctx, &["user:read"]).await;
-    let cognito = cognito_user(&staff.user.email, true).await;
-    api.get(ME)
-        .bearer(&cognito.access_token)
-        .send()
-        .await
-        .assert_invalid_token(NOT_LINKED);
-    assert!(ctx.store.identities_of(staff.uuid()).await.unwrap().is_empty());
-    // An address set without a code (no sender configured) is shown unverified and links no
-    // token, whoever signs in with it: its owner never proved it.
-    let quick = Api::InProcess(Arc::new(context_without_email().await));
-    let user = create_user(&ctx, &["*"]).await;
-    let claimed = unique_email("claimed");
-    let reply = quick.request_email_change(&user.key, &claimed).await;
-    let body = reply.ok_json();
-    assert_eq!((&body["email"], &body["is_email_verified"]), (&json!(claimed), &json!(false)));
-    let victim = cognito_user(&claimed, true).await;
-    api.get(ME)
-        .bearer(&victim.access_token)
-        .send()
-        .await
-        .assert_invalid_token(NOT_LINKED);
-    assert!(ctx.store.identities_of(user.uuid()).await.unwrap().is_empty());
-});
+both!(
+    staff_and_unproved_addresses_are_never_linked_by_email,
+    |api, ctx| async move {
+        // Staff: their links are an operator's to make.
+        let staff = create_staff(&ctx, &["user:read"]).await;
+        let cognito = cognito_user(&staff.user.email, true).await;
+        api.get(ME)
+            .bearer(&cognito.access_token)
+            .send()
+            .await
+            .assert_invalid_token(NOT_LINKED);
+        assert!(ctx
+            .store
+            .identities_of(staff.uuid())
+            .await
+            .unwrap()
+            .is_empty());
+        // An address set without a code (no sender configured) is shown unverified and links no
+        // token, whoever signs in with it: its owner never proved it.
+        let quick = Api::InProcess(Arc::new(context_without_email().await));
+        let user = create_user(&ctx, &["*"]).await;
+        let claimed = unique_email("claimed");
+        let reply = quick.request_email_change(&user.key, &claimed).await;
+        let body = reply.ok_json();
+        assert_eq!(
+            (&body["email"], &body["is_email_verified"]),
+            (&json!(claimed), &json!(false))
+        );
+        let victim = cognito_user(&claimed, true).await;
+        api.get(ME)
+            .bearer(&victim.access_token)
+            .send()
+            .await
+            .assert_invalid_token(NOT_LINKED);
+        assert!(ctx
+            .store
+            .identities_of(user.uuid())
+            .await
+            .unwrap()
+            .is_empty());
+    }
+);
 
 /// A subject whose first use was refused is refused again for a while without asking Cognito
 /// or reading addresses: one unlinked account cannot make every request cost those calls.
@@ -652,8 +802,15 @@ async fn a_refused_first_use_is_not_looked_into_again_at_once() {
         .send()
         .await
         .assert_invalid_token(NOT_LINKED);
-    let first: Vec<String> = recorder.take().iter().map(|c| format!("{}:{}", c.service, c.operation)).collect();
-    assert!(first.contains(&"cognito-idp:GetUser".to_string()), "{first:?}");
+    let first: Vec<String> = recorder
+        .take()
+        .iter()
+        .map(|c| format!("{}:{}", c.service, c.operation))
+        .collect();
+    assert!(
+        first.contains(&"cognito-idp:GetUser".to_string()),
+        "{first:?}"
+    );
     for _ in 0..5 {
         api.get(ME)
             .bearer(&stranger.access_token)
@@ -661,8 +818,16 @@ async fn a_refused_first_use_is_not_looked_into_again_at_once() {
             .await
             .assert_invalid_token(NOT_LINKED);
     }
-    let again: Vec<String> = recorder.take().iter().map(|c| format!("{}:{}", c.service, c.operation)).collect();
-    assert_eq!(again, vec!["dynamodb:GetItem".to_string(); 5], "only the link's read");
+    let again: Vec<String> = recorder
+        .take()
+        .iter()
+        .map(|c| format!("{}:{}", c.service, c.operation))
+        .collect();
+    assert_eq!(
+        again,
+        vec!["dynamodb:GetItem".to_string(); 5],
+        "only the link's read"
+    );
 }
 
 /// An operator's unlink racing the same identity's first use (which links it again by
@@ -674,7 +839,11 @@ async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
     let api = with_settings(&ctx, settings.clone());
     for _round in 0..5 {
         let (user, cognito) = app_user_with_cognito(&ctx).await;
-        api.get(ME).bearer(&cognito.access_token).send().await.assert_status(200);
+        api.get(ME)
+            .bearer(&cognito.access_token)
+            .send()
+            .await
+            .assert_status(200);
         let key = IdentityKey::of(&settings.issuer, &cognito.sub);
         let unlink = {
             let store = ctx.store.clone();
