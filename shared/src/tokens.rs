@@ -135,7 +135,7 @@ pub fn refused(reason: &'static str) -> ApiError {
         }
         _ => "The access token is invalid.",
     };
-    tracing::info!(reason, "access token refused");
+    tracing::info!(reason, "sign-in refused");
     ApiError::InvalidToken { reason, detail }
 }
 
@@ -601,8 +601,12 @@ impl Jwks {
                 return Err(ApiError::Unavailable);
             }
         };
-        if body.len() > MAX_JWKS_BYTES {
-            tracing::warn!(bytes = body.len(), "the issuer's key set is too large");
+        let size = body.len();
+        if size > MAX_JWKS_BYTES {
+            tracing::warn!(
+                document_bytes = size,
+                "the issuer's JWKS document is too large"
+            );
             return Err(ApiError::Unavailable);
         }
         #[derive(Deserialize)]
@@ -643,11 +647,11 @@ pub async fn cognito_email(
             if e.err().is_too_many_requests_exception()
                 || e.err().is_internal_error_exception() =>
         {
-            tracing::warn!("Cognito could not tell the token's email (throttled or failing)");
+            tracing::warn!("Cognito could not tell the signed-in address (throttled or failing)");
             return Err(ApiError::Unavailable);
         }
         Err(SdkError::ServiceError(e)) => {
-            tracing::info!(code = ?aws_sdk_cognitoidentityprovider::error::ProvideErrorMetadata::code(e.err()), "Cognito did not tell the token's email");
+            tracing::info!(code = ?aws_sdk_cognitoidentityprovider::error::ProvideErrorMetadata::code(e.err()), "Cognito did not tell the signed-in address");
             return Ok(None);
         }
         Err(e) => return Err(ApiError::from_sdk("cognito.get_user", &e)),
