@@ -312,7 +312,7 @@ async fn link_on_first_use(
                     user.is_staff,
                     LinkedBy::VerifiedEmail,
                 );
-                (store.link_identity(&link).await?, link)
+                (store.link_identity_by_address(&link, &email).await?, link)
             }
             None if policy == NewIdentity::CreateUser => {
                 let mut user =
@@ -340,7 +340,7 @@ async fn link_on_first_use(
                 }
             }
             LinkWrite::UserInactive => return Err(tokens::refused("user_inactive")),
-            // Another user took the address meanwhile: the next round links to them.
+            // The address changed hands meanwhile: the next round reads its owner again.
             LinkWrite::EmailTaken => {}
         }
     }

@@ -68,7 +68,8 @@ pub enum LinkWrite {
     AlreadyLinked,
     /// The user is not there or not active (a deactivation came first).
     UserInactive,
-    /// The address was claimed meanwhile by another user (creating a user only).
+    /// The address is (now) another user's: claimed meanwhile when creating a user, or left
+    /// the user it was read for when linking by address.
     EmailTaken,
 }
 

@@ -38,8 +38,25 @@ impl Store {
 
     /// Links an identity to an existing user, provided the user is active and the identity
     /// is not linked yet, and adds it to the user's own list (which a deactivation reads), in
-    /// one transaction: as with keys, no link can be added once the user is inactive.
+    /// one transaction: as with keys, no link can be added once the user is inactive. For an
+    /// operator's link (no address involved).
     pub async fn link_identity(&self, link: &IdentityLink) -> Result<LinkWrite, ApiError> {
+        self.link(link, None).await
+    }
+
+    /// [`Store::link_identity`] at a token's first use, by the verified address `email`:
+    /// the same transaction also checks that the address is still the user's, so a link is
+    /// never made to someone the address left between its read and the write.
+    pub async fn link_identity_by_address(
+        &self,
+        link: &IdentityLink,
+        email: &str,
+    ) -> Result<LinkWrite, ApiError> {
+        self.link(link, Some(email)).await
+    }
+
+    async fn link(&self, link: &IdentityLink, email: Option<&str>) -> Result<LinkWrite, ApiError> {
+        use aws_sdk_dynamodb::types::ConditionCheck;
         let user = Update::builder()
             .table_name(&self.tables.users)
             .key("uuid", s(link.user_uuid))
@@ -50,13 +67,28 @@ impl Store {
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
             .build()
             .map_err(|e| super::builder_failed("identities.link", e))?;
-        let items = vec![
+        let mut items = vec![
             self.put_link(link)?,
             TransactWriteItem::builder().update(user).build(),
         ];
+        if let Some(email) = email {
+            let still_theirs = ConditionCheck::builder()
+                .table_name(&self.tables.user_emails)
+                .key("email", s(crate::users::email_key(email)))
+                .condition_expression("user_uuid = :u")
+                .expression_attribute_values(":u", s(link.user_uuid))
+                .build()
+                .map_err(|e| super::builder_failed("identities.link", e))?;
+            items.push(
+                TransactWriteItem::builder()
+                    .condition_check(still_theirs)
+                    .build(),
+            );
+        }
         Ok(match self.transact("identities.link", items).await? {
             Tx::Done => LinkWrite::Linked,
             Tx::Refused(failed) if failed.first() == Some(&true) => LinkWrite::AlreadyLinked,
+            Tx::Refused(failed) if failed.get(2) == Some(&true) => LinkWrite::EmailTaken,
             Tx::Refused(_) => LinkWrite::UserInactive,
         })
     }

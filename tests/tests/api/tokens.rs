@@ -874,3 +874,99 @@ async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
             .assert_invalid_token(INVALID);
     }
 }
+
+/// First uses linking new identities to a user by its address, racing that user's
+/// deactivation: however they interleave, once it is done no link of the user is live and
+/// every one of those tokens gets 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_uses_racing_a_deactivation_leave_no_live_link() {
+    let keys = own_keys().await;
+    let server = JwksServer::start(json!([jwk(&keys.ec_jwk, "ec-1", json!({}))])).await;
+    let ctx = context().await;
+    let issuer = format!("https://issuer.test/{}", uuid::Uuid::new_v4().simple());
+    let settings = own_issuer_settings(&issuer, &server.url(), NewIdentity::LinkByEmail);
+    let api = with_settings(&ctx, settings.clone());
+    for round in 0..4 {
+        let user = create_user(&ctx, &["user:read"]).await;
+        let subjects: Vec<String> = (0..3)
+            .map(|i| format!("round-{round}-subject-{i}"))
+            .collect();
+        let tokens: Vec<String> = subjects
+            .iter()
+            .map(|sub| {
+                let mut claims = own_claims(&issuer, sub, "user:read");
+                claims["email"] = json!(user.user.email);
+                claims["email_verified"] = json!(true);
+                sign(Algorithm::ES256, Some("ec-1"), &claims, &keys.ec)
+            })
+            .collect();
+        let uses: Vec<_> = tokens
+            .iter()
+            .map(|token| {
+                let (api, token) = (api.clone(), token.clone());
+                tokio::spawn(async move { api.get(ME).bearer(&token).send().await })
+            })
+            .collect();
+        let deactivation = {
+            let store = ctx.store.clone();
+            let uuid = user.uuid();
+            tokio::spawn(async move { store.deactivate_user(uuid).await })
+        };
+        for u in uses {
+            let reply = u.await.unwrap();
+            assert!([200, 401].contains(&reply.status), "{}", reply.body);
+        }
+        assert!(deactivation.await.unwrap().unwrap());
+        for sub in &subjects {
+            if let Some(link) = ctx
+                .store
+                .identity_link(&IdentityKey::of(&issuer, sub))
+                .await
+                .unwrap()
+            {
+                assert!(!link.user_is_active, "a link left live after deactivation");
+            }
+        }
+        let fresh = with_settings(&ctx, settings.clone());
+        for token in &tokens {
+            fresh
+                .get(ME)
+                .bearer(token)
+                .send()
+                .await
+                .assert_invalid_token(INVALID);
+        }
+    }
+}
+
+/// An address that leaves its user between the first use's read of its owner and the link's
+/// write: the link is checked against the address in the same transaction, so it is never
+/// made to the user the address left (here: the address moved to another user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_by_address_is_refused_once_the_address_is_another_users() {
+    let ctx = context().await;
+    let issuer = format!("https://issuer.test/{}", uuid::Uuid::new_v4().simple());
+    let first = create_user(&ctx, &["user:read"]).await;
+    let second = create_user(&ctx, &["user:read"]).await;
+    let link = IdentityLink::new(&issuer, "s", first.uuid(), false, LinkedBy::VerifiedEmail);
+    // The link names `first`, but the address checked is `second`'s.
+    let write = ctx
+        .store
+        .link_identity_by_address(&link, &second.user.email)
+        .await
+        .unwrap();
+    assert_eq!(write, shared::identities::LinkWrite::EmailTaken);
+    assert!(ctx
+        .store
+        .identity_link(&link.key())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        ctx.store
+            .link_identity_by_address(&link, &first.user.email)
+            .await
+            .unwrap(),
+        shared::identities::LinkWrite::Linked
+    );
+}
