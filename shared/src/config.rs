@@ -14,6 +14,10 @@ pub struct Tables {
     pub limits: String,
     /// Links from a sign-in token's (issuer, subject) to a user.
     pub identities: String,
+    /// Users' passkeys (WebAuthn credentials).
+    pub passkeys: String,
+    /// Passkey ceremonies begun and not yet completed: one slot per user and purpose.
+    pub passkey_ceremonies: String,
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +31,9 @@ pub struct Config {
     pub email_sender: Option<String>,
     /// Sign-in tokens (JWT access tokens) beside personal API keys; `None`: keys only.
     pub tokens: Option<crate::tokens::TokenSettings>,
+    /// The relying party passkeys are made for; `None` where the function has no passkey
+    /// ceremony.
+    pub relying_party: Option<crate::passkeys::RelyingParty>,
 }
 
 /// A required variable was not set (or not to a value it can take): the deployment is
@@ -61,11 +68,14 @@ impl Config {
                 email_changes: required("EMAIL_CHANGES_TABLE")?,
                 limits: required("LIMITS_TABLE")?,
                 identities: required("IDENTITIES_TABLE")?,
+                passkeys: required("PASSKEYS_TABLE")?,
+                passkey_ceremonies: required("PASSKEY_CEREMONIES_TABLE")?,
             },
             encryption_secret_id: optional("ENCRYPTION_SECRET_ID"),
             totp_issuer: optional("TOTP_ISSUER").unwrap_or_else(|| "PostHog".to_string()),
             email_sender: optional("EMAIL_SENDER"),
             tokens: crate::tokens::TokenSettings::from_env()?,
+            relying_party: crate::passkeys::RelyingParty::from_env()?,
         })
     }
 }

@@ -68,6 +68,8 @@ pub struct Context {
     tokens: Option<Arc<TokenVerifier>>,
     /// The user pool that tells a Cognito access token's email at its first use.
     cognito: Option<aws_sdk_cognitoidentityprovider::Client>,
+    /// Passkey ceremonies for the deployment's relying party, where it has one.
+    webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 /// The SDK configuration every client of a function is built from (the standard AWS
@@ -390,6 +392,12 @@ impl Context {
                     .build();
                 aws_sdk_cognitoidentityprovider::Client::from_conf(conf)
             });
+        // Checked by Config::from_env, so this only fails for a hand-made Config.
+        let webauthn = config
+            .relying_party
+            .as_ref()
+            .and_then(|party| party.webauthn().ok())
+            .map(Arc::new);
         Context {
             store,
             mailer,
@@ -398,6 +406,7 @@ impl Context {
             used_keys: Queue::default(),
             tokens: tokens.map(Arc::new),
             cognito,
+            webauthn,
             config,
         }
     }
@@ -445,7 +454,15 @@ impl Context {
             used_keys: Queue::default(),
             tokens: self.tokens.clone(),
             cognito: self.cognito.clone(),
+            webauthn: self.webauthn.clone(),
         }
+    }
+
+    /// The relying party's passkey ceremonies, or the 400 of a deployment without one.
+    pub fn webauthn(&self) -> Result<&webauthn_rs::Webauthn, ApiError> {
+        self.webauthn
+            .as_deref()
+            .ok_or_else(crate::passkeys::passkeys_off)
     }
 
     /// The same context verifying tokens with other settings (a test's own issuer), with its

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fields;
 pub mod http;
 pub mod identities;
+pub mod passkeys;
 pub mod push_tokens;
 pub mod routes;
 pub mod runtime;

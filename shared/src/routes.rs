@@ -35,7 +35,8 @@ pub enum Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     pub method: &'static str,
-    /// Path without the trailing slash; `{uuid}` stands for one segment.
+    /// Path without the trailing slash; `{uuid}` (a user) and `{id}` (a passkey) each stand
+    /// for one segment.
     pub path: &'static str,
     /// The binary (and SAM function) that serves the route.
     pub function: &'static str,
@@ -122,6 +123,14 @@ pub const ROUTES: &[Route] = &[
         UserWrite,
         Target::CallerOnlyStaffMessage(TWO_FACTOR_SETUP_ONLY_ME)
     ),
+    // The sign-in check by passkey: its challenge (PostHog's /api/login/2fa/passkey/begin/).
+    route!(
+        "POST",
+        "/api/users/{uuid}/two_factor_passkey_begin",
+        "two-factor-passkey-begin",
+        UserWrite,
+        Target::CallerOnlyStaffMessage(TWO_FACTOR_SETUP_ONLY_ME)
+    ),
     route!(
         "GET",
         "/api/users/{uuid}/two_factor_status",
@@ -164,6 +173,56 @@ pub const ROUTES: &[Route] = &[
         UserRead,
         Target::StaffMayTarget
     ),
+    // Passkeys: always the caller's own (another user's passkey id is a 404).
+    route!(
+        "POST",
+        "/api/webauthn/register/begin",
+        "webauthn-register-begin",
+        UserWrite,
+        Target::Caller
+    ),
+    route!(
+        "POST",
+        "/api/webauthn/register/complete",
+        "webauthn-register-complete",
+        UserWrite,
+        Target::Caller
+    ),
+    route!(
+        "GET",
+        "/api/webauthn/credentials",
+        "webauthn-credentials",
+        UserRead,
+        Target::Caller
+    ),
+    route!(
+        "PATCH",
+        "/api/webauthn/credentials/{id}",
+        "webauthn-credential-update",
+        UserWrite,
+        Target::Caller
+    ),
+    route!(
+        "DELETE",
+        "/api/webauthn/credentials/{id}",
+        "webauthn-credential-delete",
+        UserWrite,
+        Target::Caller
+    ),
+    route!(
+        "POST",
+        "/api/webauthn/credentials/{id}/verify",
+        "webauthn-verify-begin",
+        UserWrite,
+        Target::Caller
+    ),
+    route!(
+        "POST",
+        "/api/webauthn/credentials/{id}/verify_complete",
+        "webauthn-verify-complete",
+        UserWrite,
+        Target::Caller
+    ),
     // Staff may read another user's profile, not rewrite it or its email (API.md §2).
     route!(
         "PATCH",
@@ -177,12 +236,17 @@ pub const ROUTES: &[Route] = &[
 /// The function that answers every other path and method (`$default`).
 pub const FALLBACK_FUNCTION: &str = "fallback";
 
-/// A request matched to its route, with the raw `{uuid}` segment when the route has one.
+/// A request matched to its route, with the raw `{uuid}` and `{id}` segments when the route
+/// has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matched {
     pub route: &'static Route,
     pub uuid: Option<String>,
+    pub id: Option<String>,
 }
+
+/// The path parameters a route pattern may hold.
+const PARAMS: [&str; 2] = ["{uuid}", "{id}"];
 
 /// Finds the route for a method and path the way API Gateway and PostHog's router do:
 /// the trailing slash is optional, a static segment beats `{uuid}`, and a known path with
@@ -210,13 +274,19 @@ pub fn resolve(method: &str, path: &str) -> Result<Matched, ApiError> {
                 .map(|r| r.method)
                 .collect(),
         })?;
-    let uuid = split(route.path)
-        .into_iter()
-        .flatten()
-        .zip(&segments)
-        .find(|(p, _)| *p == "{uuid}")
-        .map(|(_, s)| decode_me(s));
-    Ok(Matched { route, uuid })
+    let param = |name: &str| {
+        split(route.path)
+            .into_iter()
+            .flatten()
+            .zip(&segments)
+            .find(|(p, _)| *p == name)
+            .map(|(_, s)| s.to_string())
+    };
+    Ok(Matched {
+        route,
+        uuid: param("{uuid}").map(|s| decode_me(&s)),
+        id: param("{id}"),
+    })
 }
 
 /// Splits a path into segments, accepting one optional trailing slash and nothing odd
@@ -238,7 +308,7 @@ fn match_pattern(pattern: &str, segments: &[&str]) -> Option<usize> {
     }
     let mut params = 0;
     for (p, s) in parts.iter().zip(segments) {
-        if *p == "{uuid}" {
+        if PARAMS.contains(p) {
             params += 1;
         } else if p != s {
             return None;

@@ -217,6 +217,10 @@ pub enum Notice {
     Enabled,
     Disabled,
     BackupCodeUsed { remaining: usize },
+    PasskeyAdded,
+    PasskeyRemoved,
+    PasskeyTwoFactorEnabled,
+    PasskeyTwoFactorDisabled,
 }
 
 impl Notice {
@@ -233,6 +237,22 @@ impl Notice {
             Notice::BackupCodeUsed { remaining } => (
                 "A backup code was used",
                 format!("A backup code was used to sign in to your PostHog account. You have {remaining} unused backup codes left. If this was not you, contact your administrator at once."),
+            ),
+            Notice::PasskeyAdded => (
+                "A passkey was added to your account",
+                "A new passkey was added to your PostHog account and verified. If this was not you, remove it and contact your administrator at once.".into(),
+            ),
+            Notice::PasskeyRemoved => (
+                "A passkey was removed from your account",
+                "A passkey was removed from your PostHog account. If this was not you, contact your administrator at once.".into(),
+            ),
+            Notice::PasskeyTwoFactorEnabled => (
+                "Passkeys now count as your second factor",
+                "Passkeys were turned on as a second factor for your PostHog account. If this was not you, contact your administrator at once.".into(),
+            ),
+            Notice::PasskeyTwoFactorDisabled => (
+                "Passkeys no longer count as your second factor",
+                "Passkeys were turned off as a second factor for your PostHog account. If this was not you, contact your administrator at once.".into(),
             ),
         }
     }

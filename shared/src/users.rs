@@ -18,6 +18,11 @@ impl UserId {
         UserId(Uuid::new_v4())
     }
 
+    /// The uuid itself (a passkey's user handle is its 16 bytes).
+    pub fn as_uuid(self) -> Uuid {
+        self.0
+    }
+
     /// The id a text names, if it is a uuid.
     pub fn parse(text: &str) -> Option<Self> {
         Uuid::parse_str(text).ok().map(UserId)
@@ -79,6 +84,14 @@ pub struct UserRecord {
     pub passkeys_enabled_for_2fa: bool,
     #[serde(default)]
     pub hide_mcp_hints: bool,
+    /// How many passkeys the user has registered, verified or not (kept by the passkey
+    /// routes in the same transactions as the passkeys themselves).
+    #[serde(default)]
+    pub passkey_count: u32,
+    /// How many of them are verified: passkey 2FA is in effect while this is above 0 and
+    /// `passkeys_enabled_for_2fa` is set.
+    #[serde(default)]
+    pub verified_passkeys: u32,
     /// Scene → dashboard id.
     #[serde(default)]
     pub scene_dashboards: HashMap<String, u64>,
@@ -132,6 +145,8 @@ impl UserRecord {
             role_at_organization: None,
             passkeys_enabled_for_2fa: false,
             hide_mcp_hints: false,
+            passkey_count: 0,
+            verified_passkeys: 0,
             scene_dashboards: HashMap::new(),
             scene_first_set: HashMap::new(),
         }
@@ -235,6 +250,11 @@ impl ProfilePatch {
 }
 
 impl UserRecord {
+    /// Whether passkeys are the user's second factor: the flag, and a verified passkey.
+    pub fn passkey_2fa(&self) -> bool {
+        self.passkeys_enabled_for_2fa && self.verified_passkeys > 0
+    }
+
     /// The record with `patch` applied.
     pub fn apply(&mut self, patch: &ProfilePatch) {
         fn set<T: Clone>(field: &mut T, value: &Option<T>) {
@@ -279,7 +299,8 @@ impl UserRecord {
 #[derive(Debug, Clone)]
 pub struct UserView {
     pub user: UserRecord,
-    pub is_2fa_enabled: bool,
+    /// A confirmed TOTP device exists (2FA is on with it, or with passkeys in effect).
+    pub has_totp: bool,
     pub pending_email: Option<String>,
 }
 
@@ -310,7 +331,7 @@ impl UserView {
             "role_at_organization": user.role_at_organization,
             "passkeys_enabled_for_2fa": user.passkeys_enabled_for_2fa,
             "hide_mcp_hints": user.hide_mcp_hints,
-            "is_2fa_enabled": self.is_2fa_enabled,
+            "is_2fa_enabled": self.has_totp || user.passkey_2fa(),
             "scene_personalisation": user.scene_personalisation(),
         })
     }

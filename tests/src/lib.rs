@@ -14,6 +14,7 @@ use std::sync::Arc;
 pub mod assertions;
 pub mod calls;
 pub mod flows;
+pub mod passkeys;
 pub mod tokens;
 pub use assertions::*;
 pub use flows::*;
@@ -37,6 +38,27 @@ pub async fn context_without_email() -> Context {
     let mut config = shared::config::Config::from_env().expect("function environment");
     config.email_sender = None;
     Context::new(config, &shared::context::sdk_config().await)
+}
+
+/// A context like the deployed one but with no relying party (passkeys off).
+pub async fn context_without_passkeys() -> Context {
+    let mut config = shared::config::Config::from_env().expect("function environment");
+    config.relying_party = None;
+    Context::new(config, &shared::context::sdk_config().await)
+}
+
+/// A passkey id no passkey has (tests that call every route name it for `{id}`).
+pub const NO_SUCH_PASSKEY: &str = "00000000-0000-4000-8000-000000000000";
+
+/// A route table path with `{uuid}` as `@me` and `{id}` as [`NO_SUCH_PASSKEY`], and the
+/// trailing slash.
+pub fn route_path(pattern: &str) -> String {
+    format!(
+        "{}/",
+        pattern
+            .replace("{uuid}", "@me")
+            .replace("{id}", NO_SUCH_PASSKEY)
+    )
 }
 
 /// How a scenario reaches the API.
@@ -225,8 +247,10 @@ macro_rules! functions {
             ctx: &Context,
             request: Request,
         ) -> Result<shared::lambda_http::Response<Body>, std::convert::Infallible> {
+            // Each handler's future on the heap: one of them inline would make this future
+            // (and the test's stack) as large as the largest handler's.
             $(if function == $function::FUNCTION {
-                return $function::handle(ctx, request).await;
+                return Box::pin($function::handle(ctx, request)).await;
             })*
             if function == fallback::FUNCTION {
                 return fallback::handle(request).await;
@@ -250,6 +274,14 @@ functions!(
     verify_email,
     get_user,
     update_user,
+    webauthn_register_begin,
+    webauthn_register_complete,
+    webauthn_credentials,
+    webauthn_credential_update,
+    webauthn_credential_delete,
+    webauthn_verify_begin,
+    webauthn_verify_complete,
+    two_factor_passkey_begin,
 );
 
 /// Invokes the function that API Gateway would for this method and path.

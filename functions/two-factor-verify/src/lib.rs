@@ -1,5 +1,6 @@
-//! `POST /api/users/{uuid}/two_factor_verify/`: the sign-in check, with a TOTP code or a
-//! backup code.
+//! `POST /api/users/{uuid}/two_factor_verify/`: the sign-in check, with a TOTP code, a
+//! backup code, or a passkey's assertion (`{credential_id, response}`, after
+//! `two_factor_passkey_begin/`).
 use serde_json::{json, Value};
 use shared::clock::now_millis;
 use shared::lambda_http::{Body, Request, Response};
@@ -33,6 +34,9 @@ enum Method {
 async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
+    if body.contains_key("credential_id") || body.contains_key("response") {
+        return verify_passkey(ctx, call.target.uuid, &body).await;
+    }
     let raw = fields::required_value(&body, "token")?;
     let code = fields::six_digit_code(raw);
     let backup = match raw {
@@ -121,4 +125,85 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
             http::ok(&json!({"success": true, "method": "backup_code"}))
         }
     }
+}
+
+/// The sign-in check by passkey, under the same failure limit as codes: the lock is checked
+/// first, then the challenge is taken (once, whatever races it), then the assertion is
+/// checked against it and the passkey's counter moved forward with the failure state reset.
+async fn verify_passkey(
+    ctx: &Context,
+    uuid: shared::users::UserId,
+    body: &fields::Fields,
+) -> Result<Response<Body>, ApiError> {
+    use shared::passkeys::{self, CeremonyPurpose};
+    use shared::store::passkeys::PasskeyUse;
+    let webauthn = ctx.webauthn()?;
+    let credential_id =
+        fields::required_text(body, "credential_id", fields::Text::not_blank(1024))?;
+    let response = fields::required_value(body, "response")?;
+    let assertion: shared::passkeys::Assertion = passkeys::credential_from(
+        &json!({
+            "id": credential_id,
+            "rawId": credential_id,
+            "type": "public-key",
+            "response": response,
+        }),
+        Some("response"),
+    )?;
+    let store = &ctx.store;
+    // Taken on the first try; a retry after a lost race reuses it (it is gone from the store).
+    let taken = std::sync::Mutex::new(None);
+    let taken = &taken;
+    let (assertion, credential_id) = (&assertion, credential_id.as_str());
+    throttle::limited(store, uuid, CodeCheck::SignIn, move || async move {
+        let (state, all) = tokio::join!(
+            store.two_factor_state_for(uuid, CodeCheck::SignIn),
+            store.passkeys_of(uuid)
+        );
+        let state = state?;
+        let failures = state.failures;
+        throttle::check(&failures, now_millis())?;
+        if !state.user.as_ref().is_some_and(|u| u.passkey_2fa()) {
+            return Err(passkeys::passkey_2fa_off());
+        }
+        let held = taken.lock().ok().and_then(|t| t.clone());
+        let ceremony = match held {
+            Some(ceremony) => ceremony,
+            None => {
+                let ceremony = store
+                    .take_ceremony(uuid, CeremonyPurpose::SignIn)
+                    .await?
+                    .ok_or_else(passkeys::no_sign_in_challenge)?;
+                if let Ok(mut t) = taken.lock() {
+                    *t = Some(ceremony.clone());
+                }
+                ceremony
+            }
+        };
+        let failed = |err| Ok(Attempt::Failed(FailureCharge::of(failures), err));
+        let Some(passkey) = all?
+            .into_iter()
+            .find(|p| p.verified && p.credential_id == credential_id)
+        else {
+            return failed(passkeys::invalid_passkey());
+        };
+        let result = match passkeys::complete_assertion(
+            webauthn,
+            &ceremony,
+            assertion,
+            passkeys::sign_in_failed,
+        ) {
+            Ok(result) => result,
+            Err(err) => return failed(err),
+        };
+        let used = passkey.after_use(&result)?;
+        let now = shared::clock::iso_now();
+        Ok(match store.use_passkey(&used, &now, &failures).await? {
+            PasskeyUse::Done => Attempt::Done(()),
+            PasskeyUse::Refused => return failed(passkeys::sign_in_failed()),
+            PasskeyUse::Conflict => Attempt::Conflict,
+        })
+    })
+    .await?;
+    http::ok(&json!({"success": true, "method": "passkey"}))
 }

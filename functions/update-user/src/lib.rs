@@ -4,6 +4,7 @@ use shared::email_change::EMAIL_CHANGE_TTL_SECS;
 use shared::fields::{self, Fields, Null, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::store::users::{email_taken, EmailUpdate};
+use shared::two_factor::Notice;
 use shared::users::{email_key, ProfilePatch};
 use shared::{email_change, http, ApiError, Context};
 
@@ -42,6 +43,12 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         None => (ctx.store.user_view(uuid).await?, None, None, None),
     };
     let mut view = view.ok_or(ApiError::NotFound)?;
+    // Passkey 2FA needs a verified passkey; the write checks the count again, so a passkey
+    // deleted meanwhile cannot slip through.
+    if patch.passkeys_enabled_for_2fa == Some(true) && view.user.verified_passkeys == 0 {
+        return Err(shared::passkeys::no_passkeys());
+    }
+    let passkey_2fa_before = view.user.passkey_2fa();
     patch.merge_notification_settings(&view.user);
     check_setting_sizes(&patch)?;
     let new_email = new_email.filter(|e| email_key(e) != email_key(&view.user.email));
@@ -92,6 +99,18 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         },
     };
     ctx.store.update_profile(uuid, &patch, email_update).await?;
+    let passkey_2fa_after = view.user.passkey_2fa();
+    if passkey_2fa_after != passkey_2fa_before {
+        shared::two_factor::notify(
+            &ctx.mailer,
+            &view.user.email,
+            if passkey_2fa_after {
+                Notice::PasskeyTwoFactorEnabled
+            } else {
+                Notice::PasskeyTwoFactorDisabled
+            },
+        );
+    }
     if let Some(new) = new_email {
         match code_to_send {
             Some(code) => {
@@ -154,15 +173,7 @@ fn profile_patch(body: &Fields) -> Result<ProfilePatch, ApiError> {
         Some(serde_json::Value::Null) => Some(None),
         _ => fields::boolean(body, "allow_sidebar_suggestions")?.map(Some),
     };
-    let passkeys_enabled_for_2fa = match fields::boolean(body, "passkeys_enabled_for_2fa")? {
-        Some(true) => {
-            return Err(ApiError::invalid_input(
-                "You need at least one passkey registered to use passkeys for 2FA.",
-                Some("passkeys_enabled_for_2fa"),
-            ))
-        }
-        other => other,
-    };
+    let passkeys_enabled_for_2fa = fields::boolean(body, "passkeys_enabled_for_2fa")?;
     let choice = |attr, options| fields::choice(body, attr, options, Null::Allowed);
     let object = |attr, null| fields::object(body, attr, null);
     let patch = ProfilePatch {

@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod email_changes;
 pub mod identities;
 pub mod limits;
+pub mod passkeys;
 pub mod push_tokens;
 pub mod two_factor;
 pub mod users;

@@ -63,11 +63,10 @@ impl Store {
 
     /// An active user with its 2FA flag and pending email, in one BatchGetItem.
     pub async fn user_view(&self, uuid: UserId) -> Result<Option<UserView>, ApiError> {
-        let (user, is_2fa_enabled, pending_email, _) =
-            self.batch_view(uuid, ViewRead::User).await?;
+        let (user, has_totp, pending_email, _) = self.batch_view(uuid, ViewRead::User).await?;
         Ok(user.filter(|u| u.is_active).map(|user| UserView {
+            has_totp,
             user,
-            is_2fa_enabled,
             pending_email,
         }))
     }
@@ -78,11 +77,11 @@ impl Store {
         &self,
         uuid: UserId,
     ) -> Result<(Option<UserView>, crate::email_change::MailLog), ApiError> {
-        let (user, is_2fa_enabled, pending_email, log) =
+        let (user, has_totp, pending_email, log) =
             self.batch_view(uuid, ViewRead::UserAndMailLog).await?;
         let view = user.filter(|u| u.is_active).map(|user| UserView {
+            has_totp,
             user,
-            is_2fa_enabled,
             pending_email,
         });
         Ok((view, super::limits::mail_log_from_item(log)))
@@ -90,11 +89,11 @@ impl Store {
 
     /// The user object parts that live outside the users table, for a record in hand.
     pub async fn view_of(&self, user: UserRecord) -> Result<UserView, ApiError> {
-        let (_, is_2fa_enabled, pending_email, _) =
+        let (_, has_totp, pending_email, _) =
             self.batch_view(user.uuid, ViewRead::OnlyTheRest).await?;
         Ok(UserView {
+            has_totp,
             user,
-            is_2fa_enabled,
             pending_email,
         })
     }
@@ -134,7 +133,7 @@ impl Store {
             keys.push((self.tables.limits.as_str(), self.mail_log_key(uuid)));
         }
         let mut found = self.get_many(&keys).await?.into_iter();
-        let is_2fa_enabled = found.next().flatten().is_some();
+        let has_totp = found.next().flatten().is_some();
         let pending_email = match found.next().flatten() {
             Some(item) => from_item::<crate::email_change::EmailChangeRecord>(item)?
                 .open()
@@ -146,7 +145,7 @@ impl Store {
             None => None,
         };
         let mail_log = with_mail_log.then(|| found.next().flatten()).flatten();
-        Ok((user, is_2fa_enabled, pending_email, mail_log))
+        Ok((user, has_totp, pending_email, mail_log))
     }
 
     /// Sets the dashboard of a scene, keeping when the scene was first set, in one atomic
@@ -300,6 +299,10 @@ impl Store {
                 .expression_attribute_values(format!(":v{i}"), value);
         }
         let mut condition = "attribute_exists(#uuid) AND is_active = :yes".to_string();
+        if patch.passkeys_enabled_for_2fa == Some(true) {
+            condition.push_str(" AND verified_passkeys > :no_passkeys");
+            update = update.expression_attribute_values(":no_passkeys", n(0));
+        }
         if let Some((old, new)) = email {
             sets.push("email = :new_email".into());
             condition.push_str(" AND email = :old_email");
@@ -380,6 +383,10 @@ impl Store {
             Tx::Refused(failed) if failed_at(&failed, mail_log_at) => Err(ApiError::Throttled {
                 retry_after_secs: 1,
             }),
+            // The user's passkeys went meanwhile (the handler saw a verified one).
+            Tx::Refused(_) if patch.passkeys_enabled_for_2fa == Some(true) => {
+                Err(crate::passkeys::no_passkeys())
+            }
             Tx::Refused(_) => Err(ApiError::NotFound),
         }
     }

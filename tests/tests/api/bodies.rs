@@ -28,6 +28,9 @@ const READ_BODIES: &[&str] = &[
     "two-factor-verify",
     "update-user",
     "verify-email",
+    "webauthn-register-complete",
+    "webauthn-credential-update",
+    "webauthn-verify-complete",
 ];
 
 /// The answer is the function's: a 2xx, or a 4xx error envelope (`cargo lambda watch`'s own
@@ -67,13 +70,7 @@ both!(
     |api, ctx| async move {
         let mut routes: Vec<(&str, String, &str)> = ROUTES
             .iter()
-            .map(|r| {
-                (
-                    r.method,
-                    format!("{}/", r.path.replace("{uuid}", "@me")),
-                    r.function,
-                )
-            })
+            .map(|r| (r.method, route_path(r.path), r.function))
             .collect();
         routes.push(("POST", "/api/users/@me/no_such_route/".into(), "fallback"));
         for (method, path, function) in routes {

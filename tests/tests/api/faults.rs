@@ -450,7 +450,24 @@ fn valid_body(function: &str) -> Option<Value> {
         "two-factor-backup-codes" | "two-factor-disable" | "cancel-email-change-request" => {
             Some(json!({}))
         }
-        "two-factor-start-setup" | "two-factor-status" | "get-user" => None,
+        "two-factor-start-setup" | "two-factor-status" | "get-user" | "webauthn-credentials" => {
+            None
+        }
+        // Each reads its passkey, or the user and its passkeys, after authenticating.
+        "webauthn-register-begin"
+        | "webauthn-credential-delete"
+        | "webauthn-verify-begin"
+        | "two-factor-passkey-begin" => Some(json!({})),
+        "webauthn-credential-update" => Some(json!({"label": "Fault"})),
+        // A well-formed credential: the ceremony is looked up (and absent: a 400).
+        "webauthn-register-complete" => Some(json!({
+            "id": "AAAA", "rawId": "AAAA", "type": "public-key",
+            "response": {"clientDataJSON": "e30", "attestationObject": "oA"}
+        })),
+        "webauthn-verify-complete" => Some(json!({
+            "id": "AAAA", "rawId": "AAAA", "type": "public-key",
+            "response": {"clientDataJSON": "e30", "authenticatorData": "AA", "signature": "AA"}
+        })),
         other => panic!("the fault tests know no valid body for {other}: add one to valid_body"),
     }
 }
@@ -462,7 +479,7 @@ struct Answer {
 }
 
 async fn call_route(api: &Api, route: &shared::routes::Route, key: &str) -> Answer {
-    let path = format!("{}/", route.path.replace("{uuid}", "@me"));
+    let path = route_path(route.path);
     let label = format!("{} {path}", route.method);
     let mut call = api.call(route.method, &path).bearer(key);
     if let Some(body) = valid_body(route.function) {

@@ -10,6 +10,7 @@ mod hardening;
 mod load;
 mod logs;
 mod openapi;
+mod passkeys;
 mod push_tokens;
 mod requests;
 mod routes;

@@ -126,7 +126,9 @@ fn route_table_covers_the_issue_two_routes() {
     // Every other route needs user:write (API.md §2).
     for r in shared::routes::ROUTES {
         if !(r.method == "GET"
-            && (r.path == "/api/users/{uuid}" || r.path == "/api/users/{uuid}/two_factor_status"))
+            && (r.path == "/api/users/{uuid}"
+                || r.path == "/api/users/{uuid}/two_factor_status"
+                || r.path == "/api/webauthn/credentials"))
         {
             assert_eq!(r.scope.as_str(), "user:write", "{} {}", r.method, r.path);
         }

@@ -22,7 +22,7 @@ const UNVERIFIED: &str =
 fn every_route() -> Vec<(&'static str, String)> {
     ROUTES
         .iter()
-        .map(|r| (r.method, format!("{}/", r.path.replace("{uuid}", "@me"))))
+        .map(|r| (r.method, route_path(r.path)))
         .collect()
 }
 
@@ -48,6 +48,16 @@ both!(
         // a second user's token then goes to a function that finds the link already made.
         for (method, path) in every_route() {
             let (user, cognito) = app_user_with_cognito(&ctx).await;
+            // A passkey route names one of the user's passkeys.
+            let path = if path.contains(NO_SUCH_PASSKEY) {
+                let key = create_key(&ctx, &user.user, &["*"]).await;
+                let id = api
+                    .add_passkey(&key, &mut api_tests::passkeys::Authenticator::new())
+                    .await;
+                path.replace(NO_SUCH_PASSKEY, &id)
+            } else {
+                path
+            };
             let body = if method == "GET" {
                 json!(null)
             } else {

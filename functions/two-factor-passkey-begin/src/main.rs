@@ -1,0 +1,1 @@
+shared::main!(two_factor_passkey_begin);

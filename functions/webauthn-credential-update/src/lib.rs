@@ -1,0 +1,23 @@
+//! `PATCH /api/webauthn/credentials/{id}/`: renames one of the caller's passkeys.
+use shared::lambda_http::{Body, Request, Response};
+use shared::passkeys::{self, PasskeyId, MAX_LABEL_CHARS};
+use shared::{fields, http, ApiError, Context};
+
+shared::endpoint!(rename);
+
+async fn rename(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
+    let call = ctx.authorize(req, FUNCTION).await?;
+    let id = PasskeyId::parse(call.matched.id.as_deref().unwrap_or_default())?;
+    let body = http::parse_fields(req)?;
+    let label = fields::required_text(&body, "label", fields::Text::not_blank(MAX_LABEL_CHARS))?;
+    let uuid = call.target.uuid;
+    if !ctx.store.rename_passkey(uuid, &id, &label).await? {
+        return Err(passkeys::not_found());
+    }
+    let passkey = ctx
+        .store
+        .passkey(uuid, &id)
+        .await?
+        .ok_or_else(passkeys::not_found)?;
+    http::ok(&passkey.to_json())
+}

@@ -1,0 +1,35 @@
+//! `POST /api/webauthn/register/complete/`: the browser's answer to the creation options
+//! (with an optional `label`); the passkey is stored unverified until one assertion proves it
+//! (`credentials/{id}/verify/`).
+use serde_json::json;
+use shared::lambda_http::{Body, Request, Response};
+use shared::passkeys::{self, CeremonyPurpose, MAX_LABEL_CHARS};
+use shared::store::passkeys::AddPasskey;
+use shared::{fields, http, ApiError, Context};
+
+shared::endpoint!(complete);
+
+async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
+    let call = ctx.authorize(req, FUNCTION).await?;
+    let webauthn = ctx.webauthn()?;
+    let body = http::parse_fields(req)?;
+    let label = fields::text(&body, "label", fields::Text::not_blank(MAX_LABEL_CHARS))?
+        .unwrap_or_else(|| "Passkey".to_string());
+    let response = passkeys::credential_from(&serde_json::Value::Object(body), None)?;
+    let uuid = call.target.uuid;
+    let ceremony = ctx
+        .store
+        .take_ceremony(uuid, CeremonyPurpose::Register)
+        .await?
+        .ok_or_else(passkeys::no_challenge)?;
+    let passkey = passkeys::complete_registration(webauthn, &ceremony, &response, label)?;
+    match ctx.store.add_passkey(&passkey).await? {
+        AddPasskey::Done => http::ok(&json!({
+            "success": true,
+            "credential_id": passkey.id,
+            "message": "Credential stored. Please verify your passkey to complete registration.",
+        })),
+        AddPasskey::LimitReached => Err(passkeys::limit_reached()),
+        AddPasskey::AlreadyRegistered => Err(passkeys::already_registered()),
+    }
+}

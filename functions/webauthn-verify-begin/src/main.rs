@@ -1,0 +1,1 @@
+shared::main!(webauthn_verify_begin);

@@ -1,0 +1,48 @@
+//! `POST /api/webauthn/credentials/{id}/verify_complete/`: the assertion that proves a newly
+//! registered passkey; it is then verified (and may serve as the second factor).
+use shared::lambda_http::{Body, Request, Response};
+use shared::passkeys::{self, CeremonyPurpose, PasskeyId};
+use shared::two_factor::{notify, Notice};
+use shared::{http, ApiError, Context};
+
+shared::endpoint!(complete);
+
+async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
+    let call = ctx.authorize(req, FUNCTION).await?;
+    let webauthn = ctx.webauthn()?;
+    let id = PasskeyId::parse(call.matched.id.as_deref().unwrap_or_default())?;
+    let body = http::parse_fields(req)?;
+    let response = passkeys::credential_from(&serde_json::Value::Object(body), None)?;
+    let uuid = call.target.uuid;
+    let ceremony = ctx
+        .store
+        .take_ceremony(uuid, CeremonyPurpose::Verify)
+        .await?
+        .ok_or_else(passkeys::no_challenge)?;
+    if ceremony.passkey_id.as_ref() != Some(&id) {
+        return Err(passkeys::credential_mismatch());
+    }
+    let (passkey, user) = tokio::join!(ctx.store.passkey(uuid, &id), ctx.store.user(uuid));
+    let passkey = passkey?
+        .filter(|p| !p.verified)
+        .ok_or_else(passkeys::not_found_or_verified)?;
+    let user = user?.ok_or(ApiError::NotFound)?;
+    let result = passkeys::complete_assertion(
+        webauthn,
+        &ceremony,
+        &response,
+        passkeys::verification_failed,
+    )?;
+    let mut verified = passkey.after_use(&result)?;
+    let now = shared::clock::iso_now();
+    if !ctx.store.mark_passkey_verified(&verified, &now).await? {
+        return Err(passkeys::not_found_or_verified());
+    }
+    verified.verified = true;
+    verified.last_used_at = Some(now);
+    notify(&ctx.mailer, &user.email, Notice::PasskeyAdded);
+    if user.passkeys_enabled_for_2fa && user.verified_passkeys == 0 {
+        notify(&ctx.mailer, &user.email, Notice::PasskeyTwoFactorEnabled);
+    }
+    http::ok(&verified.to_json())
+}

@@ -1,0 +1,323 @@
+//! The passkeys table (one item per user and passkey) and the passkey_ceremonies table (one
+//! slot per user and purpose, holding the state of a ceremony begun and not yet completed).
+//! The user item counts the user's passkeys and its verified ones, so that the routes that
+//! only need to know whether passkey 2FA is in effect read nothing more than the user.
+use super::{from_item, n, s, sdk, to_item, Item, Store, Tx};
+use crate::error::ApiError;
+use crate::passkeys::{Ceremony, CeremonyPurpose, PasskeyId, PasskeyRecord, MAX_PASSKEYS};
+use crate::throttle::{CodeCheck, FailureState};
+use crate::users::UserId;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
+use std::collections::HashMap;
+
+fn passkey_key(uuid: UserId, id: &PasskeyId) -> Item {
+    HashMap::from([
+        ("user_uuid".to_string(), s(uuid)),
+        ("id".to_string(), s(id.as_str())),
+    ])
+}
+
+fn ceremony_key(uuid: UserId, purpose: CeremonyPurpose) -> Item {
+    HashMap::from([
+        ("user_uuid".to_string(), s(uuid)),
+        ("purpose".to_string(), s(purpose.as_str())),
+    ])
+}
+
+/// The item that claims a credential id for the passkey registered with it (its partition
+/// key can never be a user's uuid).
+fn claim_key(credential_id: &str) -> Item {
+    HashMap::from([
+        (
+            "user_uuid".to_string(),
+            s(format!("credential#{credential_id}")),
+        ),
+        ("id".to_string(), s("claim")),
+    ])
+}
+
+/// How the storing of a new passkey ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddPasskey {
+    Done,
+    /// The user is gone, or has [`MAX_PASSKEYS`] already.
+    LimitReached,
+    /// The credential id is registered already (to this user or another).
+    AlreadyRegistered,
+}
+
+/// How the use of a passkey at sign-in ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PasskeyUse {
+    Done,
+    /// The passkey is gone, no longer verified, or its counter did not move forward.
+    Refused,
+    /// The failure state changed since it was read: read again.
+    Conflict,
+}
+
+impl Store {
+    /// Starts a ceremony, replacing any earlier one of the same purpose (a user has at most
+    /// one of each in flight, so begun ceremonies cannot pile up).
+    pub async fn put_ceremony(&self, ceremony: &Ceremony) -> Result<(), ApiError> {
+        self.db
+            .put_item()
+            .table_name(&self.tables.passkey_ceremonies)
+            .set_item(Some(to_item(ceremony)?))
+            .send()
+            .await
+            .map_err(sdk("passkey_ceremonies.put"))?;
+        Ok(())
+    }
+
+    /// Takes a ceremony out of its slot: a conditional delete that only one of any number of
+    /// racing requests wins, and none once it has expired. `None`: no ceremony to complete.
+    pub async fn take_ceremony(
+        &self,
+        uuid: UserId,
+        purpose: CeremonyPurpose,
+    ) -> Result<Option<Ceremony>, ApiError> {
+        let result = self
+            .db
+            .delete_item()
+            .table_name(&self.tables.passkey_ceremonies)
+            .set_key(Some(ceremony_key(uuid, purpose)))
+            .condition_expression("attribute_exists(purpose) AND expires_at > :now")
+            .expression_attribute_values(":now", n(crate::clock::now_secs()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => out.attributes.map(from_item).transpose(),
+            Err(err) if super::is_condition_failed(&err) => Ok(None),
+            Err(err) => Err(ApiError::from_sdk("passkey_ceremonies.take", &err)),
+        }
+    }
+
+    /// Every passkey of a user, oldest first (a user has at most [`MAX_PASSKEYS`]).
+    pub async fn passkeys_of(&self, uuid: UserId) -> Result<Vec<PasskeyRecord>, ApiError> {
+        let out = self
+            .db
+            .query()
+            .table_name(&self.tables.passkeys)
+            .key_condition_expression("user_uuid = :user")
+            .expression_attribute_values(":user", s(uuid))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("passkeys.query"))?;
+        let mut passkeys = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item::<PasskeyRecord>)
+            .collect::<Result<Vec<_>, _>>()?;
+        passkeys.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(passkeys)
+    }
+
+    /// One passkey of a user; another user's is as absent as one that never was.
+    pub async fn passkey(
+        &self,
+        uuid: UserId,
+        id: &PasskeyId,
+    ) -> Result<Option<PasskeyRecord>, ApiError> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.tables.passkeys)
+            .set_key(Some(passkey_key(uuid, id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("passkeys.get"))?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// Stores a newly registered (not yet verified) passkey, counted on the active user's
+    /// item and refused beyond [`MAX_PASSKEYS`], with the claim of its credential id (a
+    /// credential registered once, to anyone, is not registered again), in one transaction.
+    pub async fn add_passkey(&self, passkey: &PasskeyRecord) -> Result<AddPasskey, ApiError> {
+        let put = Put::builder()
+            .table_name(&self.tables.passkeys)
+            .set_item(Some(to_item(passkey)?))
+            .condition_expression("attribute_not_exists(id)")
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.add", e))?;
+        let count = Update::builder()
+            .table_name(&self.tables.users)
+            .key("uuid", s(passkey.user_uuid))
+            .update_expression("ADD passkey_count :one")
+            .condition_expression(
+                "attribute_exists(#uuid) AND is_active = :yes \
+                 AND (attribute_not_exists(passkey_count) OR passkey_count < :max)",
+            )
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":max", n(MAX_PASSKEYS))
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.add", e))?;
+        let claim = Put::builder()
+            .table_name(&self.tables.passkeys)
+            .set_item(Some(claim_key(&passkey.credential_id)))
+            .item("owner", s(passkey.user_uuid))
+            .condition_expression("attribute_not_exists(id)")
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.add", e))?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(count).build(),
+            TransactWriteItem::builder().put(claim).build(),
+        ];
+        Ok(match self.transact("passkeys.add", items).await? {
+            Tx::Done => AddPasskey::Done,
+            Tx::Refused(failed) if failed.get(2).copied().unwrap_or(false) => {
+                AddPasskey::AlreadyRegistered
+            }
+            Tx::Refused(_) => AddPasskey::LimitReached,
+        })
+    }
+
+    /// Renames a passkey; false when the user has no such passkey.
+    pub async fn rename_passkey(
+        &self,
+        uuid: UserId,
+        id: &PasskeyId,
+        label: &str,
+    ) -> Result<bool, ApiError> {
+        let result = self
+            .db
+            .update_item()
+            .table_name(&self.tables.passkeys)
+            .set_key(Some(passkey_key(uuid, id)))
+            .update_expression("SET label = :label")
+            .condition_expression("attribute_exists(id)")
+            .expression_attribute_values(":label", s(label))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if super::is_condition_failed(&err) => Ok(false),
+            Err(err) => Err(ApiError::from_sdk("passkeys.rename", &err)),
+        }
+    }
+
+    /// Marks a passkey verified after an assertion proved it, with its credential as that
+    /// assertion left it; counted on the user in the same transaction. False when the passkey
+    /// is gone or was verified meanwhile.
+    pub async fn mark_passkey_verified(
+        &self,
+        passkey: &PasskeyRecord,
+        used_at: &str,
+    ) -> Result<bool, ApiError> {
+        let update = Update::builder()
+            .table_name(&self.tables.passkeys)
+            .set_key(Some(passkey_key(passkey.user_uuid, &passkey.id)))
+            .update_expression(
+                "SET verified = :yes, sign_count = :count, credential = :credential, \
+                 last_used_at = :used",
+            )
+            .condition_expression("attribute_exists(id) AND verified = :no")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .expression_attribute_values(":count", n(passkey.sign_count))
+            .expression_attribute_values(":credential", s(&passkey.credential))
+            .expression_attribute_values(":used", s(used_at))
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.verify", e))?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.count_verified(passkey.user_uuid, 1)?,
+        ];
+        Ok(self.transact("passkeys.verify", items).await?.is_done())
+    }
+
+    /// Deletes a passkey, provided it is still as read (verified or not, which decides what
+    /// is taken off the user's counts). False when it changed or went meanwhile.
+    pub async fn delete_passkey(&self, passkey: &PasskeyRecord) -> Result<bool, ApiError> {
+        let delete = Delete::builder()
+            .table_name(&self.tables.passkeys)
+            .set_key(Some(passkey_key(passkey.user_uuid, &passkey.id)))
+            .condition_expression("attribute_exists(id) AND verified = :seen")
+            .expression_attribute_values(":seen", AttributeValue::Bool(passkey.verified))
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.delete", e))?;
+        let verified = if passkey.verified { 1 } else { 0 };
+        let counts = Update::builder()
+            .table_name(&self.tables.users)
+            .key("uuid", s(passkey.user_uuid))
+            .update_expression("ADD passkey_count :all, verified_passkeys :verified")
+            .condition_expression("attribute_exists(#uuid)")
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":all", n(-1))
+            .expression_attribute_values(":verified", n(-verified))
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.delete", e))?;
+        let claim = Delete::builder()
+            .table_name(&self.tables.passkeys)
+            .set_key(Some(claim_key(&passkey.credential_id)))
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.delete", e))?;
+        let items = vec![
+            TransactWriteItem::builder().delete(delete).build(),
+            TransactWriteItem::builder().update(counts).build(),
+            TransactWriteItem::builder().delete(claim).build(),
+        ];
+        Ok(self.transact("passkeys.delete", items).await?.is_done())
+    }
+
+    /// Records a passkey's use at sign-in: its new signature counter, which must be above
+    /// the stored one unless both are 0 (a synced passkey always reports 0), on a passkey
+    /// still there and verified; with the reset of the sign-in failure state as read.
+    pub async fn use_passkey(
+        &self,
+        passkey: &PasskeyRecord,
+        used_at: &str,
+        failures: &FailureState,
+    ) -> Result<PasskeyUse, ApiError> {
+        let update = Update::builder()
+            .table_name(&self.tables.passkeys)
+            .set_key(Some(passkey_key(passkey.user_uuid, &passkey.id)))
+            .update_expression(
+                "SET sign_count = :count, credential = :credential, last_used_at = :used",
+            )
+            .condition_expression(
+                "attribute_exists(id) AND verified = :yes \
+                 AND (sign_count < :count OR (sign_count = :zero AND :count = :zero))",
+            )
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":count", n(passkey.sign_count))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":credential", s(&passkey.credential))
+            .expression_attribute_values(":used", s(used_at))
+            .build()
+            .map_err(|e| super::builder_failed("passkeys.use", e))?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.reset_failures(passkey.user_uuid, CodeCheck::SignIn, failures)?,
+        ];
+        Ok(match self.transact("passkeys.use", items).await? {
+            Tx::Done => PasskeyUse::Done,
+            Tx::Refused(failed) if failed.first().copied().unwrap_or(false) => PasskeyUse::Refused,
+            Tx::Refused(_) => PasskeyUse::Conflict,
+        })
+    }
+
+    /// The transaction item that adds `by` to the user's count of verified passkeys.
+    fn count_verified(&self, uuid: UserId, by: i64) -> Result<TransactWriteItem, ApiError> {
+        let update = Update::builder()
+            .table_name(&self.tables.users)
+            .key("uuid", s(uuid))
+            .update_expression("ADD verified_passkeys :by")
+            .condition_expression("attribute_exists(#uuid) AND is_active = :yes")
+            .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":by", n(by))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .build()
+            .map_err(|e| super::builder_failed("users.count_verified", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+}
