@@ -5,11 +5,13 @@ Run it through `scripts/dev`, which installs the tools first.
 
   run           start everything on the usual ports, create a demo user and key and the same
                 user in the local user pool (a password to sign in with), serve the API on
-                http://127.0.0.1:3000 until Ctrl-C
+                http://127.0.0.1:3000 and the account-security page (web/) on
+                http://localhost:3001 until Ctrl-C
   test [-- ARGS]
                 start everything on free ports, run `cargo nextest run` against it (ARGS go to
                 nextest, e.g. `-- -E 'test(two_factor)'`), fuzz the API with schemathesis
-                against openapi.yaml, then the template checks (cfn-lint, sam validate --lint,
+                against openapi.yaml, drive the account page in headless Chromium
+                (tests/browser), then the template checks (cfn-lint, sam validate --lint,
                 the router, and the policies against what each function did in the tests);
                 exits non-zero if anything failed
   build         `sam build` for arm64 (adds the aarch64 Rust target; zig comes from .venv) and
@@ -47,6 +49,7 @@ if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from stack.artifacts import SAM_BUILD_DIR, check_sam_artifacts, ensure_arm64_toolchain  # noqa: E402
+from stack.browser import run_browser_test, start_test_page  # noqa: E402
 from stack.checkov import run_checkov  # noqa: E402
 from stack.cognito import (  # noqa: E402
     DEMO_PASSWORD, create_demo_user, find_user_pool, moto_private_key_files, sign_in_example,
@@ -58,6 +61,7 @@ from stack.fuzz import run_schemathesis  # noqa: E402
 from stack.nextest import NextestCounts  # noqa: E402
 from stack.observed import OBSERVED_DIR, fresh_observed_dir, latest_observed_dir  # noqa: E402
 from stack.openapi import openapi_routes  # noqa: E402
+from stack.page import page_url, start_page_server, wait_page  # noqa: E402
 from stack.policies import check_policies  # noqa: E402
 from stack.router import ROUTER_FILE, check_router, write_router  # noqa: E402
 from stack.sam_local_env import SAM_LOCAL_ENV, check_sam_local_env, sam_local_env  # noqa: E402
@@ -66,7 +70,7 @@ from stack.services import (  # noqa: E402
     start_services, users_admin, wait_services, write_run_state,
 )
 from stack.supervisor import Supervisor, supervised  # noqa: E402
-from stack.template import functions, load_template, routes  # noqa: E402
+from stack.template import LOCAL_PAGE_PORT, functions, load_template, routes  # noqa: E402
 from stack.watch import start_watch, wait_watch, warm_functions  # noqa: E402
 
 DEMO_EMAIL = "demo@example.com"
@@ -130,7 +134,8 @@ def cmd_env(args: argparse.Namespace) -> int:
         else running.get("dynamodb_url", "http://127.0.0.1:8000"),
         moto_url=f"http://127.0.0.1:{args.moto_port}" if args.moto_port else running.get("moto_url", "http://127.0.0.1:5000"),
     )
-    env = stack_env(load_template(), s)  # type: ignore[arg-type]
+    page_port = args.page_port or int(running.get("page_port", LOCAL_PAGE_PORT))
+    env = stack_env(load_template(), s, page_port)  # type: ignore[arg-type]
     # The user pool is made by `scripts/dev run` in its moto, with new ids each time: asked of
     # that moto, never assumed.
     pool = find_user_pool(s.moto_url)
@@ -154,8 +159,10 @@ def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
     require_tool("cargo", "install Rust with rustup")
     if not port_is_free(args.port):
         raise StackError(f"port {args.port} is in use (another `scripts/dev run`?); choose another with --port")
+    if args.page_port == args.port or not port_is_free(args.page_port):
+        raise StackError(f"port {args.page_port} is in use (another `scripts/dev run`?); choose another with --page-port")
     services = start_services(sup, "run", free_port(8000), free_port(5000))
-    env = stack_env(template, services)
+    env = stack_env(template, services, args.page_port)
     penv = process_env(env)
     print("stack: building the workspace (cargo build --workspace)", flush=True)
     if sup.run("cargo build", ["cargo", "build", "--workspace"], env=penv) != 0:
@@ -172,15 +179,20 @@ def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
     claims = create_demo_user(pool, user["email"], DEMO_PASSWORD)
     users_admin(target, penv, "link-identity", "--user", user["uuid"], "--subject", claims["sub"])
     url = f"http://127.0.0.1:{args.port}"
-    write_run_state(services, url)
+    write_run_state(services, url, args.page_port)
     try:
         watch = start_watch(sup, args.port, penv, log=None, ignore_changes=False, concurrency=args.concurrency)
         wait_watch(watch, url, timeout=1800)
+        page = start_page_server(sup, args.page_port, url, pool, log=LOG_DIR / "run-page.log")
+        wait_page(page, args.page_port)
+        page_address = page_url(args.page_port)
         api_key = key["api_key"]
         sign_in = sign_in_example(pool, url, user["email"], DEMO_PASSWORD).replace("\n", "\n  ")
         print(
             "\n"
             f"  API            {url}   (cargo lambda watch; code changes reload the functions)\n"
+            f"  account page   {page_address}   (web/: sign in with the key or the user pool, TOTP, backup codes,\n"
+            f"                 passkeys; open it as localhost, the origin passkeys are bound to)\n"
             f"  DynamoDB Local {services.dynamodb_url}   (in memory: gone when this stops)\n"
             f"  moto           {services.moto_url}   (Secrets Manager, SES, Cognito: {services.moto_url}/moto-api/data.json)\n"
             f"  logs           {LOG_DIR.relative_to(ROOT)}/run-*.log\n"
@@ -196,6 +208,8 @@ def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
             "  Signed in to the local user pool, with its access token:\n"
             "\n"
             f"  {sign_in}\n"
+            "\n"
+            f"  Or open {page_address} and sign in with the key or as {user['email']} / {DEMO_PASSWORD}.\n"
             "\n"
             "  `eval \"$(scripts/dev env)\"` exports the functions' environment and the pool's ids.\n"
             "  Ctrl-C stops everything.\n",
@@ -241,18 +255,24 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
     observed_dir = fresh_observed_dir()
     filtered = bool(args.nextest_args)
     services = start_services(sup, "test", free_port(), free_port())
-    env = stack_env(template, services)
+    env = stack_env(template, services)  # (WEBAUTHN_ORIGINS follows once the page has its port)
     penv = process_env(env)
     print("stack: building (cargo build --workspace --all-targets)", flush=True)
     built = step("cargo build", sup.run("cargo build", ["cargo", "build", "--workspace", "--all-targets"], env=penv) == 0)
     if built:
         wait_services(services)
         pool = setup_services(template, services, env)
-        env.update(pool.function_env())  # the functions accept the local pool's access tokens
-        penv = process_env(env)
         private_jwk, private_der = moto_private_key_files()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        # The account page's server takes a free port now, before cargo lambda watch picks one
+        # of its own; the functions, users-admin and the tests are told its origin
+        # (WEBAUTHN_ORIGINS: the Rust tests' software authenticator takes it as its own).
+        page = None if args.no_browser or filtered else start_test_page(
+            sup, url, pool, avoid={port, services.dynamodb_port, services.moto_port})
+        env = stack_env(template, services, page.port if page else LOCAL_PAGE_PORT)
+        env.update(pool.function_env())  # the functions accept the local pool's access tokens
+        penv = process_env(env)
         watch_log = LOG_DIR / "test-watch.log"
         watch = start_watch(sup, port, penv, log=watch_log, ignore_changes=True, concurrency=args.concurrency)
         try:
@@ -290,6 +310,11 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
                 ok = run_schemathesis(sup, penv, url, seed=args.fuzz_seed, examples=args.fuzz_examples,
                                       timeout=args.fuzz_timeout)
                 step(f"schemathesis openapi.yaml ({time.monotonic() - started:.0f} s)", ok)
+            if page is None:
+                print("stack: browser test: skipped (--no-browser, or arguments for nextest were given)", flush=True)
+            else:
+                ok = run_browser_test(sup, penv, page, pool, timeout=args.browser_timeout)
+                step("browser test (the account page in headless Chromium, tests/browser)", ok)
         else:
             print(f"stack: cargo lambda watch log: {watch_log.relative_to(ROOT)}", file=sys.stderr)
             step("cargo nextest run (not run)", False)
@@ -333,6 +358,8 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="serve the API locally with a demo user")
     p.add_argument("--port", type=int, default=3000, help="port of the API (default 3000)")
+    p.add_argument("--page-port", type=int, default=LOCAL_PAGE_PORT,
+                   help=f"port of the account-security page, http://localhost:PORT (default {LOCAL_PAGE_PORT})")
     p.add_argument("--concurrency", type=int, default=1, help="processes per function (default 1)")
     p = sub.add_parser("test", help="run the tests against a local stack on free ports, then the template checks")
     p.add_argument("--concurrency", type=int, default=2,
@@ -345,6 +372,9 @@ def main(argv: list[str]) -> int:
                    help="schemathesis examples per operation in the fuzzing and stateful phases (default 50)")
     p.add_argument("--fuzz-timeout", type=float, default=420,
                    help="seconds before the schemathesis step is stopped and failed (default 420)")
+    p.add_argument("--no-browser", action="store_true", help="skip the browser test of the account page")
+    p.add_argument("--browser-timeout", type=float, default=600,
+                   help="seconds before the browser test is stopped and failed (default 600)")
     p.add_argument("nextest_args", nargs=argparse.REMAINDER, help="arguments for cargo nextest run")
     sub.add_parser("routes", help="print the routes of template.yaml as JSON")
     sub.add_parser("openapi-routes", help="print the operations of openapi.yaml as JSON")
@@ -361,6 +391,9 @@ def main(argv: list[str]) -> int:
                    help="default: that of the `scripts/dev run` that runs, else 8000")
     p.add_argument("--moto-port", type=int, default=None,
                    help="default: that of the `scripts/dev run` that runs, else 5000")
+    p.add_argument("--page-port", type=int, default=None,
+                   help=f"the account page's port, in WEBAUTHN_ORIGINS (default: that of the `scripts/dev run` "
+                        f"that runs, else {LOCAL_PAGE_PORT})")
     args = parser.parse_args(argv)
     if getattr(args, "nextest_args", None) and args.nextest_args[0] == "--":
         args.nextest_args = args.nextest_args[1:]

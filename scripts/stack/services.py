@@ -21,7 +21,7 @@ from typing import Any, Callable
 from .cognito import LocalPool, setup_user_pool
 from .common import LOCAL_DIR, LOG_DIR, REGION, ROOT, VENV_BIN, StackError, aws_client, require_tool
 from .supervisor import Child, Supervisor, proc_stat
-from .template import Resolver, local_function_env
+from .template import LOCAL_PAGE_PORT, Resolver, local_function_env
 
 
 def port_is_free(port: int) -> bool:
@@ -223,11 +223,12 @@ def setup_services(template: dict[str, Any], s: Services, env: dict[str, str]) -
     return pool
 
 
-def stack_env(template: dict[str, Any], s: Services) -> dict[str, str]:
+def stack_env(template: dict[str, Any], s: Services, page_port: int = LOCAL_PAGE_PORT) -> dict[str, str]:
     """The environment of the functions (and of users-admin and the tests) locally, before the
     services are set up: the user pool's token settings (TOKEN_*), which keep the template's
-    values here, are known only once setup_services has made the pool."""
-    env = local_function_env(template)
+    values here, are known only once setup_services has made the pool. The passkey settings
+    (WEBAUTHN_*) accept the ceremonies of the account page served on `page_port` (page.py)."""
+    env = local_function_env(template, page_port)
     env.update({
         "AWS_ENDPOINT_URL_DYNAMODB": s.dynamodb_url,
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": s.moto_url,
@@ -251,10 +252,10 @@ def _starttime(pid: int) -> int | None:
     return stat[2] if stat else None
 
 
-def write_run_state(s: Services, api_url: str) -> None:
+def write_run_state(s: Services, api_url: str, page_port: int = LOCAL_PAGE_PORT) -> None:
     pid = os.getpid()
     state = {"pid": pid, "starttime": _starttime(pid), "api_url": api_url,
-             "dynamodb_url": s.dynamodb_url, "moto_url": s.moto_url}
+             "dynamodb_url": s.dynamodb_url, "moto_url": s.moto_url, "page_port": page_port}
     RUN_STATE.parent.mkdir(parents=True, exist_ok=True)
     scratch = RUN_STATE.with_name(f"{RUN_STATE.name}.{pid}.tmp")
     scratch.write_text(json.dumps(state, indent=2) + "\n")

@@ -13,11 +13,32 @@ import yaml
 
 from .common import ACCOUNT_ID, REGION, TEMPLATE, StackError
 
-# Local values of the template's parameters (everything else takes its default).
-LOCAL_PARAMETERS = {
-    "NamePrefix": "local",
-    "EmailSender": "no-reply@example.com",
-}
+# The account-security page's port under `scripts/dev run` (its --page-port default), and so
+# the port of the passkey origin in scripts/sam-local-env.json and for every caller that names
+# no other (`scripts/dev test` serves the page on a free port and passes it).
+LOCAL_PAGE_PORT = 3001
+# The Android app origin the functions accept locally beside the page's, for the tests' passkey
+# ceremonies from a mobile app: `android:apk-key-hash:` and the unpadded base64url SHA-256 of
+# the app's signing certificate. No certificate has this one: it is the SHA-256 of the text
+# "posthog-users local test app signing certificate".
+LOCAL_ANDROID_ORIGIN = "android:apk-key-hash:E8wzTa8DgqiU17BM25AH_WJwnhVKVgdDahU0kwMJZdg"
+
+
+def local_parameters(page_port: int = LOCAL_PAGE_PORT) -> dict[str, str]:
+    """Local values of the template's parameters (everything else takes its default). Passkeys
+    are bound to RP id `localhost` and accepted from the account page,
+    http://localhost:<page_port> (first: the tests' software authenticator takes the first
+    origin as its own), and from the local Android app origin."""
+    return {
+        "NamePrefix": "local",
+        "EmailSender": "no-reply@example.com",
+        "PasskeyRpId": "localhost",
+        "PasskeyRpName": "PostHog (local)",
+        "PasskeyOrigins": f"http://localhost:{page_port},{LOCAL_ANDROID_ORIGIN}",
+    }
+
+
+LOCAL_PARAMETERS = local_parameters()
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -190,10 +211,11 @@ class Resolver:
         return {key: self.resolve(arg)}
 
 
-def local_function_env(template: dict[str, Any]) -> dict[str, str]:
+def local_function_env(template: dict[str, Any], page_port: int = LOCAL_PAGE_PORT) -> dict[str, str]:
     """The environment every function gets locally: the template's Globals and every
-    function's own variables, resolved with the local parameters."""
-    resolver = Resolver(template)
+    function's own variables, resolved with the local parameters (the passkey origins with the
+    account page on `page_port`)."""
+    resolver = Resolver(template, local_parameters(page_port))
     env: dict[str, str] = {}
     globals_vars = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     for name, value in globals_vars.items():
