@@ -18,7 +18,12 @@ with the release profile, and then, in one run:
   (the template's Globals and its own variables), not the local stack's union of them.
 - DynamoDB calls per request: the representative request runs in process (bench-calls,
   scripts/bench/calls) with the tests' SDK interceptor (tests/src/calls.rs), which counts the
-  calls and how many ran one after another.
+  calls and how many ran one after another. bench-calls also sets each request up (users,
+  codes) and is the browser of the passkey requests: the tests' software authenticator, one
+  for the whole run, answers the options the API returned, outside any measurement.
+- some functions have a second kind of request measured beside their own, under the
+  function's name and a suffix: `+token` (a sign-in token instead of a key) and, for
+  two-factor-verify, `+passkey` (the sign-in check by passkey instead of a backup code).
 - warm latency: p50/p99 over N requests through the Runtime API (event written to the
   function -> response received), against the same AWS calls replayed directly with the SDK
   by bench-calls (same inputs, same grouping, same DynamoDB Local).
@@ -80,6 +85,16 @@ EMPTY = "empty-function"
 PYTHON = "python-get-user"
 READ_ROUTE = "get-user"
 WRITE_ROUTE = "scene-personalisation"
+
+# Other kinds of request to a function, measured beside the function's own scenario (see
+# VARIANT_SCENARIOS): named after the function and a suffix saying what kind of request it is
+# ("get-user+token"), each runs the function's own binary and is compared with its Python peer.
+TOKEN = "+token"  # with a sign-in token instead of a key
+PASSKEY = "+passkey"  # the sign-in check by passkey instead of by a code
+VARIANT_SUFFIXES = (TOKEN, PASSKEY)
+
+# Passkeys a user may hold, verified or not (shared::passkeys::MAX_PASSKEYS).
+MAX_PASSKEYS = 10
 
 # Budgets (ARCHITECTURE.md, quality bars).
 MAX_PENALTY_VS_EMPTY = 2.0
@@ -377,6 +392,22 @@ class Driver:
     def user(self) -> dict[str, Any]:
         return self.call({"op": "user", "scopes": ["*"]})
 
+    def passkey_register(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The credential a browser with the driver's authenticator sends for these creation
+        options (as `register/begin/` returned them): the body of `register/complete/`."""
+        return self._passkey("passkey_register", options)["credential"]
+
+    def passkey_assert(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The assertion the driver's authenticator makes for these request options (as
+        `credentials/{id}/verify/` or `two_factor_passkey_begin/` returned them)."""
+        return self._passkey("passkey_assert", options)["assertion"]
+
+    def _passkey(self, op: str, options: dict[str, Any]) -> dict[str, Any]:
+        out = self.call({"op": op, "options": options})
+        if "error" in out:
+            raise StackError(f"bench-calls {op}: {out['error']}")
+        return out
+
     def invoke(self, req: Request, measured: bool = False) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {req.key}"} if req.key else {}
         out = self.call({"op": "invoke", "method": req.method, "path": req.path, "headers": headers,
@@ -441,6 +472,47 @@ class Scenario:
     def backup_codes(self, user: dict[str, Any]) -> list[str]:
         r = self.d.invoke(Request("POST", "/api/users/@me/two_factor_backup_codes/", user["key"]))
         return list(json.loads(r["body"])["backup_codes"])
+
+    # Helpers shared by the passkey scenarios: the browser's side is bench-calls' software
+    # authenticator (Driver.passkey_register, Driver.passkey_assert).
+    def registering_key(self) -> str:
+        """The key of a user who may still register a passkey (at most MAX_PASSKEYS a user,
+        verified or not): a fresh user every MAX_PASSKEYS requests. Only for scenarios whose
+        user holds no passkey of its set-up."""
+        self.registered = getattr(self, "registered", 0) + 1
+        if self.registered > MAX_PASSKEYS:
+            self.user, self.registered = self.d.user(), 1
+        return self.key
+
+    def registration(self, key: str, label: str = "Passkey") -> str:
+        """Begins a registration and answers it as the browser: the body of
+        `register/complete/`."""
+        r = self.d.invoke(Request("POST", PASSKEY_REGISTER_BEGIN, key))
+        return json.dumps({**self.d.passkey_register(json.loads(r["body"])), "label": label})
+
+    def add_passkey(self, key: str) -> str:
+        """Registers a passkey (unverified): its id."""
+        r = self.d.invoke(Request("POST", PASSKEY_REGISTER_COMPLETE, key, self.registration(key)))
+        return json.loads(r["body"])["credential_id"]
+
+    def verification(self, key: str, passkey: str) -> str:
+        """Begins the verification of a passkey and answers it as the browser: the body of
+        `verify_complete/`."""
+        r = self.d.invoke(Request("POST", f"{PASSKEY_CREDENTIALS}{passkey}/verify/", key))
+        return json.dumps(self.d.passkey_assert(json.loads(r["body"])))
+
+    def add_verified_passkey(self, key: str) -> str:
+        """Registers a passkey and verifies it: its id."""
+        passkey = self.add_passkey(key)
+        self.d.invoke(Request("POST", f"{PASSKEY_CREDENTIALS}{passkey}/verify_complete/", key,
+                              self.verification(key, passkey)))
+        return passkey
+
+    def enable_passkey_2fa(self, user: dict[str, Any]) -> None:
+        """A verified passkey, and passkeys on as the second factor."""
+        self.add_verified_passkey(user["key"])
+        self.d.invoke(Request("PATCH", "/api/users/@me/", user["key"],
+                              json.dumps({"passkeys_enabled_for_2fa": True})))
 
 
 class GetUser(Scenario):
@@ -594,6 +666,117 @@ class Fallback(Scenario):
         return Request("GET", "/api/users/@me/nope", None, expect=404)
 
 
+PASSKEY_REGISTER_BEGIN = "/api/webauthn/register/begin/"
+PASSKEY_REGISTER_COMPLETE = "/api/webauthn/register/complete/"
+PASSKEY_CREDENTIALS = "/api/webauthn/credentials/"
+PASSKEY_SIGN_IN_BEGIN = "/api/users/@me/two_factor_passkey_begin/"
+
+
+class WebauthnRegisterBegin(Scenario):
+    name = "webauthn-register-begin"
+    case = "POST webauthn/register/begin/ → 200 creation options (the ceremony kept)"
+
+    def prepare(self, i: int) -> Request:
+        return Request("POST", PASSKEY_REGISTER_BEGIN, self.key)
+
+
+class WebauthnRegisterComplete(Scenario):
+    name = "webauthn-register-complete"
+    case = ("POST webauthn/register/complete/ with a label and the software authenticator's credential "
+            "for options begun just before → 200 (stored unverified; a fresh user every 10 passkeys)")
+
+    def prepare(self, i: int) -> Request:
+        key = self.registering_key()
+        return Request("POST", PASSKEY_REGISTER_COMPLETE, key, self.registration(key, f"Key {i % 100}"))
+
+
+class WebauthnCredentials(Scenario):
+    name = "webauthn-credentials"
+    case = "GET webauthn/credentials/ with 2 verified passkeys → 200 list"
+
+    def setup(self) -> None:
+        super().setup()
+        for _ in range(2):
+            self.add_verified_passkey(self.key)
+
+    def prepare(self, i: int) -> Request:
+        return Request("GET", PASSKEY_CREDENTIALS, self.key)
+
+
+class WebauthnCredentialUpdate(Scenario):
+    name = "webauthn-credential-update"
+    case = "PATCH webauthn/credentials/{id}/ {label} of a verified passkey → 200 passkey"
+
+    def setup(self) -> None:
+        super().setup()
+        self.passkey = self.add_verified_passkey(self.key)
+
+    def prepare(self, i: int) -> Request:
+        return Request("PATCH", f"{PASSKEY_CREDENTIALS}{self.passkey}/", self.key,
+                       json.dumps({"label": f"Laptop {i % 10}"}))
+
+
+class WebauthnCredentialDelete(Scenario):
+    name = "webauthn-credential-delete"
+    case = ("DELETE webauthn/credentials/{id}/ of a passkey registered just before (unverified) → 204 "
+            "(mails a notice after the response)")
+
+    def prepare(self, i: int) -> Request:
+        # Each request deletes the one passkey its set-up added: the user never holds more.
+        passkey = self.add_passkey(self.key)
+        return Request("DELETE", f"{PASSKEY_CREDENTIALS}{passkey}/", self.key, expect=204)
+
+
+class WebauthnVerifyBegin(Scenario):
+    name = "webauthn-verify-begin"
+    case = ("POST webauthn/credentials/{id}/verify/ of a passkey registered just before → 200 request "
+            "options (the ceremony kept; a fresh user every 10 passkeys)")
+
+    def prepare(self, i: int) -> Request:
+        key = self.registering_key()
+        passkey = self.add_passkey(key)
+        return Request("POST", f"{PASSKEY_CREDENTIALS}{passkey}/verify/", key)
+
+
+class WebauthnVerifyComplete(Scenario):
+    name = "webauthn-verify-complete"
+    case = ("POST webauthn/credentials/{id}/verify_complete/ with the software authenticator's assertion "
+            "for a verification begun just before → 200 (mails a notice after the response; a fresh user "
+            "every 10 passkeys)")
+
+    def prepare(self, i: int) -> Request:
+        key = self.registering_key()
+        passkey = self.add_passkey(key)
+        return Request("POST", f"{PASSKEY_CREDENTIALS}{passkey}/verify_complete/", key,
+                       self.verification(key, passkey))
+
+
+class TwoFactorPasskeyBegin(Scenario):
+    name = "two-factor-passkey-begin"
+    case = "POST two_factor_passkey_begin/ with a verified passkey and passkey 2FA on → 200 request options"
+
+    def setup(self) -> None:
+        super().setup()
+        self.enable_passkey_2fa(self.user)
+
+    def prepare(self, i: int) -> Request:
+        return Request("POST", PASSKEY_SIGN_IN_BEGIN, self.key)
+
+
+class TwoFactorVerifyByPasskey(TwoFactorPasskeyBegin):
+    """two-factor-verify's other kind of request, measured beside its backup-code one."""
+
+    name = "two-factor-verify" + PASSKEY
+    case = ("POST two_factor_verify/ {credential_id, response} with the software authenticator's assertion "
+            "for a passkey challenge begun just before → 200 method passkey")
+
+    def prepare(self, i: int) -> Request:
+        r = self.d.invoke(Request("POST", PASSKEY_SIGN_IN_BEGIN, self.key))
+        assertion = self.d.passkey_assert(json.loads(r["body"]))
+        return Request("POST", "/api/users/@me/two_factor_verify/", self.key,
+                       json.dumps({"credential_id": assertion["id"], "response": assertion["response"]}))
+
+
 class Empty(GetUser):
     name = EMPTY
     case = "any event → fixed 200 (baseline: lambda_runtime, no clients)"
@@ -604,8 +787,16 @@ class PythonGetUser(GetUser):
     case = "GET /api/users/@me/ → 200 (awslambdaric + boto3: GetItem, BatchGetItem)"
 
 
+def function_of(name: str) -> str:
+    """The function whose binary a measurement runs: a variant's (VARIANT_SUFFIXES) is its
+    function's."""
+    for suffix in VARIANT_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
+
+
 def peer_name(function: str) -> str:
-    function = function.removesuffix(TOKEN)  # a token request's peer is its function's
+    function = function_of(function)  # a variant's peer is its function's
     return PYTHON if function == READ_ROUTE else f"python-{function}"
 
 
@@ -647,11 +838,14 @@ class WithToken(Scenario):
     inner: type[Scenario] = Scenario
     pool: LocalPool | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.inner.name + TOKEN
+        cls.case = cls.inner.case + ", with a Cognito access token (its identity already linked)"
+
     def __init__(self, driver: Driver):
         super().__init__(driver)
         self.scenario = self.inner(driver)
-        self.name = self.scenario.name + TOKEN
-        self.case = self.scenario.case + ", with a Cognito access token (its identity already linked)"
 
     def setup(self) -> None:
         assert self.pool is not None, "the local user pool is made before the scenarios"
@@ -697,13 +891,19 @@ class Replay(Scenario):
 
 # Requests with a sign-in token, beside the same functions' key requests: the suffix names the
 # measurement, which runs the function's own binary.
-TOKEN = "+token"
 TOKEN_SCENARIOS: list[type[WithToken]] = [GetUserWithToken, PushTokensRegisterWithToken]
+# Every variant (VARIANT_SUFFIXES): the token requests, and two-factor-verify's sign-in check by
+# passkey beside its backup-code one. A variant gets no Python peer of its own: its cold start
+# is compared with its function's peer's (peer_name).
+VARIANT_SCENARIOS: list[type[Scenario]] = [*TOKEN_SCENARIOS, TwoFactorVerifyByPasskey]
 
+# One representative request per function (each also gets a Python replay peer).
 SCENARIOS: list[type[Scenario]] = [
     PushTokensUnregister, PushTokensRegister, ScenePersonalisation, TwoFactorStartSetup,
     TwoFactorValidate, TwoFactorVerify, TwoFactorStatus, TwoFactorBackupCodes, TwoFactorDisable,
     CancelEmailChange, VerifyEmail, GetUser, UpdateUser, Fallback,
+    WebauthnRegisterBegin, WebauthnRegisterComplete, WebauthnCredentials, WebauthnCredentialUpdate,
+    WebauthnCredentialDelete, WebauthnVerifyBegin, WebauthnVerifyComplete, TwoFactorPasskeyBegin,
 ]
 
 
@@ -1429,9 +1629,9 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
         fenv["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = f"http://127.0.0.1:{port}"
     own = own_variables(template)
     targets = {b: Target(b, [str(release / b)], ROOT, function_env(fenv, own, b), release / b) for b in binaries}
-    for cls in TOKEN_SCENARIOS:
-        b = cls.inner.name
-        targets[b + TOKEN] = Target(b + TOKEN, [str(release / b)], ROOT, function_env(fenv, own, b), release / b)
+    for cls in VARIANT_SCENARIOS:
+        b = function_of(cls.name)
+        targets[cls.name] = Target(cls.name, [str(release / b)], ROOT, function_env(fenv, own, b), release / b)
     targets[EMPTY] = Target(EMPTY, [str(release / EMPTY)], ROOT, fenv, release / EMPTY)
     targets[PYTHON] = Target(PYTHON, [str(py), "-m", "awslambdaric", "handler.handler"], PY_FUNCTION_DIR,
                              {**function_env(fenv, own, READ_ROUTE), "LAMBDA_TASK_ROOT": str(PY_FUNCTION_DIR),
@@ -1444,10 +1644,11 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
                 {**function_env(fenv, own, b), "LAMBDA_TASK_ROOT": str(PY_FUNCTION_DIR), "_HANDLER": "replay.handler"},
                 None)
     if args.compare:
-        for b in [*binaries, EMPTY]:
-            t = targets[b]
-            targets[compared(b)] = Target(compared(b), [str(Path(args.compare) / b)], t.cwd, t.env,
-                                          Path(args.compare) / b)
+        # A variant's compared build is its function's binary from the other folder.
+        for n in [*binaries, *(cls.name for cls in VARIANT_SCENARIOS), EMPTY]:
+            t = targets[n]
+            other = Path(args.compare) / function_of(n)
+            targets[compared(n)] = Target(compared(n), [str(other)], t.cwd, t.env, other)
     for t in targets.values():
         if t.binary is not None and not t.binary.exists():
             raise StackError(f"{t.binary} is missing (build with cargo build --release --workspace)")
@@ -1456,7 +1657,7 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
     procs = Processes(LOG_DIR)
     try:
         scenario_of: dict[str, Scenario] = {}
-        for cls in [*SCENARIOS, *TOKEN_SCENARIOS, Empty, PythonGetUser]:
+        for cls in [*SCENARIOS, *VARIANT_SCENARIOS, Empty, PythonGetUser]:
             s = cls(driver)
             s.setup()
             scenario_of[s.name] = s

@@ -16,7 +16,21 @@
 //!   Calls made after the response (what `shared::run` does then: queued mail, the note of the
 //!   key's use) are left out of `aws_us`
 //!   and the stages and listed in `after_response_calls`; the replay marks them.
+//! - `{"op":"passkey_register", "options"}` answers a passkey's creation options (the body of
+//!   `POST /api/webauthn/register/begin/`, as the API returned it: an object, or its JSON
+//!   text) as a browser at the stack's account page would: `{"credential": ...}`, the body for
+//!   `register/complete/`. `{"op":"passkey_assert", "options"}` does the same for request
+//!   options (`credentials/{id}/verify/`, `two_factor_passkey_begin/`): `{"assertion": ...}`.
+//!   Both use the tests' software authenticator (`api_tests::passkeys::Authenticator`), one
+//!   for the driver's whole life: it holds the keys of every passkey it made (and one
+//!   signature counter for them all, so every assertion's counter is above the last one's).
+//!   They make no AWS call and are never measured.
+//! - A request the driver cannot answer gets `{"error": "..."}` (an unknown op, passkey options
+//!   missing); a line that is not JSON ends the driver, and so does a failure of the set-up
+//!   itself (a user that cannot be made, options the authenticator refuses: it panics, with the
+//!   reason in the driver's log).
 use api_tests::calls::{sequential_depth, Recorder};
+use api_tests::passkeys::Authenticator;
 use aws_sdk_dynamodb::config::interceptors::{
     BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
     FinalizerInterceptorContextRef,
@@ -257,6 +271,9 @@ struct Driver {
     recorder: Recorder,
     capture: Capture,
     spans: SdkSpans,
+    /// The browser's passkeys (`passkey_register`, `passkey_assert`): one authenticator for
+    /// the driver's whole life, which holds every passkey it made.
+    authenticator: Authenticator,
 }
 
 impl Driver {
@@ -271,6 +288,7 @@ impl Driver {
             recorder,
             capture,
             spans,
+            authenticator: Authenticator::new(),
         }
     }
 
@@ -321,6 +339,40 @@ impl Driver {
         };
         let user = api_tests::create_user_of_kind(&self.prep, kind, &scopes).await;
         json!({"uuid": user.user.uuid, "email": user.user.email, "key": user.key})
+    }
+
+    /// `passkey_register`: the credential for these creation options.
+    fn passkey_register(&mut self, req: &Value) -> Value {
+        self.passkey_ceremony(req, "credential", Authenticator::register)
+    }
+
+    /// `passkey_assert`: the assertion for these request options.
+    fn passkey_assert(&mut self, req: &Value) -> Value {
+        self.passkey_ceremony(req, "assertion", Authenticator::assert)
+    }
+
+    /// Runs one of the authenticator's ceremonies on `req["options"]` (an object, or its JSON
+    /// text): `{answer: ...}`, or `{"error": ...}` when the options are missing or have no
+    /// challenge. Options the authenticator refuses make it panic, as in the tests, which ends
+    /// the driver (the release profile aborts on a panic) with the reason in its log, like a
+    /// failed `user`.
+    fn passkey_ceremony(
+        &mut self,
+        req: &Value,
+        answer: &str,
+        ceremony: fn(&mut Authenticator, &Value) -> Value,
+    ) -> Value {
+        let op = req["op"].as_str().unwrap_or_default();
+        let options = match &req["options"] {
+            Value::String(text) => serde_json::from_str::<Value>(text).unwrap_or(Value::Null),
+            other => other.clone(),
+        };
+        if !options["challenge"].is_string() {
+            return json!({"error": format!(
+                "{op}: \"options\" must be the options the API returned (an object with a challenge)"
+            )});
+        }
+        json!({ answer: ceremony(&mut self.authenticator, &options) })
     }
 
     async fn invoke(&mut self, req: &Value) -> Value {
@@ -448,6 +500,8 @@ async fn main() {
         let answer = match req["op"].as_str() {
             Some("user") => driver.user(&req).await,
             Some("invoke") => driver.invoke(&req).await,
+            Some("passkey_register") => driver.passkey_register(&req),
+            Some("passkey_assert") => driver.passkey_assert(&req),
             Some("quit") | None => break,
             Some(other) => json!({"error": format!("unknown op {other}")}),
         };
