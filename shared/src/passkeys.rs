@@ -14,6 +14,8 @@ use webauthn_rs::prelude::{
 
 /// A browser's assertion (webauthn-rs's `PublicKeyCredential`).
 pub type Assertion = PublicKeyCredential;
+/// A browser's new credential (webauthn-rs's `RegisterPublicKeyCredential`).
+pub type Registration = RegisterPublicKeyCredential;
 
 /// Passkeys a user may hold, verified or not.
 pub const MAX_PASSKEYS: u32 = 10;
@@ -21,6 +23,10 @@ pub const MAX_PASSKEYS: u32 = 10;
 pub const CEREMONY_TTL_SECS: u64 = 300;
 /// The longest label a passkey may have (PostHog's).
 pub const MAX_LABEL_CHARS: usize = 200;
+/// The longest credential id, base64url: WebAuthn's 1023 bytes.
+pub const MAX_CREDENTIAL_ID_CHARS: usize = 1364;
+/// Transports kept of a passkey (there are six kinds).
+const MAX_TRANSPORTS: usize = 6;
 
 /// The relying party of a deployment: the domain passkeys are bound to, the name shown by
 /// authenticators, and the origins whose ceremonies are accepted (web origins, and the
@@ -57,13 +63,19 @@ impl RelyingParty {
         Ok(Some(party))
     }
 
-    /// The webauthn-rs instance for this party. The first web origin on the RP id anchors
-    /// it (webauthn-rs checks that one against the RP id); every origin is allowed.
+    /// The webauthn-rs instance for this party. A web origin on the RP id anchors it
+    /// (webauthn-rs checks that one against the RP id); every origin listed is allowed.
     pub fn webauthn(&self) -> Result<Webauthn, WebauthnError> {
+        let on_rp_id = |domain: &str| {
+            domain == self.id
+                || domain
+                    .strip_suffix(self.id.as_str())
+                    .is_some_and(|rest| rest.ends_with('.'))
+        };
         let anchor = self
             .origins
             .iter()
-            .find(|o| matches!(o.scheme(), "https" | "http") && o.domain().is_some())
+            .find(|o| matches!(o.scheme(), "https" | "http") && o.domain().is_some_and(on_rp_id))
             .ok_or(WebauthnError::Configuration)?;
         let mut builder = WebauthnBuilder::new(&self.id, anchor)?
             .rp_name(&self.name)
@@ -191,6 +203,8 @@ pub struct Ceremony {
     pub purpose: String,
     /// webauthn-rs's `PasskeyRegistration` or `PasskeyAuthentication`, JSON.
     pub state: String,
+    /// The challenge (base64url, as sent): only an answer to it takes the ceremony.
+    pub challenge: String,
     /// The passkey a verification is for.
     #[serde(default)]
     pub passkey_id: Option<PasskeyId>,
@@ -204,11 +218,16 @@ impl Ceremony {
         user_uuid: UserId,
         purpose: CeremonyPurpose,
         state: &S,
+        options: &Value,
         passkey_id: Option<PasskeyId>,
     ) -> Result<Self, ApiError> {
+        let challenge = options["challenge"]
+            .as_str()
+            .ok_or_else(|| ApiError::internal("passkeys.begin", "options without a challenge"))?;
         Ok(Ceremony {
             user_uuid,
             purpose: purpose.as_str().into(),
+            challenge: challenge.to_string(),
             state: serde_json::to_string(state)
                 .map_err(|e| ApiError::serialisation("ceremony state", &e))?,
             passkey_id,
@@ -218,6 +237,24 @@ impl Ceremony {
 
     fn state<S: serde::de::DeserializeOwned>(&self) -> Result<S, ApiError> {
         serde_json::from_str(&self.state).map_err(|e| ApiError::serialisation("ceremony state", &e))
+    }
+}
+
+/// What a browser said it answered, read from its (signed) client data before anything is
+/// taken or checked: the challenge names the ceremony the answer is for (an answer to an
+/// older or another ceremony takes nothing), and an answer given inside a frame of another
+/// origin is refused (webauthn-rs checks `crossOrigin` at registration only).
+#[derive(Debug, Deserialize)]
+pub struct ClientData {
+    pub challenge: String,
+    #[serde(default, rename = "crossOrigin")]
+    pub cross_origin: bool,
+}
+
+impl ClientData {
+    /// `None`: not client data at all (the ceremony cannot be found from it).
+    pub fn of(client_data_json: &[u8]) -> Option<Self> {
+        serde_json::from_slice(client_data_json).ok()
     }
 }
 
@@ -258,7 +295,7 @@ pub fn begin_registration(
         selection.insert("requireResidentKey".into(), json!(true));
         selection.insert("userVerification".into(), json!("required"));
     }
-    let ceremony = Ceremony::new(user.uuid, CeremonyPurpose::Register, &state, None)?;
+    let ceremony = Ceremony::new(user.uuid, CeremonyPurpose::Register, &state, &options, None)?;
     Ok((options, ceremony))
 }
 
@@ -271,8 +308,20 @@ pub fn complete_registration(
     label: String,
 ) -> Result<PasskeyRecord, ApiError> {
     let state: PasskeyRegistration = ceremony.state()?;
+    // The transports a browser reports, each once (webauthn-rs keeps them in the credential,
+    // and so in every ceremony state and options that name it).
+    let mut response = response.clone();
+    if let Some(reported) = response.response.transports.take() {
+        let mut kept = Vec::new();
+        for transport in reported {
+            if !kept.contains(&transport) && kept.len() < MAX_TRANSPORTS {
+                kept.push(transport);
+            }
+        }
+        response.response.transports = Some(kept);
+    }
     let passkey = webauthn
-        .finish_passkey_registration(response, &state)
+        .finish_passkey_registration(&response, &state)
         .map_err(|e| refused("registration", &e, registration_failed()))?;
     let transports = response
         .response
@@ -292,6 +341,11 @@ pub fn complete_registration(
         .as_str()
         .ok_or_else(|| ApiError::internal("passkeys.register", "credential id"))?
         .to_string();
+    // WebAuthn's limit (1023 bytes); webauthn-rs takes up to 4096, which would not fit the
+    // claim's key.
+    if credential_id.len() > MAX_CREDENTIAL_ID_CHARS {
+        return Err(registration_failed());
+    }
     let sign_count = stored["cred"]["counter"].as_u64().unwrap_or(0) as u32;
     Ok(PasskeyRecord {
         user_uuid: ceremony.user_uuid,
@@ -325,7 +379,7 @@ pub fn begin_assertion(
         .map_err(|e| ceremony_failed("start_authentication", &e))?;
     let options = serde_json::to_value(&options.public_key)
         .map_err(|e| ApiError::serialisation("request options", &e))?;
-    let ceremony = Ceremony::new(user_uuid, purpose, &state, passkey_id)?;
+    let ceremony = Ceremony::new(user_uuid, purpose, &state, &options, passkey_id)?;
     Ok((options, ceremony))
 }
 
@@ -338,6 +392,13 @@ pub fn complete_assertion(
     refusal: fn() -> ApiError,
 ) -> Result<AuthenticationResult, ApiError> {
     let state: PasskeyAuthentication = ceremony.state()?;
+    if ClientData::of(&response.response.client_data_json).is_none_or(|c| c.cross_origin) {
+        tracing::info!(
+            ceremony = "assertion",
+            "passkey ceremony refused: cross-origin"
+        );
+        return Err(refusal());
+    }
     let result = webauthn
         .finish_passkey_authentication(response, &state)
         .map_err(|e| refused("assertion", &e, refusal()))?;
@@ -347,15 +408,15 @@ pub fn complete_assertion(
     Ok(result)
 }
 
-/// Logs why webauthn-rs refused a ceremony (the kind of error only, never the data) and
-/// answers with `answer`.
+/// Logs why webauthn-rs refused a ceremony (the error's fixed text, never the data the
+/// request carried) and answers with `answer`.
 fn refused(ceremony: &'static str, err: &WebauthnError, answer: ApiError) -> ApiError {
-    tracing::info!(ceremony, reason = ?err, "passkey ceremony refused");
+    tracing::info!(ceremony, reason = %err, "passkey ceremony refused");
     answer
 }
 
 fn ceremony_failed(operation: &'static str, err: &WebauthnError) -> ApiError {
-    tracing::error!(operation, reason = ?err, "passkey ceremony could not begin");
+    tracing::error!(operation, reason = %err, "passkey ceremony could not begin");
     ApiError::Internal
 }
 
@@ -485,4 +546,51 @@ pub fn no_sign_in_challenge() -> ApiError {
 /// The credential named is not one of the user's verified passkeys.
 pub fn invalid_passkey() -> ApiError {
     ApiError::validation("2fa_invalid_passkey", "Invalid passkey.", None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn party(id: &str, origins: &[&str]) -> RelyingParty {
+        RelyingParty {
+            id: id.into(),
+            name: "PostHog".into(),
+            origins: origins.iter().map(|o| Url::parse(o).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_web_origin_on_the_rp_id_anchors_the_party_wherever_it_is_listed() {
+        let ok = party(
+            "example.com",
+            &[
+                "android:apk-key-hash:E8wzTa8DgqiU17BM25AH_WJwnhVKVgdDahU0kwMJZdg",
+                "https://other.example",
+                "https://app.example.com",
+            ],
+        );
+        assert_eq!(ok.webauthn().unwrap().get_allowed_origins().len(), 3);
+        for origins in [
+            &["https://notexample.com"][..],
+            &["android:apk-key-hash:E8wzTa8DgqiU17BM25AH_WJwnhVKVgdDahU0kwMJZdg"][..],
+            &[][..],
+        ] {
+            assert!(
+                party("example.com", origins).webauthn().is_err(),
+                "{origins:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn authenticator_types_follow_posthogs_reading_of_transports() {
+        let t =
+            |ts: &[&str]| authenticator_type(&ts.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(t(&[]), "unknown");
+        assert_eq!(t(&["internal"]), "platform");
+        assert_eq!(t(&["internal", "hybrid"]), "hybrid");
+        assert_eq!(t(&["usb", "nfc"]), "hardware");
+        assert_eq!(t(&["smart-card"]), "unknown");
+    }
 }

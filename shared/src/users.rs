@@ -87,11 +87,11 @@ pub struct UserRecord {
     /// How many passkeys the user has registered, verified or not (kept by the passkey
     /// routes in the same transactions as the passkeys themselves).
     #[serde(default)]
-    pub passkey_count: u32,
+    pub passkey_count: i64,
     /// How many of them are verified: passkey 2FA is in effect while this is above 0 and
     /// `passkeys_enabled_for_2fa` is set.
     #[serde(default)]
-    pub verified_passkeys: u32,
+    pub verified_passkeys: i64,
     /// Scene → dashboard id.
     #[serde(default)]
     pub scene_dashboards: HashMap<String, u64>,

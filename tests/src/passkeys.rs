@@ -47,6 +47,8 @@ pub struct As {
     pub origin: String,
     pub rp_id: Option<String>,
     pub user_verified: bool,
+    /// Answered inside a frame of another origin (the client data says so).
+    pub cross_origin: bool,
 }
 
 impl Default for As {
@@ -55,6 +57,7 @@ impl Default for As {
             origin: web_origin(),
             rp_id: None,
             user_verified: true,
+            cross_origin: false,
         }
     }
 }
@@ -79,9 +82,9 @@ impl Default for Authenticator {
     }
 }
 
-fn client_data(kind: &str, challenge: &str, origin: &str) -> Vec<u8> {
+fn client_data(kind: &str, challenge: &str, how: &As) -> Vec<u8> {
     serde_json::to_vec(&json!({
-        "type": kind, "challenge": challenge, "origin": origin, "crossOrigin": false
+        "type": kind, "challenge": challenge, "origin": how.origin, "crossOrigin": how.cross_origin
     }))
     .unwrap()
 }
@@ -117,7 +120,7 @@ impl Authenticator {
             .to_string();
         let ccr: CreationChallengeResponse =
             serde_json::from_value(json!({ "publicKey": options })).expect("creation options");
-        let data = client_data("webauthn.create", &challenge, &how.origin);
+        let data = client_data("webauthn.create", &challenge, how);
         let mut credential = AuthenticatorBackendHashedClientData::perform_register(
             &mut self.soft,
             Sha256::digest(&data).to_vec(),
@@ -148,7 +151,7 @@ impl Authenticator {
             .to_string();
         let rcr: RequestChallengeResponse =
             serde_json::from_value(json!({ "publicKey": options })).expect("request options");
-        let data = client_data("webauthn.get", &challenge, &how.origin);
+        let data = client_data("webauthn.get", &challenge, how);
         let mut assertion = AuthenticatorBackendHashedClientData::perform_auth(
             &mut self.soft,
             Sha256::digest(&data).to_vec(),
@@ -167,6 +170,54 @@ pub fn sign_in_body(assertion: &Value) -> Value {
 }
 
 impl Api {
+    /// The creation options of a registration begun now.
+    pub async fn registration_options(&self, key: &str) -> Value {
+        self.post(REGISTER_BEGIN).bearer(key).send().await.ok_json()
+    }
+
+    /// Completes a registration with `credential`.
+    pub async fn complete_registration(&self, key: &str, credential: &Value) -> Reply {
+        self.post(REGISTER_COMPLETE)
+            .bearer(key)
+            .json(credential)
+            .send()
+            .await
+    }
+
+    /// The request options of passkey `id`'s verification, begun now.
+    pub async fn verification_options(&self, key: &str, id: &str) -> Value {
+        self.post(&format!("{CREDENTIALS}{id}/verify/"))
+            .bearer(key)
+            .send()
+            .await
+            .ok_json()
+    }
+
+    /// Completes passkey `id`'s verification with `assertion`.
+    pub async fn complete_verification(&self, key: &str, id: &str, assertion: &Value) -> Reply {
+        self.post(&format!("{CREDENTIALS}{id}/verify_complete/"))
+            .bearer(key)
+            .json(assertion)
+            .send()
+            .await
+    }
+
+    /// The sign-in check with `assertion` (of a challenge begun before).
+    pub async fn sign_in(&self, key: &str, assertion: &Value) -> Reply {
+        self.post(SIGN_IN)
+            .bearer(key)
+            .json(&sign_in_body(assertion))
+            .send()
+            .await
+    }
+
+    pub async fn delete_passkey(&self, key: &str, id: &str) -> Reply {
+        self.delete(&format!("{CREDENTIALS}{id}/"))
+            .bearer(key)
+            .send()
+            .await
+    }
+
     /// Registers and verifies a passkey on `authenticator`: its id.
     pub async fn add_verified_passkey(
         &self,
@@ -182,15 +233,9 @@ impl Api {
 
     /// Registers a passkey on `authenticator` (unverified): its id.
     pub async fn add_passkey(&self, key: &str, authenticator: &mut Authenticator) -> String {
-        let options = self.post(REGISTER_BEGIN).bearer(key).send().await.ok_json();
+        let options = self.registration_options(key).await;
         let credential = authenticator.register(&options);
-        let done = self
-            .post(REGISTER_COMPLETE)
-            .bearer(key)
-            .json(&credential)
-            .send()
-            .await
-            .ok_json();
+        let done = self.complete_registration(key, &credential).await.ok_json();
         done["credential_id"].as_str().unwrap().to_string()
     }
 
@@ -201,18 +246,9 @@ impl Api {
         id: &str,
         authenticator: &mut Authenticator,
     ) -> Reply {
-        let options = self
-            .post(&format!("{CREDENTIALS}{id}/verify/"))
-            .bearer(key)
-            .send()
-            .await
-            .ok_json();
+        let options = self.verification_options(key, id).await;
         let assertion = authenticator.assert(&options);
-        self.post(&format!("{CREDENTIALS}{id}/verify_complete/"))
-            .bearer(key)
-            .json(&assertion)
-            .send()
-            .await
+        self.complete_verification(key, id, &assertion).await
     }
 
     /// The caller's passkeys as the list route shows them.
@@ -234,11 +270,7 @@ impl Api {
     ) -> Reply {
         let options = self.begin_passkey_sign_in(key).await;
         let assertion = authenticator.assert(&options);
-        self.post(SIGN_IN)
-            .bearer(key)
-            .json(&sign_in_body(&assertion))
-            .send()
-            .await
+        self.sign_in(key, &assertion).await
     }
 
     /// Turns passkey 2FA on or off.

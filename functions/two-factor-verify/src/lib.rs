@@ -138,8 +138,11 @@ async fn verify_passkey(
     use shared::passkeys::{self, CeremonyPurpose};
     use shared::store::passkeys::PasskeyUse;
     let webauthn = ctx.webauthn()?;
-    let credential_id =
-        fields::required_text(body, "credential_id", fields::Text::not_blank(1024))?;
+    let credential_id = fields::required_text(
+        body,
+        "credential_id",
+        fields::Text::not_blank(passkeys::MAX_CREDENTIAL_ID_CHARS),
+    )?;
     let response = fields::required_value(body, "response")?;
     let assertion: shared::passkeys::Assertion = passkeys::credential_from(
         &json!({
@@ -170,8 +173,10 @@ async fn verify_passkey(
         let ceremony = match held {
             Some(ceremony) => ceremony,
             None => {
+                let answered = passkeys::ClientData::of(&assertion.response.client_data_json)
+                    .ok_or_else(passkeys::no_sign_in_challenge)?;
                 let ceremony = store
-                    .take_ceremony(uuid, CeremonyPurpose::SignIn)
+                    .take_ceremony(uuid, CeremonyPurpose::SignIn, &answered.challenge)
                     .await?
                     .ok_or_else(passkeys::no_sign_in_challenge)?;
                 if let Ok(mut t) = taken.lock() {

@@ -45,7 +45,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let mut view = view.ok_or(ApiError::NotFound)?;
     // Passkey 2FA needs a verified passkey; the write checks the count again, so a passkey
     // deleted meanwhile cannot slip through.
-    if patch.passkeys_enabled_for_2fa == Some(true) && view.user.verified_passkeys == 0 {
+    if patch.passkeys_enabled_for_2fa == Some(true) && view.user.verified_passkeys <= 0 {
         return Err(shared::passkeys::no_passkeys());
     }
     let passkey_2fa_before = view.user.passkey_2fa();

@@ -11,13 +11,17 @@ async fn delete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let call = ctx.authorize(req, FUNCTION).await?;
     let id = PasskeyId::parse(call.matched.id.as_deref().unwrap_or_default())?;
     let uuid = call.target.uuid;
-    // A passkey verified between the read and the delete is read again (the delete is
-    // conditioned on what was read, which decides the user's counts).
+    // A passkey verified, or another deleted, between the read and the delete is read again
+    // (the delete is conditioned on what was read, which decides the counts and notices).
     for _ in 0..3 {
         let (passkey, user) = tokio::join!(ctx.store.passkey(uuid, &id), ctx.store.user(uuid));
         let passkey = passkey?.ok_or_else(passkeys::not_found)?;
         let user = user?.ok_or(ApiError::NotFound)?;
-        if ctx.store.delete_passkey(&passkey).await? {
+        if ctx
+            .store
+            .delete_passkey(&passkey, user.verified_passkeys)
+            .await?
+        {
             notify(&ctx.mailer, &user.email, Notice::PasskeyRemoved);
             // The last verified passkey takes passkey 2FA with it.
             if passkey.verified && user.verified_passkeys == 1 && user.passkeys_enabled_for_2fa {

@@ -3,7 +3,7 @@
 //! (`credentials/{id}/verify/`).
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
-use shared::passkeys::{self, CeremonyPurpose, MAX_LABEL_CHARS};
+use shared::passkeys::{self, CeremonyPurpose, ClientData, MAX_LABEL_CHARS};
 use shared::store::passkeys::AddPasskey;
 use shared::{fields, http, ApiError, Context};
 
@@ -15,11 +15,14 @@ async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     let body = http::parse_fields(req)?;
     let label = fields::text(&body, "label", fields::Text::not_blank(MAX_LABEL_CHARS))?
         .unwrap_or_else(|| "Passkey".to_string());
-    let response = passkeys::credential_from(&serde_json::Value::Object(body), None)?;
+    let response: passkeys::Registration =
+        passkeys::credential_from(&serde_json::Value::Object(body), None)?;
+    let answered =
+        ClientData::of(&response.response.client_data_json).ok_or_else(passkeys::no_challenge)?;
     let uuid = call.target.uuid;
     let ceremony = ctx
         .store
-        .take_ceremony(uuid, CeremonyPurpose::Register)
+        .take_ceremony(uuid, CeremonyPurpose::Register, &answered.challenge)
         .await?
         .ok_or_else(passkeys::no_challenge)?;
     let passkey = passkeys::complete_registration(webauthn, &ceremony, &response, label)?;

@@ -1,7 +1,7 @@
 //! `POST /api/webauthn/credentials/{id}/verify_complete/`: the assertion that proves a newly
 //! registered passkey; it is then verified (and may serve as the second factor).
 use shared::lambda_http::{Body, Request, Response};
-use shared::passkeys::{self, CeremonyPurpose, PasskeyId};
+use shared::passkeys::{self, CeremonyPurpose, ClientData, PasskeyId};
 use shared::two_factor::{notify, Notice};
 use shared::{http, ApiError, Context};
 
@@ -12,11 +12,14 @@ async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     let webauthn = ctx.webauthn()?;
     let id = PasskeyId::parse(call.matched.id.as_deref().unwrap_or_default())?;
     let body = http::parse_fields(req)?;
-    let response = passkeys::credential_from(&serde_json::Value::Object(body), None)?;
+    let response: passkeys::Assertion =
+        passkeys::credential_from(&serde_json::Value::Object(body), None)?;
+    let answered =
+        ClientData::of(&response.response.client_data_json).ok_or_else(passkeys::no_challenge)?;
     let uuid = call.target.uuid;
     let ceremony = ctx
         .store
-        .take_ceremony(uuid, CeremonyPurpose::Verify)
+        .take_ceremony(uuid, CeremonyPurpose::Verify, &answered.challenge)
         .await?
         .ok_or_else(passkeys::no_challenge)?;
     if ceremony.passkey_id.as_ref() != Some(&id) {
@@ -41,7 +44,7 @@ async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     verified.verified = true;
     verified.last_used_at = Some(now);
     notify(&ctx.mailer, &user.email, Notice::PasskeyAdded);
-    if user.passkeys_enabled_for_2fa && user.verified_passkeys == 0 {
+    if user.passkeys_enabled_for_2fa && user.verified_passkeys <= 0 {
         notify(&ctx.mailer, &user.email, Notice::PasskeyTwoFactorEnabled);
     }
     http::ok(&verified.to_json())

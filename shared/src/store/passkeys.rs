@@ -72,20 +72,26 @@ impl Store {
         Ok(())
     }
 
-    /// Takes a ceremony out of its slot: a conditional delete that only one of any number of
-    /// racing requests wins, and none once it has expired. `None`: no ceremony to complete.
+    /// Takes a ceremony out of its slot, if it is the one `challenge` answers: a conditional
+    /// delete that only one of any number of racing requests wins, none once it has expired,
+    /// and none with an answer to an older or another ceremony (which leaves it in place).
+    /// `None`: no such ceremony to complete.
     pub async fn take_ceremony(
         &self,
         uuid: UserId,
         purpose: CeremonyPurpose,
+        challenge: &str,
     ) -> Result<Option<Ceremony>, ApiError> {
         let result = self
             .db
             .delete_item()
             .table_name(&self.tables.passkey_ceremonies)
             .set_key(Some(ceremony_key(uuid, purpose)))
-            .condition_expression("attribute_exists(purpose) AND expires_at > :now")
+            .condition_expression(
+                "attribute_exists(purpose) AND expires_at > :now AND challenge = :challenge",
+            )
             .expression_attribute_values(":now", n(crate::clock::now_secs()))
+            .expression_attribute_values(":challenge", s(challenge))
             .return_values(ReturnValue::AllOld)
             .send()
             .await;
@@ -96,24 +102,31 @@ impl Store {
         }
     }
 
-    /// Every passkey of a user, oldest first (a user has at most [`MAX_PASSKEYS`]).
+    /// Every passkey of a user, oldest first (a user has at most [`MAX_PASSKEYS`], which one
+    /// page holds; a further page is read all the same).
     pub async fn passkeys_of(&self, uuid: UserId) -> Result<Vec<PasskeyRecord>, ApiError> {
-        let out = self
-            .db
-            .query()
-            .table_name(&self.tables.passkeys)
-            .key_condition_expression("user_uuid = :user")
-            .expression_attribute_values(":user", s(uuid))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk("passkeys.query"))?;
-        let mut passkeys = out
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(from_item::<PasskeyRecord>)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut passkeys = Vec::new();
+        let mut from = None;
+        loop {
+            let out = self
+                .db
+                .query()
+                .table_name(&self.tables.passkeys)
+                .key_condition_expression("user_uuid = :user")
+                .expression_attribute_values(":user", s(uuid))
+                .consistent_read(true)
+                .set_exclusive_start_key(from)
+                .send()
+                .await
+                .map_err(sdk("passkeys.query"))?;
+            for item in out.items.unwrap_or_default() {
+                passkeys.push(from_item::<PasskeyRecord>(item)?);
+            }
+            from = out.last_evaluated_key;
+            if from.is_none() {
+                break;
+            }
+        }
         passkeys.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         Ok(passkeys)
     }
@@ -236,8 +249,14 @@ impl Store {
     }
 
     /// Deletes a passkey, provided it is still as read (verified or not, which decides what
-    /// is taken off the user's counts). False when it changed or went meanwhile.
-    pub async fn delete_passkey(&self, passkey: &PasskeyRecord) -> Result<bool, ApiError> {
+    /// is taken off the user's counts) and the user's count of verified passkeys is still
+    /// `verified_seen` (what the notices are decided on). False when either changed, or the
+    /// passkey went, meanwhile.
+    pub async fn delete_passkey(
+        &self,
+        passkey: &PasskeyRecord,
+        verified_seen: i64,
+    ) -> Result<bool, ApiError> {
         let delete = Delete::builder()
             .table_name(&self.tables.passkeys)
             .set_key(Some(passkey_key(passkey.user_uuid, &passkey.id)))
@@ -250,15 +269,23 @@ impl Store {
             .table_name(&self.tables.users)
             .key("uuid", s(passkey.user_uuid))
             .update_expression("ADD passkey_count :all, verified_passkeys :verified")
-            .condition_expression("attribute_exists(#uuid)")
+            .condition_expression(
+                "attribute_exists(#uuid) AND (verified_passkeys = :seen \
+                 OR (attribute_not_exists(verified_passkeys) AND :seen = :zero))",
+            )
             .expression_attribute_names("#uuid", "uuid")
             .expression_attribute_values(":all", n(-1))
             .expression_attribute_values(":verified", n(-verified))
+            .expression_attribute_values(":seen", n(verified_seen))
+            .expression_attribute_values(":zero", n(0))
             .build()
             .map_err(|e| super::builder_failed("passkeys.delete", e))?;
         let claim = Delete::builder()
             .table_name(&self.tables.passkeys)
             .set_key(Some(claim_key(&passkey.credential_id)))
+            .condition_expression("#owner = :me")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":me", s(passkey.user_uuid))
             .build()
             .map_err(|e| super::builder_failed("passkeys.delete", e))?;
         let items = vec![
@@ -271,7 +298,9 @@ impl Store {
 
     /// Records a passkey's use at sign-in: its new signature counter, which must be above
     /// the stored one unless both are 0 (a synced passkey always reports 0), on a passkey
-    /// still there and verified; with the reset of the sign-in failure state as read.
+    /// still there and verified; provided the sign-in failure state is still the one read.
+    /// It does not reset that state: whoever holds the account's key can enrol a passkey (as
+    /// they can mint backup codes), so its use must not lift a lock on the other factors.
     pub async fn use_passkey(
         &self,
         passkey: &PasskeyRecord,
@@ -297,7 +326,7 @@ impl Store {
             .map_err(|e| super::builder_failed("passkeys.use", e))?;
         let items = vec![
             TransactWriteItem::builder().update(update).build(),
-            self.reset_failures(passkey.user_uuid, CodeCheck::SignIn, failures)?,
+            self.failures_still(passkey.user_uuid, CodeCheck::SignIn, failures)?,
         ];
         Ok(match self.transact("passkeys.use", items).await? {
             Tx::Done => PasskeyUse::Done,

@@ -96,6 +96,42 @@ const API_MD_ROUTES: &[(&str, &str, &str)] = &[
         "/api/users/{uuid}/two_factor_verify/",
         "two-factor-verify",
     ),
+    (
+        "POST",
+        "/api/webauthn/register/begin/",
+        "webauthn-register-begin",
+    ),
+    (
+        "POST",
+        "/api/webauthn/register/complete/",
+        "webauthn-register-complete",
+    ),
+    ("GET", "/api/webauthn/credentials/", "webauthn-credentials"),
+    (
+        "PATCH",
+        "/api/webauthn/credentials/{id}/",
+        "webauthn-credential-update",
+    ),
+    (
+        "DELETE",
+        "/api/webauthn/credentials/{id}/",
+        "webauthn-credential-delete",
+    ),
+    (
+        "POST",
+        "/api/webauthn/credentials/{id}/verify/",
+        "webauthn-verify-begin",
+    ),
+    (
+        "POST",
+        "/api/webauthn/credentials/{id}/verify_complete/",
+        "webauthn-verify-complete",
+    ),
+    (
+        "POST",
+        "/api/users/{uuid}/two_factor_passkey_begin/",
+        "two-factor-passkey-begin",
+    ),
 ];
 
 #[tokio::test]

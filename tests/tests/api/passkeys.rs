@@ -30,6 +30,21 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
+/// Clears a user's sign-in failure state (what only a TOTP code's success does in the API).
+async fn clear_failures(ctx: &shared::Context, uuid: UserId) {
+    ctx.store
+        .db
+        .delete_item()
+        .table_name(&ctx.store.tables.limits)
+        .set_key(Some(shared::store::limits::failures_key(
+            uuid,
+            CodeCheck::SignIn,
+        )))
+        .send()
+        .await
+        .expect("clear the failure state");
+}
+
 async fn subjects_to(address: &str) -> Vec<String> {
     mail_to(address).await.into_iter().map(|(s, _)| s).collect()
 }
@@ -53,12 +68,7 @@ both!(
 
         // The creation options: PostHog's shape, bound to the user's uuid, asking for a
         // discoverable credential with user verification.
-        let options = api
-            .post(REGISTER_BEGIN)
-            .bearer(&user.key)
-            .send()
-            .await
-            .ok_json();
+        let options = api.registration_options(&user.key).await;
         assert_eq!(options["rp"]["id"], "localhost", "{options}");
         assert_eq!(
             options["user"]["id"],
@@ -89,13 +99,7 @@ both!(
         let credential = authenticator.register(&options);
         let mut body = credential.clone();
         body["label"] = json!("My laptop");
-        let done = api
-            .post(REGISTER_COMPLETE)
-            .bearer(&user.key)
-            .json(&body)
-            .send()
-            .await
-            .ok_json();
+        let done = api.complete_registration(&user.key, &body).await.ok_json();
         assert_eq!(done["success"], true);
         let id = done["credential_id"].as_str().unwrap().to_string();
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "{done}");
@@ -126,12 +130,7 @@ both!(
         // An unverified passkey is not a second factor and not in the exclude list.
         let status = api.two_factor_status(&user.key).await;
         assert_eq!(status["has_passkeys"], false);
-        let again = api
-            .post(REGISTER_BEGIN)
-            .bearer(&user.key)
-            .send()
-            .await
-            .ok_json();
+        let again = api.registration_options(&user.key).await;
         assert_eq!(again["excludeCredentials"], json!([]));
 
         // Verified by one assertion; the verified one is then excluded from registrations.
@@ -140,12 +139,7 @@ both!(
         assert_eq!(verified["verified"], true, "{verified}");
         assert_eq!(verified["id"], id.as_str());
         notice(&user.user.email, "A passkey was added to your account").await;
-        let again = api
-            .post(REGISTER_BEGIN)
-            .bearer(&user.key)
-            .send()
-            .await
-            .ok_json();
+        let again = api.registration_options(&user.key).await;
         assert_eq!(again["excludeCredentials"][0]["id"], credential["id"]);
         assert_eq!(api.two_factor_status(&user.key).await["has_passkeys"], true);
         // Verifying twice is refused.
@@ -182,22 +176,14 @@ both!(
             assert_eq!(reply.json()["attr"], "label");
         }
         assert_eq!(api.passkeys(&user.key).await[0]["label"], "Work phone");
-        api.delete(&format!("{CREDENTIALS}{id}/"))
-            .bearer(&user.key)
-            .send()
-            .await
-            .assert_no_content();
+        api.delete_passkey(&user.key, &id).await.assert_no_content();
         notice(&user.user.email, "A passkey was removed from your account").await;
         assert!(api.passkeys(&user.key).await.is_empty());
         assert_eq!(
             api.two_factor_status(&user.key).await["has_passkeys"],
             false
         );
-        api.delete(&format!("{CREDENTIALS}{id}/"))
-            .bearer(&user.key)
-            .send()
-            .await
-            .assert_not_found();
+        api.delete_passkey(&user.key, &id).await.assert_not_found();
         // A new one can be added again.
         api.add_verified_passkey(&user.key, &mut Authenticator::new())
             .await;
@@ -254,11 +240,7 @@ both!(
 
         // Deleting the last verified passkey ends passkey 2FA (the flag stays, in effect only
         // with a verified passkey, as in PostHog).
-        api.delete(&format!("{CREDENTIALS}{id}/"))
-            .bearer(&user.key)
-            .send()
-            .await
-            .assert_no_content();
+        api.delete_passkey(&user.key, &id).await.assert_no_content();
         let status = api.two_factor_status(&user.key).await;
         assert_eq!(status["is_enabled"], false, "{status}");
         assert_eq!(status["method"], Value::Null);
@@ -310,12 +292,7 @@ both!(each_challenge_is_answered_once, |api, ctx| async move {
     assert_refused(&send(sign_in_body(&second)).await, "2fa_no_challenge");
 
     // Registration: a completed ceremony cannot be completed again.
-    let options = api
-        .post(REGISTER_BEGIN)
-        .bearer(&user.key)
-        .send()
-        .await
-        .ok_json();
+    let options = api.registration_options(&user.key).await;
     let credential = Authenticator::new().register(&options);
     let complete = || {
         api.post(REGISTER_COMPLETE)
@@ -326,38 +303,34 @@ both!(each_challenge_is_answered_once, |api, ctx| async move {
     complete().await.assert_status(200);
     assert_refused(&complete().await, "no_challenge");
 
-    // A newer begin replaces the older: the older challenge's answer is refused (it is
-    // checked against the newer challenge), and refusing it used the ceremony up.
+    // A newer begin replaces the older: an answer to the older challenge is no answer to the
+    // newer one, which it leaves in place.
     let mut other = Authenticator::new();
-    let old = api
-        .post(REGISTER_BEGIN)
-        .bearer(&user.key)
-        .send()
-        .await
-        .ok_json();
-    let _new = api
-        .post(REGISTER_BEGIN)
-        .bearer(&user.key)
-        .send()
-        .await
-        .ok_json();
+    let old = api.registration_options(&user.key).await;
+    let new = api.registration_options(&user.key).await;
     let stale = other.register(&old);
     assert_refused(
-        &api.post(REGISTER_COMPLETE)
-            .bearer(&user.key)
-            .json(&stale)
-            .send()
-            .await,
-        "registration_failed",
-    );
-    assert_refused(
-        &api.post(REGISTER_COMPLETE)
-            .bearer(&user.key)
-            .json(&stale)
-            .send()
-            .await,
+        &api.complete_registration(&user.key, &stale).await,
         "no_challenge",
     );
+    let fresh = other.register(&new);
+    api.complete_registration(&user.key, &fresh)
+        .await
+        .assert_status(200);
+
+    // The same at sign-in: the stale answer is not counted, and the newer one passes.
+    let old = api.begin_passkey_sign_in(&user.key).await;
+    let new = api.begin_passkey_sign_in(&user.key).await;
+    let stale = authenticator.assert(&old);
+    assert_refused(&api.sign_in(&user.key, &stale).await, "2fa_no_challenge");
+    assert_eq!(
+        failures_of(&ctx, user.uuid(), CodeCheck::SignIn)
+            .await
+            .count,
+        0
+    );
+    let fresh = authenticator.assert(&new);
+    api.sign_in(&user.key, &fresh).await.assert_status(200);
 });
 
 both!(expired_challenges_are_refused, |api, ctx| async move {
@@ -398,27 +371,14 @@ both!(expired_challenges_are_refused, |api, ctx| async move {
     let assertion = authenticator.assert(&options);
     expire("sign_in").await;
     assert_refused(
-        &api.post(SIGN_IN)
-            .bearer(&user.key)
-            .json(&sign_in_body(&assertion))
-            .send()
-            .await,
+        &api.sign_in(&user.key, &assertion).await,
         "2fa_no_challenge",
     );
-    let options = api
-        .post(REGISTER_BEGIN)
-        .bearer(&user.key)
-        .send()
-        .await
-        .ok_json();
+    let options = api.registration_options(&user.key).await;
     let credential = Authenticator::new().register(&options);
     expire("register").await;
     assert_refused(
-        &api.post(REGISTER_COMPLETE)
-            .bearer(&user.key)
-            .json(&credential)
-            .send()
-            .await,
+        &api.complete_registration(&user.key, &credential).await,
         "no_challenge",
     );
     // A refused expired answer charged no failure: nothing about a passkey was checked.
@@ -459,6 +419,13 @@ both!(
                 },
             ),
             (
+                "inside a frame of another origin",
+                As {
+                    cross_origin: true,
+                    ..As::default()
+                },
+            ),
+            (
                 "no user verification",
                 As {
                     user_verified: false,
@@ -468,67 +435,37 @@ both!(
         ];
         for (case, how) in &cases {
             // Registration.
-            let options = api
-                .post(REGISTER_BEGIN)
-                .bearer(&user.key)
-                .send()
-                .await
-                .ok_json();
+            let options = api.registration_options(&user.key).await;
             let credential = Authenticator::new().register_as(&options, how);
-            let reply = api
-                .post(REGISTER_COMPLETE)
-                .bearer(&user.key)
-                .json(&credential)
-                .send()
-                .await;
+            let reply = api.complete_registration(&user.key, &credential).await;
             assert_eq!(reply.status, 400, "{case}: {}", reply.body);
             assert_refused(&reply, "registration_failed");
             // Verification of a new passkey.
             let mut other = Authenticator::new();
             let id = api.add_passkey(&user.key, &mut other).await;
-            let options = api
-                .post(&format!("{CREDENTIALS}{id}/verify/"))
-                .bearer(&user.key)
-                .send()
-                .await
-                .ok_json();
+            let options = api.verification_options(&user.key, &id).await;
             let assertion = other.assert_as(&options, how);
-            let reply = api
-                .post(&format!("{CREDENTIALS}{id}/verify_complete/"))
-                .bearer(&user.key)
-                .json(&assertion)
-                .send()
-                .await;
+            let reply = api.complete_verification(&user.key, &id, &assertion).await;
             assert_eq!(reply.status, 400, "{case}: {}", reply.body);
             assert_refused(&reply, "verification_failed");
-            api.delete(&format!("{CREDENTIALS}{id}/"))
-                .bearer(&user.key)
-                .send()
-                .await
-                .assert_no_content();
+            api.delete_passkey(&user.key, &id).await.assert_no_content();
             // The sign-in check: refused, and counted as a failure.
             let before = failures_of(&ctx, user.uuid(), CodeCheck::SignIn)
                 .await
                 .count;
             let options = api.begin_passkey_sign_in(&user.key).await;
             let assertion = authenticator.assert_as(&options, how);
-            let reply = api
-                .post(SIGN_IN)
-                .bearer(&user.key)
-                .json(&sign_in_body(&assertion))
-                .send()
-                .await;
+            let reply = api.sign_in(&user.key, &assertion).await;
             assert_eq!(reply.status, 400, "{case}: {}", reply.body);
             assert_refused(&reply, "2fa_passkey_failed");
             let after = failures_of(&ctx, user.uuid(), CodeCheck::SignIn)
                 .await
                 .count;
             assert_eq!(after, before + 1, "{case}");
-            // Start each case unlocked (five failures lock the check).
+            // Start each case unlocked (five failures lock the check, and a passkey's
+            // success does not reset them): the test clears the state itself.
             if after >= 4 {
-                api.sign_in_with_passkey(&user.key, &mut authenticator)
-                    .await
-                    .assert_status(200);
+                clear_failures(&ctx, user.uuid()).await;
             }
         }
         // Only the verified passkey of the first registration remains.
@@ -540,34 +477,18 @@ both!(an_android_app_origin_is_accepted, |api, ctx| async move {
     let user = create_user(&ctx, &["*"]).await;
     let app = As::origin(&android_origin());
     let mut authenticator = Authenticator::new();
-    let options = api
-        .post(REGISTER_BEGIN)
-        .bearer(&user.key)
-        .send()
-        .await
-        .ok_json();
+    let options = api.registration_options(&user.key).await;
     let credential = authenticator.register_as(&options, &app);
     let id = api
-        .post(REGISTER_COMPLETE)
-        .bearer(&user.key)
-        .json(&credential)
-        .send()
+        .complete_registration(&user.key, &credential)
         .await
         .ok_json()["credential_id"]
         .as_str()
         .unwrap()
         .to_string();
-    let options = api
-        .post(&format!("{CREDENTIALS}{id}/verify/"))
-        .bearer(&user.key)
-        .send()
-        .await
-        .ok_json();
+    let options = api.verification_options(&user.key, &id).await;
     let assertion = authenticator.assert_as(&options, &app);
-    api.post(&format!("{CREDENTIALS}{id}/verify_complete/"))
-        .bearer(&user.key)
-        .json(&assertion)
-        .send()
+    api.complete_verification(&user.key, &id, &assertion)
         .await
         .assert_status(200);
     api.set_passkey_2fa(&user.key, true)
@@ -575,12 +496,7 @@ both!(an_android_app_origin_is_accepted, |api, ctx| async move {
         .assert_status(200);
     let options = api.begin_passkey_sign_in(&user.key).await;
     let assertion = authenticator.assert_as(&options, &app);
-    api.post(SIGN_IN)
-        .bearer(&user.key)
-        .json(&sign_in_body(&assertion))
-        .send()
-        .await
-        .assert_status(200);
+    api.sign_in(&user.key, &assertion).await.assert_status(200);
 });
 
 both!(only_ever_the_callers_own_passkeys, |api, ctx| async move {
@@ -615,44 +531,39 @@ both!(only_ever_the_callers_own_passkeys, |api, ctx| async move {
         .send()
         .await;
     assert_eq!(reply.status, 403, "{}", reply.body);
-    // Bob's own passkey, or Alice's assertion, in Alice's sign-in check: refused.
+    // Bob's assertion of his own challenge, in Alice's sign-in check: not her challenge, so
+    // it takes nothing and is not counted.
     let bobs_id = api.add_verified_passkey(&bob.key, &mut bobs).await;
     api.set_passkey_2fa(&bob.key, true).await.assert_status(200);
-    let options = api.begin_passkey_sign_in(&bob.key).await;
-    let bobs_assertion = bobs.assert(&options);
-    let options = api.begin_passkey_sign_in(&alice.key).await;
-    let reply = api
-        .post(SIGN_IN)
-        .bearer(&alice.key)
-        .json(&sign_in_body(&bobs_assertion))
-        .send()
-        .await;
+    let bobs_options = api.begin_passkey_sign_in(&bob.key).await;
+    let bobs_assertion = bobs.assert(&bobs_options);
+    let alices_options = api.begin_passkey_sign_in(&alice.key).await;
+    let reply = api.sign_in(&alice.key, &bobs_assertion).await;
+    assert_refused(&reply, "2fa_no_challenge");
+    // Bob's passkey answering Alice's challenge: not one of her passkeys, and counted.
+    let mut forged = alices_options.clone();
+    forged["allowCredentials"] = bobs_options["allowCredentials"].clone();
+    let reply = api.sign_in(&alice.key, &bobs.assert(&forged)).await;
     assert_refused(&reply, "2fa_invalid_passkey");
-    // Alice's assertion sent to Bob's check (which Bob began): not one of Bob's passkeys.
-    api.begin_passkey_sign_in(&bob.key).await;
-    let alices_assertion = alices.assert(&options);
-    let reply = api
-        .post(SIGN_IN)
-        .bearer(&bob.key)
-        .json(&sign_in_body(&alices_assertion))
-        .send()
-        .await;
+    assert_eq!(
+        failures_of(&ctx, alice.uuid(), CodeCheck::SignIn)
+            .await
+            .count,
+        1
+    );
+    // Alice's passkey answering Bob's challenge: refused the same way.
+    let bobs_options = api.begin_passkey_sign_in(&bob.key).await;
+    let mut forged = bobs_options.clone();
+    forged["allowCredentials"] = alices_options["allowCredentials"].clone();
+    let reply = api.sign_in(&bob.key, &alices.assert(&forged)).await;
     assert_refused(&reply, "2fa_invalid_passkey");
     // A verification begun for one passkey cannot complete another's.
     let mut third = Authenticator::new();
     let unverified = api.add_passkey(&bob.key, &mut third).await;
-    let options = api
-        .post(&format!("{CREDENTIALS}{unverified}/verify/"))
-        .bearer(&bob.key)
-        .send()
-        .await
-        .ok_json();
+    let options = api.verification_options(&bob.key, &unverified).await;
     let assertion = third.assert(&options);
     let reply = api
-        .post(&format!("{CREDENTIALS}{bobs_id}/verify_complete/"))
-        .bearer(&bob.key)
-        .json(&assertion)
-        .send()
+        .complete_verification(&bob.key, &bobs_id, &assertion)
         .await;
     assert_refused(&reply, "credential_mismatch");
     // An unverified passkey is not a second factor: it is not offered.
@@ -665,17 +576,9 @@ both!(only_ever_the_callers_own_passkeys, |api, ctx| async move {
 
 both!(a_credential_is_registered_once, |api, ctx| async move {
     let user = create_user(&ctx, &["*"]).await;
-    let options = api
-        .post(REGISTER_BEGIN)
-        .bearer(&user.key)
-        .send()
-        .await
-        .ok_json();
+    let options = api.registration_options(&user.key).await;
     let credential = Authenticator::new().register(&options);
-    api.post(REGISTER_COMPLETE)
-        .bearer(&user.key)
-        .json(&credential)
-        .send()
+    api.complete_registration(&user.key, &credential)
         .await
         .assert_status(200);
     // Another user presenting the same attestation: the challenge is not theirs.
@@ -686,12 +589,8 @@ both!(a_credential_is_registered_once, |api, ctx| async move {
         .await
         .assert_status(200);
     assert_refused(
-        &api.post(REGISTER_COMPLETE)
-            .bearer(&other.key)
-            .json(&credential)
-            .send()
-            .await,
-        "registration_failed",
+        &api.complete_registration(&other.key, &credential).await,
+        "no_challenge",
     );
     assert!(api.passkeys(&other.key).await.is_empty());
     // And were a ceremony to let the same credential id through again (to anyone), its
@@ -773,11 +672,7 @@ both!(
         }
         // Ids that are not passkey ids are 404s.
         for bad in ["1", "not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
-            api.delete(&format!("{CREDENTIALS}{bad}/"))
-                .bearer(&user.key)
-                .send()
-                .await
-                .assert_not_found();
+            api.delete_passkey(&user.key, &bad).await.assert_not_found();
         }
         let list = api.passkeys(&user.key).await;
         assert_eq!(list.len(), 1);
@@ -849,12 +744,7 @@ both!(
             );
         }
         // Racing registrations of one answer store one passkey.
-        let options = api
-            .post(REGISTER_BEGIN)
-            .bearer(&user.key)
-            .send()
-            .await
-            .ok_json();
+        let options = api.registration_options(&user.key).await;
         let credential = Authenticator::new().register(&options);
         let tasks: Vec<_> = (0..10)
             .map(|_| {
@@ -891,31 +781,44 @@ both!(
     |api, ctx| async move {
         let (user, mut authenticator) = passkey_user(&api, &ctx).await;
         let wrong = As::origin("https://evil.example");
-        for _ in 0..5 {
-            let options = api.begin_passkey_sign_in(&user.key).await;
+        let fail = |authenticator: &mut Authenticator, options: Value| {
             let assertion = authenticator.assert_as(&options, &wrong);
-            assert_refused(
-                &api.post(SIGN_IN)
-                    .bearer(&user.key)
-                    .json(&sign_in_body(&assertion))
-                    .send()
-                    .await,
-                "2fa_passkey_failed",
-            );
+            let (api, key) = (api.clone(), user.key.clone());
+            async move {
+                assert_refused(&api.sign_in(&key, &assertion).await, "2fa_passkey_failed");
+            }
+        };
+        for _ in 0..3 {
+            let options = api.begin_passkey_sign_in(&user.key).await;
+            fail(&mut authenticator, options).await;
+        }
+        // A passkey's success does not reset the count: whoever holds the account's key can
+        // enrol a passkey of their own, and must not so lift a lock on the TOTP codes.
+        api.sign_in_with_passkey(&user.key, &mut authenticator)
+            .await
+            .assert_status(200);
+        assert_eq!(
+            failures_of(&ctx, user.uuid(), CodeCheck::SignIn)
+                .await
+                .count,
+            3
+        );
+        for _ in 0..2 {
+            let options = api.begin_passkey_sign_in(&user.key).await;
+            fail(&mut authenticator, options).await;
         }
         // Locked: even a good assertion is refused, before its challenge is touched.
         let options = api.begin_passkey_sign_in(&user.key).await;
         let assertion = authenticator.assert(&options);
-        let reply = api
-            .post(SIGN_IN)
-            .bearer(&user.key)
-            .json(&sign_in_body(&assertion))
-            .send()
-            .await;
+        let reply = api.sign_in(&user.key, &assertion).await;
         assert_eq!(reply.status, 429, "{}", reply.body);
+        assert!(reply.header("retry-after").is_some());
         // And TOTP codes share the lock (one limit for the sign-in check).
         let reply = api.verify_2fa(&user.key, "123456").await;
         assert_eq!(reply.status, 429, "{}", reply.body);
+        // Once the lock is over the challenge, never taken, is still answerable.
+        clear_failures(&ctx, user.uuid()).await;
+        api.sign_in(&user.key, &assertion).await.assert_status(200);
     }
 );
 
@@ -954,3 +857,82 @@ async fn without_a_relying_party_passkeys_are_off() {
     }
     assert!(api.passkeys(&user.key).await.is_empty());
 }
+
+both!(
+    racing_deletes_and_verifications_keep_the_counts,
+    |api, ctx| async move {
+        let (user, mut authenticator) = passkey_user(&api, &ctx).await;
+        let mut ids = vec![api.passkeys(&user.key).await[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()];
+        for _ in 0..2 {
+            ids.push(
+                api.add_verified_passkey(&user.key, &mut authenticator)
+                    .await,
+            );
+        }
+        // Another unverified one, verified while the others are deleted.
+        let mut late = Authenticator::new();
+        let unverified = api.add_passkey(&user.key, &mut late).await;
+        let options = api.verification_options(&user.key, &unverified).await;
+        let assertion = late.assert(&options);
+        let mut tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (api, key, id) = (api.clone(), user.key.clone(), id.clone());
+                tokio::spawn(async move { api.delete_passkey(&key, &id).await.status })
+            })
+            .collect();
+        tasks.push({
+            let (api, key, id) = (api.clone(), user.key.clone(), unverified.clone());
+            tokio::spawn(async move {
+                api.complete_verification(&key, &id, &assertion)
+                    .await
+                    .status
+            })
+        });
+        for task in tasks {
+            let status = task.await.unwrap();
+            assert!(status == 204 || status == 200, "{status}");
+        }
+        let stored = ctx.store.user(user.uuid()).await.unwrap().unwrap();
+        assert_eq!(stored.passkey_count, 1);
+        assert_eq!(stored.verified_passkeys, 1);
+        let status = api.two_factor_status(&user.key).await;
+        assert_eq!(status["method"], "passkey", "{status}");
+        // And the last one deleted: passkey 2FA ends, and the user is told.
+        api.delete_passkey(&user.key, &unverified)
+            .await
+            .assert_no_content();
+        let stored = ctx.store.user(user.uuid()).await.unwrap().unwrap();
+        assert_eq!((stored.passkey_count, stored.verified_passkeys), (0, 0));
+        assert_eq!(api.two_factor_status(&user.key).await["is_enabled"], false);
+        notice(
+            &user.user.email,
+            "Passkeys no longer count as your second factor",
+        )
+        .await;
+    }
+);
+
+both!(
+    a_deactivated_user_can_do_nothing_with_passkeys,
+    |api, ctx| async move {
+        let (user, mut authenticator) = passkey_user(&api, &ctx).await;
+        let options = api.begin_passkey_sign_in(&user.key).await;
+        let assertion = authenticator.assert(&options);
+        deactivate(&ctx, user.uuid()).await;
+        api.sign_in(&user.key, &assertion)
+            .await
+            .assert_unauthorized("authentication_failed");
+        for (method, path) in [
+            ("POST", REGISTER_BEGIN),
+            ("GET", CREDENTIALS),
+            ("POST", SIGN_IN_BEGIN),
+        ] {
+            let reply = api.call(method, path).bearer(&user.key).send().await;
+            assert_eq!(reply.status, 401, "{method} {path}: {}", reply.body);
+        }
+    }
+);
