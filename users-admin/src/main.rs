@@ -79,6 +79,12 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Remove every passkey of a user and turn passkey 2FA off (a user who lost them, or
+    /// whose account got passkeys it should not have); prints {"uuid", "removed"}.
+    RemovePasskeys {
+        #[arg(long)]
+        user: String,
+    },
     /// Deactivate a user: from now on every key and sign-in token of the user gets 401.
     DeactivateUser {
         #[arg(long)]
@@ -268,6 +274,14 @@ async fn run(command: Command) -> Result<Value, Failure> {
                     })
                     .collect(),
             ))
+        }
+        Command::RemovePasskeys { user } => {
+            let uuid = user_uuid(&user)?;
+            let removed = store.remove_all_passkeys(uuid).await.map_err(|e| match e {
+                ApiError::NotFound => Failure::NoUser(uuid),
+                other => Failure::Store(other),
+            })?;
+            Ok(json!({"uuid": uuid, "removed": removed}))
         }
         Command::RevokeKey { key } => {
             if !store.delete_api_key(&ApiKeyHash::of(key.trim())).await? {

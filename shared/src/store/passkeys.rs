@@ -335,6 +335,38 @@ impl Store {
         })
     }
 
+    /// Removes every passkey of a user and turns passkey 2FA off (the operator's recovery of
+    /// an account whose passkeys are lost or were enrolled by someone else): each passkey by
+    /// [`Store::delete_passkey`], read again after a race. The passkeys removed.
+    pub async fn remove_all_passkeys(&self, uuid: UserId) -> Result<usize, ApiError> {
+        let mut removed = 0;
+        for _ in 0..(2 * MAX_PASSKEYS + 4) {
+            let (user, passkeys) = tokio::join!(self.user(uuid), self.passkeys_of(uuid));
+            let user = user?.ok_or(ApiError::NotFound)?;
+            let Some(passkey) = passkeys?.into_iter().next() else {
+                self.db
+                    .update_item()
+                    .table_name(&self.tables.users)
+                    .key("uuid", s(uuid))
+                    .update_expression("SET passkeys_enabled_for_2fa = :no")
+                    .condition_expression("attribute_exists(#uuid)")
+                    .expression_attribute_names("#uuid", "uuid")
+                    .expression_attribute_values(":no", AttributeValue::Bool(false))
+                    .send()
+                    .await
+                    .map_err(sdk("users.passkeys_off"))?;
+                return Ok(removed);
+            };
+            if self
+                .delete_passkey(&passkey, user.verified_passkeys)
+                .await?
+            {
+                removed += 1;
+            }
+        }
+        Err(ApiError::Unavailable)
+    }
+
     /// The transaction item that adds `by` to the user's count of verified passkeys.
     fn count_verified(&self, uuid: UserId, by: i64) -> Result<TransactWriteItem, ApiError> {
         let update = Update::builder()

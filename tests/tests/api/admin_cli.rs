@@ -467,3 +467,38 @@ async fn identities_are_linked_listed_and_unlinked_by_the_operator() {
     let missing = admin(&["list-identities", "--user", &unknown]).await;
     assert!(missing.failed().contains("no user"), "{}", missing.stderr);
 }
+
+/// An operator takes every passkey off an account (lost, or enrolled by someone else): they
+/// are gone, passkey 2FA is off, and each credential can be registered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_passkeys_clears_them_and_passkey_2fa() {
+    let ctx = std::sync::Arc::new(context().await);
+    let api = Api::InProcess(ctx.clone());
+    let user = create_user(&ctx, &["*"]).await;
+    let mut authenticator = api_tests::passkeys::Authenticator::new();
+    api.add_verified_passkey(&user.key, &mut authenticator)
+        .await;
+    api.add_passkey(&user.key, &mut authenticator).await;
+    api.set_passkey_2fa(&user.key, true)
+        .await
+        .assert_status(200);
+    assert_eq!(api.two_factor_status(&user.key).await["method"], "passkey");
+    let uuid = user.uuid().to_string();
+    let out = admin(&["remove-passkeys", "--user", &uuid]).await.json();
+    assert_eq!(out, json!({"uuid": uuid, "removed": 2}));
+    assert!(api.passkeys(&user.key).await.is_empty());
+    let status = api.two_factor_status(&user.key).await;
+    assert_eq!(status["is_enabled"], false, "{status}");
+    assert_eq!(status["has_passkeys"], false);
+    let stored = ctx.store.user(user.uuid()).await.unwrap().unwrap();
+    assert!(!stored.passkeys_enabled_for_2fa);
+    assert_eq!((stored.passkey_count, stored.verified_passkeys), (0, 0));
+    // Nothing left: removing again removes nothing; an unknown user is an error.
+    let out = admin(&["remove-passkeys", "--user", &uuid]).await.json();
+    assert_eq!(out["removed"], 0);
+    let missing = uuid::Uuid::new_v4().to_string();
+    assert!(admin(&["remove-passkeys", "--user", &missing])
+        .await
+        .failed()
+        .contains("no user"));
+}
