@@ -235,6 +235,18 @@ impl Ceremony {
         })
     }
 
+    /// The purpose the ceremony was stored under.
+    pub fn purpose(&self) -> Result<CeremonyPurpose, ApiError> {
+        [
+            CeremonyPurpose::Register,
+            CeremonyPurpose::Verify,
+            CeremonyPurpose::SignIn,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == self.purpose)
+        .ok_or_else(|| ApiError::internal("passkey_ceremonies", "unknown purpose"))
+    }
+
     fn state<S: serde::de::DeserializeOwned>(&self) -> Result<S, ApiError> {
         serde_json::from_str(&self.state).map_err(|e| ApiError::serialisation("ceremony state", &e))
     }

@@ -84,6 +84,14 @@ impl FailureCharge {
     pub fn of(seen: FailureState) -> Box<Self> {
         Box::new(FailureCharge { seen, also: None })
     }
+
+    /// A charge written in one transaction with `also` (the use of a passkey challenge).
+    pub fn with(seen: FailureState, also: crate::store::PendingWrite) -> Box<Self> {
+        Box::new(FailureCharge {
+            seen,
+            also: Some(also),
+        })
+    }
 }
 
 /// What one try at a limited code check came to.

@@ -127,15 +127,17 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     }
 }
 
-/// The sign-in check by passkey, under the same failure limit as codes: the lock is checked
-/// first, then the challenge is taken (once, whatever races it), then the assertion is
-/// checked against it and the passkey's counter moved forward with the failure state reset.
+/// The sign-in check by passkey, under the same failure limit as codes. One round of reads
+/// side by side (the 2FA state with the failure state, the passkeys, the ceremony), the lock
+/// checked before the answer is looked at, then one transaction that records what the answer
+/// came to and uses its ceremony up: of any number of racing answers to one challenge, one is
+/// recorded (counted if refused), and every other one finds the challenge gone.
 async fn verify_passkey(
     ctx: &Context,
     uuid: shared::users::UserId,
     body: &fields::Fields,
 ) -> Result<Response<Body>, ApiError> {
-    use shared::passkeys::{self, CeremonyPurpose};
+    use shared::passkeys::{self, CeremonyPurpose, ClientData};
     use shared::store::passkeys::PasskeyUse;
     let webauthn = ctx.webauthn()?;
     let credential_id = fields::required_text(
@@ -144,7 +146,7 @@ async fn verify_passkey(
         fields::Text::not_blank(passkeys::MAX_CREDENTIAL_ID_CHARS),
     )?;
     let response = fields::required_value(body, "response")?;
-    let assertion: shared::passkeys::Assertion = passkeys::credential_from(
+    let assertion: passkeys::Assertion = passkeys::credential_from(
         &json!({
             "id": credential_id,
             "rawId": credential_id,
@@ -153,15 +155,19 @@ async fn verify_passkey(
         }),
         Some("response"),
     )?;
+    let answered = ClientData::of(&assertion.response.client_data_json)
+        .ok_or_else(passkeys::no_sign_in_challenge)?;
     let store = &ctx.store;
-    // Taken on the first try; a retry after a lost race reuses it (it is gone from the store).
-    let taken = std::sync::Mutex::new(None);
-    let taken = &taken;
-    let (assertion, credential_id) = (&assertion, credential_id.as_str());
+    let (assertion, credential_id, challenge) = (
+        &assertion,
+        credential_id.as_str(),
+        answered.challenge.as_str(),
+    );
     throttle::limited(store, uuid, CodeCheck::SignIn, move || async move {
-        let (state, all) = tokio::join!(
+        let (state, all, ceremony) = tokio::join!(
             store.two_factor_state_for(uuid, CodeCheck::SignIn),
-            store.passkeys_of(uuid)
+            store.passkeys_of(uuid),
+            store.ceremony(uuid, CeremonyPurpose::SignIn),
         );
         let state = state?;
         let failures = state.failures;
@@ -169,23 +175,17 @@ async fn verify_passkey(
         if !state.user.as_ref().is_some_and(|u| u.passkey_2fa()) {
             return Err(passkeys::passkey_2fa_off());
         }
-        let held = taken.lock().ok().and_then(|t| t.clone());
-        let ceremony = match held {
-            Some(ceremony) => ceremony,
-            None => {
-                let answered = passkeys::ClientData::of(&assertion.response.client_data_json)
-                    .ok_or_else(passkeys::no_sign_in_challenge)?;
-                let ceremony = store
-                    .take_ceremony(uuid, CeremonyPurpose::SignIn, &answered.challenge)
-                    .await?
-                    .ok_or_else(passkeys::no_sign_in_challenge)?;
-                if let Ok(mut t) = taken.lock() {
-                    *t = Some(ceremony.clone());
-                }
-                ceremony
-            }
+        // An answer to an older, another or no ceremony takes nothing and is not counted.
+        let ceremony = ceremony?
+            .filter(|c| c.challenge == challenge)
+            .ok_or_else(passkeys::no_sign_in_challenge)?;
+        let used_up = store.ceremony_use(&ceremony)?;
+        let failed = |err| {
+            Ok(Attempt::Failed(
+                FailureCharge::with(failures, used_up.clone()),
+                err,
+            ))
         };
-        let failed = |err| Ok(Attempt::Failed(FailureCharge::of(failures), err));
         let Some(passkey) = all?
             .into_iter()
             .find(|p| p.verified && p.credential_id == credential_id)
@@ -203,11 +203,17 @@ async fn verify_passkey(
         };
         let used = passkey.after_use(&result)?;
         let now = shared::clock::iso_now();
-        Ok(match store.use_passkey(&used, &now, &failures).await? {
-            PasskeyUse::Done => Attempt::Done(()),
-            PasskeyUse::Refused => return failed(passkeys::sign_in_failed()),
-            PasskeyUse::Conflict => Attempt::Conflict,
-        })
+        Ok(
+            match store
+                .use_passkey(&used, &now, &failures, used_up.clone())
+                .await?
+            {
+                PasskeyUse::Done => Attempt::Done(()),
+                PasskeyUse::Refused => return failed(passkeys::sign_in_failed()),
+                PasskeyUse::CeremonyGone => return Err(passkeys::no_sign_in_challenge()),
+                PasskeyUse::Conflict => Attempt::Conflict,
+            },
+        )
     })
     .await?;
     http::ok(&json!({"success": true, "method": "passkey"}))

@@ -17,15 +17,17 @@ async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     let answered =
         ClientData::of(&response.response.client_data_json).ok_or_else(passkeys::no_challenge)?;
     let uuid = call.target.uuid;
-    let ceremony = ctx
-        .store
-        .take_ceremony(uuid, CeremonyPurpose::Verify, &answered.challenge)
-        .await?
-        .ok_or_else(passkeys::no_challenge)?;
+    // The ceremony is taken while the passkey and the user are read.
+    let (ceremony, passkey, user) = tokio::join!(
+        ctx.store
+            .take_ceremony(uuid, CeremonyPurpose::Verify, &answered.challenge),
+        ctx.store.passkey(uuid, &id),
+        ctx.store.user(uuid)
+    );
+    let ceremony = ceremony?.ok_or_else(passkeys::no_challenge)?;
     if ceremony.passkey_id.as_ref() != Some(&id) {
         return Err(passkeys::credential_mismatch());
     }
-    let (passkey, user) = tokio::join!(ctx.store.passkey(uuid, &id), ctx.store.user(uuid));
     let passkey = passkey?
         .filter(|p| !p.verified)
         .ok_or_else(passkeys::not_found_or_verified)?;

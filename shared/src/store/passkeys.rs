@@ -2,7 +2,7 @@
 //! slot per user and purpose, holding the state of a ceremony begun and not yet completed).
 //! The user item counts the user's passkeys and its verified ones, so that the routes that
 //! only need to know whether passkey 2FA is in effect read nothing more than the user.
-use super::{from_item, n, s, sdk, to_item, Item, Store, Tx};
+use super::{from_item, n, s, sdk, to_item, Item, PendingWrite, Store, Tx};
 use crate::error::ApiError;
 use crate::passkeys::{Ceremony, CeremonyPurpose, PasskeyId, PasskeyRecord, MAX_PASSKEYS};
 use crate::throttle::{CodeCheck, FailureState};
@@ -54,6 +54,8 @@ pub enum PasskeyUse {
     Done,
     /// The passkey is gone, no longer verified, or its counter did not move forward.
     Refused,
+    /// The ceremony was used up meanwhile (by a racing answer).
+    CeremonyGone,
     /// The failure state changed since it was read: read again.
     Conflict,
 }
@@ -100,6 +102,41 @@ impl Store {
             Err(err) if super::is_condition_failed(&err) => Ok(None),
             Err(err) => Err(ApiError::from_sdk("passkey_ceremonies.take", &err)),
         }
+    }
+
+    /// The ceremony in a user's slot, unless it has expired (read, not taken: the sign-in
+    /// check takes it in the same transaction as the answer's outcome, [`Store::ceremony_use`]).
+    pub async fn ceremony(
+        &self,
+        uuid: UserId,
+        purpose: CeremonyPurpose,
+    ) -> Result<Option<Ceremony>, ApiError> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.tables.passkey_ceremonies)
+            .set_key(Some(ceremony_key(uuid, purpose)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("passkey_ceremonies.get"))?;
+        let ceremony: Option<Ceremony> = out.item.map(from_item).transpose()?;
+        Ok(ceremony.filter(|c| c.expires_at > crate::clock::now_secs()))
+    }
+
+    /// The write that uses a ceremony up, provided it is still in its slot: for a transaction
+    /// that also records what its answer came to, so that of racing answers one is recorded.
+    pub fn ceremony_use(&self, ceremony: &Ceremony) -> Result<PendingWrite, ApiError> {
+        let delete = Delete::builder()
+            .table_name(&self.tables.passkey_ceremonies)
+            .set_key(Some(ceremony_key(ceremony.user_uuid, ceremony.purpose()?)))
+            .condition_expression("challenge = :challenge")
+            .expression_attribute_values(":challenge", s(&ceremony.challenge))
+            .build()
+            .map_err(|e| super::builder_failed("passkey_ceremonies.use", e))?;
+        Ok(PendingWrite(
+            TransactWriteItem::builder().delete(delete).build(),
+        ))
     }
 
     /// Every passkey of a user, oldest first (a user has at most [`MAX_PASSKEYS`], which one
@@ -296,9 +333,10 @@ impl Store {
         Ok(self.transact("passkeys.delete", items).await?.is_done())
     }
 
-    /// Records a passkey's use at sign-in: its new signature counter, which must be above
-    /// the stored one unless both are 0 (a synced passkey always reports 0), on a passkey
-    /// still there and verified; provided the sign-in failure state is still the one read.
+    /// Records a passkey's use at sign-in, with the use of its ceremony (`ceremony_use`): its
+    /// new signature counter, which must be above the stored one unless both are 0 (a synced
+    /// passkey always reports 0), on a passkey still there and verified; provided the sign-in
+    /// failure state is still the one read.
     /// It does not reset that state: whoever holds the account's key can enrol a passkey (as
     /// they can mint backup codes), so its use must not lift a lock on the other factors.
     pub async fn use_passkey(
@@ -306,6 +344,7 @@ impl Store {
         passkey: &PasskeyRecord,
         used_at: &str,
         failures: &FailureState,
+        ceremony_use: PendingWrite,
     ) -> Result<PasskeyUse, ApiError> {
         let update = Update::builder()
             .table_name(&self.tables.passkeys)
@@ -327,10 +366,14 @@ impl Store {
         let items = vec![
             TransactWriteItem::builder().update(update).build(),
             self.failures_still(passkey.user_uuid, CodeCheck::SignIn, failures)?,
+            ceremony_use.0,
         ];
+        let failed = |failed: &[bool], i: usize| failed.get(i).copied().unwrap_or(false);
         Ok(match self.transact("passkeys.use", items).await? {
             Tx::Done => PasskeyUse::Done,
-            Tx::Refused(failed) if failed.first().copied().unwrap_or(false) => PasskeyUse::Refused,
+            // Another answer to the same challenge was recorded first.
+            Tx::Refused(f) if failed(&f, 2) => PasskeyUse::CeremonyGone,
+            Tx::Refused(f) if failed(&f, 0) => PasskeyUse::Refused,
             Tx::Refused(_) => PasskeyUse::Conflict,
         })
     }

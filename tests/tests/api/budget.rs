@@ -212,10 +212,102 @@ async fn every_route_stays_within_three_sequential_dynamodb_calls() {
     .await;
     b.check("two-factor-disable", api.post(DISABLE_2FA).bearer(&k), 200)
         .await;
+    passkey_routes(&mut b, &ctx).await;
     b.check("fallback", api.get("/api/users/@me/nothing/"), 404)
         .await;
 
     for (label, total, depth) in &b.report {
         println!("{label:45} {total} DynamoDB calls, {depth} sequential");
     }
+}
+
+/// The passkey routes' usual requests, each answered by the software authenticator.
+async fn passkey_routes(b: &mut Budget, ctx: &shared::Context) {
+    use api_tests::passkeys::*;
+    let user = create_user(ctx, &["*"]).await;
+    let k = user.key.clone();
+    let api = b.api.clone();
+    let mut authenticator = Authenticator::new();
+    let options = b
+        .check(
+            "webauthn-register-begin",
+            api.post(REGISTER_BEGIN).bearer(&k),
+            200,
+        )
+        .await
+        .json();
+    let credential = authenticator.register(&options);
+    let done = b
+        .check(
+            "webauthn-register-complete",
+            api.post(REGISTER_COMPLETE).bearer(&k).json(&credential),
+            200,
+        )
+        .await
+        .json();
+    let id = done["credential_id"].as_str().unwrap().to_string();
+    let options = b
+        .check(
+            "webauthn-verify-begin",
+            api.post(&format!("{CREDENTIALS}{id}/verify/")).bearer(&k),
+            200,
+        )
+        .await
+        .json();
+    let assertion = authenticator.assert(&options);
+    b.check(
+        "webauthn-verify-complete",
+        api.post(&format!("{CREDENTIALS}{id}/verify_complete/"))
+            .bearer(&k)
+            .json(&assertion),
+        200,
+    )
+    .await;
+    b.check("webauthn-credentials", api.get(CREDENTIALS).bearer(&k), 200)
+        .await;
+    b.check(
+        "webauthn-credential-update",
+        api.patch(&format!("{CREDENTIALS}{id}/"))
+            .bearer(&k)
+            .json(&json!({"label": "Budget"})),
+        200,
+    )
+    .await;
+    b.check(
+        "update-user (passkey 2FA on)",
+        api.patch(ME)
+            .bearer(&k)
+            .json(&json!({"passkeys_enabled_for_2fa": true})),
+        200,
+    )
+    .await;
+    let options = b
+        .check(
+            "two-factor-passkey-begin",
+            api.post(SIGN_IN_BEGIN).bearer(&k),
+            200,
+        )
+        .await
+        .json();
+    let assertion = authenticator.assert(&options);
+    b.check(
+        "two-factor-verify (passkey)",
+        api.post(SIGN_IN).bearer(&k).json(&sign_in_body(&assertion)),
+        200,
+    )
+    .await;
+    let options = api.begin_passkey_sign_in(&k).await;
+    let refused = authenticator.assert_as(&options, &As::origin("https://evil.example"));
+    b.check(
+        "two-factor-verify (refused passkey)",
+        api.post(SIGN_IN).bearer(&k).json(&sign_in_body(&refused)),
+        400,
+    )
+    .await;
+    b.check(
+        "webauthn-credential-delete",
+        api.delete(&format!("{CREDENTIALS}{id}/")).bearer(&k),
+        204,
+    )
+    .await;
 }

@@ -459,14 +459,21 @@ fn valid_body(function: &str) -> Option<Value> {
         | "webauthn-verify-begin"
         | "two-factor-passkey-begin" => Some(json!({})),
         "webauthn-credential-update" => Some(json!({"label": "Fault"})),
-        // A well-formed credential: the ceremony is looked up (and absent: a 400).
+        // A well-formed credential answering challenge "AAAA": its ceremony is looked up
+        // (and absent: a 400).
         "webauthn-register-complete" => Some(json!({
             "id": "AAAA", "rawId": "AAAA", "type": "public-key",
-            "response": {"clientDataJSON": "e30", "attestationObject": "oA"}
+            "response": {
+                "clientDataJSON": "eyJ0eXBlIjoid2ViYXV0aG4uY3JlYXRlIiwiY2hhbGxlbmdlIjoiQUFBQSJ9",
+                "attestationObject": "oA"
+            }
         })),
         "webauthn-verify-complete" => Some(json!({
             "id": "AAAA", "rawId": "AAAA", "type": "public-key",
-            "response": {"clientDataJSON": "e30", "authenticatorData": "AA", "signature": "AA"}
+            "response": {
+                "clientDataJSON": "eyJ0eXBlIjoid2ViYXV0aG4uZ2V0IiwiY2hhbGxlbmdlIjoiQUFBQSJ9",
+                "authenticatorData": "AA", "signature": "AA"
+            }
         })),
         other => panic!("the fault tests know no valid body for {other}: add one to valid_body"),
     }
