@@ -566,10 +566,16 @@ both!(only_ever_the_callers_own_passkeys, |api, ctx| async move {
         .complete_verification(&bob.key, &bobs_id, &assertion)
         .await;
     assert_refused(&reply, "credential_mismatch");
-    // An unverified passkey is not a second factor: it is not offered.
+    // An unverified passkey is not a second factor: it is not offered, and its assertion
+    // of a sign-in challenge (the options forged to name it) is refused.
     let options = api.begin_passkey_sign_in(&bob.key).await;
     assert_eq!(options["allowCredentials"].as_array().unwrap().len(), 1);
     assert_eq!(api.passkeys(&bob.key).await.len(), 2);
+    let unverified_options = api.verification_options(&bob.key, &unverified).await;
+    let mut forged = options.clone();
+    forged["allowCredentials"] = unverified_options["allowCredentials"].clone();
+    let reply = api.sign_in(&bob.key, &third.assert(&forged)).await;
+    assert_refused(&reply, "2fa_invalid_passkey");
     // Alice's passkey untouched.
     assert_eq!(api.passkeys(&alice.key).await[0]["id"], alices_id.as_str());
 });
