@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,13 +38,7 @@ def _run_logged(sup: Supervisor, name: str, argv: list[str], log: Path, *, cwd: 
                 env: dict[str, str] | None = None, timeout: float = 900) -> int:
     """Runs a command to completion with its output in `log` (shown when it fails)."""
     child = sup.start(name, argv, cwd=cwd, env=env, log=log)
-    try:
-        code = child.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"  {name} did not finish within {timeout:.0f} s", file=sys.stderr)
-        code = -1
-    finally:
-        sup.stop(child)
+    code = sup.finish(child, timeout)
     if code != 0:
         print(f"  {name} failed ({code}); {shown(log)}:\n{child.log_tail(30)}", file=sys.stderr)
     return code
@@ -162,13 +155,7 @@ def run_browser_test(sup: Supervisor, env: dict[str, str], page: TestPage, pool:
           f"{shown(SCREENSHOT_DIR)}/", flush=True)
     child = sup.start("browser test", [node, str(BROWSER_TEST)], cwd=BROWSER_TEST_DIR, env=test_env,
                       graceful_signal=signal.SIGTERM)
-    try:
-        code = child.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"  the browser test did not finish within {timeout:.0f} s", file=sys.stderr)
-        code = -1
-    finally:
-        sup.stop(child)
+    code = sup.finish(child, timeout)
     print(f"stack: browser test screenshots: {shown(SCREENSHOT_DIR)}/ "
           f"({time.monotonic() - started:.0f} s)", flush=True)
     return code == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -86,13 +85,7 @@ def run_schemathesis(sup: Supervisor, env: dict[str, str], url: str, *, seed: in
     print(f"stack: schemathesis against {url} as {email} (staff, scope *, 2FA on): seed {seed}, "
           f"at most {examples} examples per operation and phase", flush=True)
     child = sup.start("schemathesis", argv, env=process_env({**env, "SCHEMATHESIS_TELEMETRY": "false"}))
-    try:
-        code = child.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"  schemathesis did not finish within {timeout:.0f} s", file=sys.stderr)
-        code = -1
-    finally:
-        sup.stop(child)
+    code = sup.finish(child, timeout)
     if code != 0:
         print(f"stack: schemathesis reports: {report.relative_to(ROOT)}", file=sys.stderr)
     return code == 0

@@ -149,6 +149,17 @@ class Supervisor:
         for child in reversed(list(self.children)):
             self.stop(child)
 
+    def finish(self, child: Child, timeout: float) -> int:
+        """Waits for a child started to run to completion, at most `timeout` seconds (then it
+        is stopped and the answer is -1, said on stderr); its exit code."""
+        try:
+            return child.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"  {child.name} did not finish within {timeout:.0f} s", file=sys.stderr)
+            return -1
+        finally:
+            self.stop(child)
+
     def run(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
             on_line: Callable[[str], None] | None = None) -> int:
         """Runs a command to completion in its own session (so an interrupt stops all of it).
