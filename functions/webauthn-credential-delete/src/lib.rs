@@ -13,7 +13,10 @@ async fn delete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let uuid = call.target.uuid;
     // A passkey verified, or another deleted, between the read and the delete is read again
     // (the delete is conditioned on what was read, which decides the counts and notices).
-    for _ in 0..3 {
+    for round in 0..10 {
+        if round > 0 {
+            shared::store::race_backoff(round).await;
+        }
         let (passkey, user) = tokio::join!(ctx.store.passkey(uuid, &id), ctx.store.user(uuid));
         let passkey = passkey?.ok_or_else(passkeys::not_found)?;
         let user = user?.ok_or(ApiError::NotFound)?;

@@ -109,6 +109,13 @@ impl Tx {
     }
 }
 
+/// Waits before round `round` (from 1) of a read-then-conditional-write that lost a race: a
+/// few milliseconds, doubling, with jitter so that the racers spread out.
+pub async fn race_backoff(round: u32) {
+    let jitter = rand::random::<u64>() % (4u64 << round.min(5));
+    tokio::time::sleep(std::time::Duration::from_millis(2 + jitter)).await;
+}
+
 /// Rounds a transaction is retried while it only conflicts with another one in flight.
 const TX_CONFLICT_ROUNDS: u32 = 5;
 

@@ -382,8 +382,11 @@ impl Store {
     /// an account whose passkeys are lost or were enrolled by someone else): each passkey by
     /// [`Store::delete_passkey`], read again after a race. The passkeys removed.
     pub async fn remove_all_passkeys(&self, uuid: UserId) -> Result<usize, ApiError> {
-        let mut removed = 0;
-        for _ in 0..(2 * MAX_PASSKEYS + 4) {
+        let (mut removed, mut lost) = (0, 0);
+        for _ in 0..(3 * MAX_PASSKEYS) {
+            if lost > 0 {
+                super::race_backoff(lost).await;
+            }
             let (user, passkeys) = tokio::join!(self.user(uuid), self.passkeys_of(uuid));
             let user = user?.ok_or(ApiError::NotFound)?;
             let Some(passkey) = passkeys?.into_iter().next() else {
@@ -404,7 +407,9 @@ impl Store {
                 .delete_passkey(&passkey, user.verified_passkeys)
                 .await?
             {
-                removed += 1;
+                (removed, lost) = (removed + 1, 0);
+            } else {
+                lost += 1;
             }
         }
         Err(ApiError::Unavailable)
