@@ -201,11 +201,12 @@ pub mod https {
     /// The connector for calls beyond AWS (the token issuer's JWKS, at Auth0, Okta or a
     /// provider of the team's own): it trusts the public web's roots (Mozilla's set, compiled
     /// in), or, when `ca_bundle` names a PEM file, only the roots in it (a private issuer).
-    /// Built on the first such call, never at start-up. `Err` when the bundle cannot be read.
+    /// Built on the first such call, never at start-up. `None` (logged) when the bundle
+    /// cannot be read.
     pub fn web_connector(
         ca_bundle: Option<&std::path::Path>,
         connect_timeout: std::time::Duration,
-    ) -> Result<aws_smithy_http_client::Connector, ()> {
+    ) -> Option<aws_smithy_http_client::Connector> {
         let mut roots = TrustStore::empty();
         match ca_bundle {
             Some(path) => {
@@ -214,7 +215,7 @@ pub mod https {
                     .filter(|pem| parse_ca_bundle(pem).is_some());
                 let Some(pem) = pem else {
                     tracing::error!("TOKEN_CA_BUNDLE is not a readable PEM file of certificates");
-                    return Err(());
+                    return None;
                 };
                 roots.add_pem_certificate(pem);
             }
@@ -224,19 +225,21 @@ pub mod https {
                 }
             }
         }
-        let context = TlsContext::builder()
-            .with_trust_store(roots)
-            .build()
-            .map_err(|_| tracing::error!("no TLS context for the web's roots"))?;
+        let Ok(context) = TlsContext::builder().with_trust_store(roots).build() else {
+            tracing::error!("no TLS context for the web's roots");
+            return None;
+        };
         let settings = HttpConnectorSettings::builder()
             .connect_timeout(connect_timeout)
             .read_timeout(connect_timeout * 2)
             .build();
-        Ok(aws_smithy_http_client::Connector::builder()
-            .connector_settings(settings)
-            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(context)
-            .build())
+        Some(
+            aws_smithy_http_client::Connector::builder()
+                .connector_settings(settings)
+                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                .tls_context(context)
+                .build(),
+        )
     }
 
     /// A DER certificate as PEM, the form the SDK's trust store takes.

@@ -101,7 +101,7 @@ impl PasskeyId {
     pub fn parse(segment: &str) -> Result<Self, ApiError> {
         uuid::Uuid::try_parse(segment)
             .map(|u| PasskeyId(u.to_string()))
-            .map_err(|_| not_found())
+            .map_err(|_| ApiError::NotFound)
     }
 
     pub fn as_str(&self) -> &str {
@@ -439,10 +439,6 @@ pub fn passkeys_off() -> ApiError {
         "Passkeys are not set up on this deployment.",
         None,
     )
-}
-
-pub fn not_found() -> ApiError {
-    ApiError::NotFound
 }
 
 pub fn no_passkeys() -> ApiError {

@@ -282,7 +282,7 @@ impl TokenSettings {
                 scopes.push(bare.to_string());
             }
         }
-        if app.is_some_and(|app| self.first_party_clients.iter().any(|c| *c == app)) {
+        if app.is_some_and(|app| self.first_party_clients.contains(&app)) {
             for scope in ["user:read", "user:write"] {
                 if !scopes.iter().any(|s| s == scope) {
                     scopes.push(scope.to_string());
@@ -445,7 +445,7 @@ struct Jwks {
     /// When the keys in hand were fetched.
     fetched_at: RwLock<Option<Instant>>,
     fetches: tokio::sync::Mutex<JwksFetches>,
-    connector: OnceLock<Result<aws_smithy_http_client::Connector, ()>>,
+    connector: OnceLock<Option<aws_smithy_http_client::Connector>>,
 }
 
 impl Jwks {
@@ -562,7 +562,7 @@ impl Jwks {
                 )
             })
             .as_ref()
-            .map_err(|_| ApiError::internal("jwks.connector", "the CA bundle cannot be used"))
+            .ok_or_else(|| ApiError::internal("jwks.connector", "the CA bundle cannot be used"))
     }
 
     /// One GET of the JWKS document. Keys of types this API does not use are skipped, not
@@ -651,7 +651,9 @@ pub async fn cognito_email(
             return Err(ApiError::Unavailable);
         }
         Err(SdkError::ServiceError(e)) => {
-            tracing::info!(code = ?aws_sdk_cognitoidentityprovider::error::ProvideErrorMetadata::code(e.err()), "Cognito did not tell the signed-in address");
+            let error_code =
+                aws_sdk_cognitoidentityprovider::error::ProvideErrorMetadata::code(e.err());
+            tracing::info!(?error_code, "Cognito did not tell the signed-in address");
             return Ok(None);
         }
         Err(e) => return Err(ApiError::from_sdk("cognito.get_user", &e)),

@@ -1,7 +1,7 @@
 //! `DELETE /api/webauthn/credentials/{id}/`: removes one of the caller's passkeys, and says
 //! so by email.
 use shared::lambda_http::{Body, Request, Response};
-use shared::passkeys::{self, PasskeyId};
+use shared::passkeys::PasskeyId;
 use shared::two_factor::{notify, Notice};
 use shared::{http, ApiError, Context};
 
@@ -18,7 +18,7 @@ async fn delete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
             shared::store::race_backoff(round).await;
         }
         let (passkey, user) = tokio::join!(ctx.store.passkey(uuid, &id), ctx.store.user(uuid));
-        let passkey = passkey?.ok_or_else(passkeys::not_found)?;
+        let passkey = passkey?.ok_or(ApiError::NotFound)?;
         let user = user?.ok_or(ApiError::NotFound)?;
         if ctx
             .store

@@ -1,6 +1,6 @@
 //! `PATCH /api/webauthn/credentials/{id}/`: renames one of the caller's passkeys.
 use shared::lambda_http::{Body, Request, Response};
-use shared::passkeys::{self, PasskeyId, MAX_LABEL_CHARS};
+use shared::passkeys::{PasskeyId, MAX_LABEL_CHARS};
 use shared::{fields, http, ApiError, Context};
 
 shared::endpoint!(rename);
@@ -12,12 +12,12 @@ async fn rename(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let label = fields::required_text(&body, "label", fields::Text::not_blank(MAX_LABEL_CHARS))?;
     let uuid = call.target.uuid;
     if !ctx.store.rename_passkey(uuid, &id, &label).await? {
-        return Err(passkeys::not_found());
+        return Err(ApiError::NotFound);
     }
     let passkey = ctx
         .store
         .passkey(uuid, &id)
         .await?
-        .ok_or_else(passkeys::not_found)?;
+        .ok_or(ApiError::NotFound)?;
     http::ok(&passkey.to_json())
 }

@@ -15,7 +15,7 @@ async fn begin(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError>
         .store
         .passkey(uuid, &id)
         .await?
-        .ok_or_else(passkeys::not_found)?;
+        .ok_or(ApiError::NotFound)?;
     if passkey.verified {
         return Err(passkeys::already_verified());
     }

@@ -678,7 +678,7 @@ both!(
         }
         // Ids that are not passkey ids are 404s.
         for bad in ["1", "not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
-            api.delete_passkey(&user.key, &bad).await.assert_not_found();
+            api.delete_passkey(&user.key, bad).await.assert_not_found();
         }
         let list = api.passkeys(&user.key).await;
         assert_eq!(list.len(), 1);
@@ -939,6 +939,34 @@ both!(
         ] {
             let reply = api.call(method, path).bearer(&user.key).send().await;
             assert_eq!(reply.status, 401, "{method} {path}: {}", reply.body);
+        }
+    }
+);
+
+both!(
+    turning_passkey_2fa_on_races_the_last_passkeys_deletion,
+    |api, ctx| async move {
+        // The PATCH is conditioned on a verified passkey at its write: whichever wins, passkey
+        // 2FA is never in effect without a verified passkey, and a refused PATCH says why.
+        for _ in 0..4 {
+            let user = create_user(&ctx, &["*"]).await;
+            let id = api
+                .add_verified_passkey(&user.key, &mut Authenticator::new())
+                .await;
+            let (on, deleted) = tokio::join!(
+                api.set_passkey_2fa(&user.key, true),
+                api.delete_passkey(&user.key, &id)
+            );
+            deleted.assert_no_content();
+            if on.status != 200 {
+                assert_refused(&on, "no_passkeys");
+            }
+            let status = api.two_factor_status(&user.key).await;
+            assert_eq!(status["passkeys_enabled_for_2fa"], false, "{status}");
+            assert_eq!(status["is_enabled"], false, "{status}");
+            assert_eq!(api.me(&user.key).await["is_2fa_enabled"], false);
+            let stored = ctx.store.user(user.uuid()).await.unwrap().unwrap();
+            assert_eq!(stored.verified_passkeys, 0);
         }
     }
 );

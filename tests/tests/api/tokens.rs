@@ -33,6 +33,12 @@ async fn app_user_with_cognito(ctx: &shared::Context) -> (TestUser, CognitoUser)
     (user, cognito)
 }
 
+/// The user has no identity link, live or not.
+async fn assert_no_links(ctx: &shared::Context, uuid: UserId) {
+    let links = ctx.store.identities_of(uuid).await.unwrap();
+    assert!(links.is_empty(), "{links:?}");
+}
+
 /// The same context taking tokens with other settings (its own, empty JWKS cache).
 fn with_settings(ctx: &shared::Context, settings: shared::tokens::TokenSettings) -> Api {
     Api::InProcess(Arc::new(
@@ -349,12 +355,7 @@ both!(
         let unverified = cognito_user(&user.user.email, false).await;
         let reply = api.get(ME).bearer(&unverified.access_token).send().await;
         reply.assert_invalid_token(UNVERIFIED);
-        assert!(ctx
-            .store
-            .identities_of(user.uuid())
-            .await
-            .unwrap()
-            .is_empty());
+        assert_no_links(&ctx, user.uuid()).await;
         // An address nobody has here, verified: link-by-email (the stack's setting) refuses.
         let stranger = cognito_user(&unique_email("stranger"), true).await;
         let reply = api.get(ME).bearer(&stranger.access_token).send().await;
@@ -394,12 +395,7 @@ async fn a_deactivated_users_address_links_no_new_identity() {
     let api = Api::InProcess(Arc::new(context().await));
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
     reply.assert_invalid_token(INVALID);
-    assert!(ctx
-        .store
-        .identities_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert_no_links(&ctx, user.uuid()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -515,12 +511,7 @@ async fn scopes_come_from_the_token_with_or_without_the_prefix() {
             "API key missing required scope 'user:read'",
             None,
         );
-    assert!(ctx
-        .store
-        .identities_of(user.uuid())
-        .await
-        .unwrap()
-        .is_empty());
+    assert_no_links(&ctx, user.uuid()).await;
     let link = IdentityLink::new(
         &settings.issuer,
         &cognito.sub,
@@ -767,12 +758,7 @@ both!(
             .send()
             .await
             .assert_invalid_token(NOT_LINKED);
-        assert!(ctx
-            .store
-            .identities_of(staff.uuid())
-            .await
-            .unwrap()
-            .is_empty());
+        assert_no_links(&ctx, staff.uuid()).await;
         // An address set without a code (no sender configured) is shown unverified and links no
         // token, whoever signs in with it: its owner never proved it.
         let quick = Api::InProcess(Arc::new(context_without_email().await));
@@ -790,12 +776,7 @@ both!(
             .send()
             .await
             .assert_invalid_token(NOT_LINKED);
-        assert!(ctx
-            .store
-            .identities_of(user.uuid())
-            .await
-            .unwrap()
-            .is_empty());
+        assert_no_links(&ctx, user.uuid()).await;
     }
 );
 
