@@ -777,6 +777,20 @@ class TwoFactorVerifyByPasskey(TwoFactorPasskeyBegin):
                        json.dumps({"credential_id": assertion["id"], "response": assertion["response"]}))
 
 
+class SecurityEvents(Scenario):
+    name = "security-events"
+    case = "GET users/@me/security_events/ with 12 records (2FA on, backup codes regenerated 11 times) → 200 first page of 20"
+
+    def setup(self) -> None:
+        super().setup()
+        self.enable_2fa(self.user)
+        for _ in range(11):
+            self.backup_codes(self.user)
+
+    def prepare(self, i: int) -> Request:
+        return Request("GET", "/api/users/@me/security_events/", self.key)
+
+
 class Empty(GetUser):
     name = EMPTY
     case = "any event → fixed 200 (baseline: lambda_runtime, no clients)"
@@ -904,6 +918,7 @@ SCENARIOS: list[type[Scenario]] = [
     CancelEmailChange, VerifyEmail, GetUser, UpdateUser, Fallback,
     WebauthnRegisterBegin, WebauthnRegisterComplete, WebauthnCredentials, WebauthnCredentialUpdate,
     WebauthnCredentialDelete, WebauthnVerifyBegin, WebauthnVerifyComplete, TwoFactorPasskeyBegin,
+    SecurityEvents,
 ]
 
 

@@ -44,6 +44,13 @@ impl ApiKeyHash {
     pub fn of(key: &str) -> Self {
         ApiKeyHash(format!("sha256${}", hex(&Sha256::digest(key.as_bytes()))))
     }
+
+    /// The first 8 hex digits of the hash: enough to tell a user's keys apart in the audit
+    /// trail and `users-admin`, nothing to authenticate with.
+    pub fn id_prefix(&self) -> &str {
+        let digits = self.0.strip_prefix("sha256$").unwrap_or(&self.0);
+        digits.get(..8).unwrap_or(digits)
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -92,6 +99,9 @@ pub struct Caller {
     /// The key, when its last use is to be noted: never noted, or not in the last hour.
     pub key_to_note: Option<ApiKeyHash>,
     pub credential: Credential,
+    /// A prefix of the credential's id for the audit trail (a key's hash, a token's `jti`):
+    /// never enough to authenticate with.
+    pub credential_id: Option<String>,
 }
 
 /// How often a key's `last_used_at` is written at most, as PostHog does.
@@ -160,6 +170,8 @@ pub struct Authenticators<'a> {
     pub store: &'a Store,
     pub tokens: Option<&'a TokenVerifier>,
     pub cognito: Option<&'a aws_sdk_cognitoidentityprovider::Client>,
+    /// Days the record of a link made at a token's first use is kept.
+    pub events_retention_days: u64,
 }
 
 /// The caller of `Authorization: Bearer <credential>`: a personal API key (by its shape), or,
@@ -178,7 +190,7 @@ pub async fn authenticate(
     }
     match auth.tokens {
         Some(tokens) if credential.contains('.') => {
-            authenticate_token(auth, tokens, credential, scope).await
+            authenticate_token(auth, tokens, credential, scope, crate::http::request_id(req)).await
         }
         _ => Err(ApiError::AuthenticationFailed),
     }
@@ -205,6 +217,7 @@ async fn authenticate_key(store: &Store, key: &str) -> Result<Caller, ApiError> 
         uuid,
         is_staff: record.user_is_staff,
         scopes: record.scopes,
+        credential_id: Some(hash.id_prefix().to_string()),
         key_to_note: due.then_some(hash),
         credential: Credential::ApiKey,
     })
@@ -217,6 +230,7 @@ async fn authenticate_token(
     tokens: &TokenVerifier,
     raw: &str,
     scope: Scope,
+    request_id: &str,
 ) -> Result<Caller, ApiError> {
     let token = tokens.verify(raw).await?;
     require_scope(&token.scopes, scope)?;
@@ -227,8 +241,15 @@ async fn authenticate_token(
             if let Some(refusal) = tokens.refused_lately(&key.0) {
                 return Err(refusal);
             }
-            let linked =
-                link_on_first_use(auth, tokens.settings.new_identity, &token, raw, &key).await;
+            let linked = link_on_first_use(
+                auth,
+                tokens.settings.new_identity,
+                &token,
+                raw,
+                &key,
+                request_id,
+            )
+            .await;
             if let Err(error) = &linked {
                 tokens.note_refusal(&key.0, error);
             }
@@ -243,6 +264,7 @@ async fn authenticate_token(
         is_staff: link.user_is_staff,
         scopes: token.scopes,
         key_to_note: None,
+        credential_id: token.token_id,
         credential: Credential::AccessToken {
             client: token.client,
         },
@@ -285,10 +307,31 @@ async fn link_on_first_use(
     token: &VerifiedToken,
     raw: &str,
     key: &IdentityKey,
+    request_id: &str,
 ) -> Result<IdentityLink, ApiError> {
     if policy == NewIdentity::Refuse {
         return Err(tokens::refused("not_linked"));
     }
+    // The record of the link, by the token that made it.
+    let linked = |user: UserId, how: LinkedBy| {
+        let actor = crate::security_events::Actor {
+            uuid: Some(user),
+            credential: "access_token".into(),
+            credential_id: token.token_id.clone(),
+            client: Some(token.client.clone()),
+            request_id: request_id.to_string(),
+        };
+        crate::security_events::SecurityEvent::new(
+            user,
+            crate::security_events::EventKind::IdentityLinked,
+            &actor,
+            auth.events_retention_days,
+        )
+        .with_detail(match how {
+            LinkedBy::NewUser => "new_user",
+            _ => "verified_email",
+        })
+    };
     let email = verified_email(auth, token, raw).await?;
     let store = auth.store;
     for _round in 0..3 {
@@ -312,7 +355,13 @@ async fn link_on_first_use(
                     user.is_staff,
                     LinkedBy::VerifiedEmail,
                 );
-                (store.link_identity_by_address(&link, &email).await?, link)
+                let event = linked(user.uuid, LinkedBy::VerifiedEmail);
+                (
+                    store
+                        .link_identity_by_address(&link, &email, &event)
+                        .await?,
+                    link,
+                )
             }
             None if policy == NewIdentity::CreateUser => {
                 let mut user =
@@ -325,7 +374,11 @@ async fn link_on_first_use(
                     false,
                     LinkedBy::NewUser,
                 );
-                (store.create_user_with_identity(&user, &link).await?, link)
+                let event = linked(user.uuid, LinkedBy::NewUser);
+                (
+                    store.create_user_with_identity(&user, &link, &event).await?,
+                    link,
+                )
             }
             None => return Err(tokens::refused("not_linked")),
         };
@@ -446,6 +499,7 @@ mod tests {
             scopes: vec![s.into()],
             key_to_note: None,
             credential: Credential::ApiKey,
+            credential_id: None,
         };
         assert!(caller("user:write").require(Scope::UserRead).is_ok());
         assert!(caller("*").require(Scope::UserWrite).is_ok());

@@ -18,6 +18,8 @@ pub struct Tables {
     pub passkeys: String,
     /// Passkey ceremonies begun and not yet completed: one slot per user and purpose.
     pub passkey_ceremonies: String,
+    /// The audit trail of account-security changes.
+    pub security_events: String,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct Config {
     /// The relying party passkeys are made for; `None` where the function has no passkey
     /// ceremony.
     pub relying_party: Option<crate::passkeys::RelyingParty>,
+    /// Days a security event is kept (its TTL).
+    pub security_events_retention_days: u64,
 }
 
 /// A required variable was not set (or not to a value it can take): the deployment is
@@ -70,12 +74,21 @@ impl Config {
                 identities: required("IDENTITIES_TABLE")?,
                 passkeys: required("PASSKEYS_TABLE")?,
                 passkey_ceremonies: required("PASSKEY_CEREMONIES_TABLE")?,
+                security_events: required("SECURITY_EVENTS_TABLE")?,
             },
             encryption_secret_id: optional("ENCRYPTION_SECRET_ID"),
             totp_issuer: optional("TOTP_ISSUER").unwrap_or_else(|| "PostHog".to_string()),
             email_sender: optional("EMAIL_SENDER"),
             tokens: crate::tokens::TokenSettings::from_env()?,
             relying_party: crate::passkeys::RelyingParty::from_env()?,
+            security_events_retention_days: match optional("SECURITY_EVENTS_RETENTION_DAYS") {
+                None => crate::security_events::DEFAULT_RETENTION_DAYS,
+                Some(days) => days
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|d| (1..=36_500).contains(d))
+                    .ok_or(MissingVar("SECURITY_EVENTS_RETENTION_DAYS"))?,
+            },
         })
     }
 }

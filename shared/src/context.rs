@@ -361,6 +361,15 @@ pub struct Call {
     pub matched: Matched,
     pub caller: Caller,
     pub target: TargetUser,
+    /// The Lambda request id ("-" outside Lambda), for the audit trail.
+    pub request_id: String,
+}
+
+impl Call {
+    /// The caller as the audit trail records it.
+    pub fn actor(&self) -> crate::security_events::Actor {
+        crate::security_events::Actor::caller(&self.caller, &self.request_id)
+    }
 }
 
 impl Context {
@@ -541,6 +550,7 @@ impl Context {
             store: &self.store,
             tokens: self.tokens.as_deref(),
             cognito: self.cognito.as_ref(),
+            events_retention_days: self.config.security_events_retention_days,
         };
         let caller = auth::authenticate(authenticators, req, matched.route.scope).await?;
         if let Some(key) = &caller.key_to_note {
@@ -552,7 +562,33 @@ impl Context {
             matched,
             caller,
             target,
+            request_id: http::request_id(req).to_string(),
         })
+    }
+
+    /// A record of `event` on `user`'s account by `actor`, kept as long as the deployment says.
+    pub fn security_event(
+        &self,
+        user: crate::users::UserId,
+        event: crate::security_events::EventKind,
+        actor: &crate::security_events::Actor,
+    ) -> crate::security_events::SecurityEvent {
+        crate::security_events::SecurityEvent::new(
+            user,
+            event,
+            actor,
+            self.config.security_events_retention_days,
+        )
+    }
+
+    /// [`Context::security_event`] by the caller of `call`.
+    pub fn event_by(
+        &self,
+        call: &Call,
+        user: crate::users::UserId,
+        event: crate::security_events::EventKind,
+    ) -> crate::security_events::SecurityEvent {
+        self.security_event(user, event, &call.actor())
     }
 
     /// The work no response waits for, done after it is posted ([`crate::run`]): the mail the

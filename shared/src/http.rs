@@ -159,6 +159,13 @@ fn check_origin(req: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// The Lambda request id of the invocation, "-" outside Lambda.
+pub fn request_id(req: &Request) -> &str {
+    req.lambda_context_ref()
+        .map(|c| c.request_id.as_str())
+        .unwrap_or("-")
+}
+
 /// Runs a handler, turns its error into the envelope, and writes the one log line of the
 /// request: request and X-Ray trace ids, method, route, status and latency. Never the body or
 /// headers.
@@ -168,20 +175,40 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>>,
 {
     let started = Instant::now();
-    let mut response = match check_origin(req) {
-        Ok(()) => handler(req).await.unwrap_or_else(ApiError::into_response),
-        Err(refused) => refused.into_response(),
+    let route = crate::routes::resolve(req.method().as_str(), req.uri().path())
+        .ok()
+        .map(|m| m.route);
+    let function = route.map(|r| r.function).unwrap_or("fallback");
+    let answer = async {
+        match check_origin(req) {
+            Ok(()) => match handler(req).await {
+                Ok(response) => (response, None),
+                Err(error) => {
+                    let reason = crate::metrics::auth_failure(&error);
+                    (error.into_response(), reason)
+                }
+            },
+            Err(refused) => (refused.into_response(), Some("origin_not_verified")),
+        }
     };
+    let (mut response, _) = crate::metrics::measured(answer, |(response, reason)| {
+        crate::metrics::Outcome {
+            function,
+            status: response.status().as_u16(),
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            auth_failure: *reason,
+            request_id: request_id(req),
+        }
+    })
+    .await;
     // Responses carry TOTP secrets, backup codes and account data: no cache may keep one.
     response.headers_mut().insert(
         lambda_http::http::header::CACHE_CONTROL,
         lambda_http::http::HeaderValue::from_static("no-store"),
     );
-    let route = crate::routes::resolve(req.method().as_str(), req.uri().path())
-        .map(|m| m.route.path)
-        .unwrap_or("$default");
+    let route = route.map(|r| r.path).unwrap_or("$default");
     let lambda = req.lambda_context_ref();
-    let request_id = lambda.map(|c| c.request_id.as_str()).unwrap_or("-");
+    let request_id = request_id(req);
     let xray_trace_id = lambda
         .and_then(|c| c.xray_trace_id.as_deref())
         .unwrap_or("-");

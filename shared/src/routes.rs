@@ -166,6 +166,14 @@ pub const ROUTES: &[Route] = &[
         UserWrite,
         Target::Caller
     ),
+    // The account's audit trail (not in PostHog's API).
+    route!(
+        "GET",
+        "/api/users/{uuid}/security_events",
+        "security-events",
+        UserRead,
+        Target::StaffMayTarget
+    ),
     route!(
         "GET",
         "/api/users/{uuid}",

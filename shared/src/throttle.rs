@@ -74,23 +74,38 @@ pub fn after_failure(state: &FailureState, now_ms: u64) -> FailureState {
 }
 
 /// A failure to charge: the state it was read as (the charge is a compare-and-set on it),
-/// and what else must change in the same write (an email-change request's own count).
+/// and what else must change in the same write (an email-change request's own count, the
+/// record of a lock it starts).
 pub struct FailureCharge {
     pub seen: FailureState,
-    pub(crate) also: Option<crate::store::PendingWrite>,
+    pub(crate) also: Vec<crate::store::PendingWrite>,
 }
 
 impl FailureCharge {
     pub fn of(seen: FailureState) -> Box<Self> {
-        Box::new(FailureCharge { seen, also: None })
+        Box::new(FailureCharge {
+            seen,
+            also: Vec::new(),
+        })
     }
 
     /// A charge written in one transaction with `also` (the use of a passkey challenge).
     pub fn with(seen: FailureState, also: crate::store::PendingWrite) -> Box<Self> {
         Box::new(FailureCharge {
             seen,
-            also: Some(also),
+            also: vec![also],
         })
+    }
+}
+
+impl CodeCheck {
+    /// The check's name in the audit trail and the metrics.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            CodeCheck::EmailChange => "email_change",
+            CodeCheck::TotpSetup => "totp_setup",
+            CodeCheck::SignIn => "sign_in",
+        }
     }
 }
 
@@ -109,11 +124,14 @@ pub enum Attempt<T> {
 /// refuses with `check` while locked, before comparing anything), tests the code and commits
 /// a success conditioned on the state it read; a failure is charged here with a
 /// compare-and-set. Every answer that reveals whether a code was right is thus counted
-/// exactly once, however many checks race.
+/// exactly once, however many checks race. A failure that locks the check writes
+/// `lock_event` (a `lock_started` record) in the same transaction as the charge, and every
+/// counted failure and lock is a metric of the request.
 pub async fn limited<T, F, Fut>(
     store: &crate::store::Store,
     uuid: UserId,
     check: CodeCheck,
+    lock_event: crate::security_events::SecurityEvent,
     mut attempt: F,
 ) -> Result<T, ApiError>
 where
@@ -128,9 +146,18 @@ where
         match attempt().await? {
             Attempt::Done(value) => return Ok(value),
             Attempt::Conflict => continue,
-            Attempt::Failed(charge, error) => {
+            Attempt::Failed(mut charge, error) => {
                 let next = after_failure(&charge.seen, crate::clock::now_millis());
+                let locks = next.locked_until_ms > 0;
+                if locks {
+                    let event = lock_event.clone().with_detail(check.short_name());
+                    charge.also.push(store.security_event_write(&event)?);
+                }
                 if store.charge_failure(uuid, check, &next, *charge).await? {
+                    crate::metrics::count(crate::metrics::Counter::CodeCheckFailures);
+                    if locks {
+                        crate::metrics::count(crate::metrics::Counter::Locks);
+                    }
                     return Err(error);
                 }
             }

@@ -161,6 +161,8 @@ pub struct VerifiedToken {
     /// The `email` claim, and whether `email_verified` says it was verified.
     pub email: Option<String>,
     pub email_verified: bool,
+    /// The first 8 characters of the token's `jti`, for the audit trail.
+    pub token_id: Option<String>,
 }
 
 /// `aud` and `scp` come as a string or a list.
@@ -220,6 +222,8 @@ struct Claims {
     email: Option<String>,
     #[serde(default)]
     email_verified: Option<Flag>,
+    #[serde(default)]
+    jti: Option<String>,
 }
 
 /// The scopes this API knows, as a token grants them.
@@ -298,6 +302,9 @@ impl TokenSettings {
             scopes,
             email: claims.email.filter(|e| !e.is_empty()),
             email_verified,
+            token_id: claims
+                .jti
+                .map(|jti| jti.chars().filter(char::is_ascii_alphanumeric).take(8).collect()),
         })
     }
 }

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
-use shared::lambda_http::{Body, Request};
+use shared::lambda_http::{Body, Request, RequestExt};
 pub use shared::users::UserId;
 use shared::users::UserRecord;
 use shared::Context;
@@ -81,6 +81,11 @@ pub struct Reply {
     /// When the response was complete: in process, before what the function does after its
     /// response (`shared::run`: queued mail, the note of the key's use).
     pub responded_at: std::time::Instant,
+    /// In process: the Lambda request id the request carried, and the metrics lines (EMF,
+    /// `shared::metrics`) it wrote; over HTTP neither is known here (the function's log has
+    /// the lines).
+    pub request_id: Option<String>,
+    pub metrics: Vec<Value>,
 }
 
 impl Reply {
@@ -176,6 +181,8 @@ impl<'a> Call<'a> {
                     headers,
                     body,
                     responded_at: std::time::Instant::now(),
+                    request_id: None,
+                    metrics: Vec::new(),
                 }
             }
         }
@@ -225,6 +232,15 @@ pub fn lambda_request(
     for (k, v) in headers {
         builder = builder.header(k, v);
     }
+    let mut lambda = shared::lambda_http::lambda_runtime::Context::default();
+    lambda.request_id = format!("test-{}", uuid::Uuid::new_v4());
+    // API Gateway hands the function the query string parsed; lambda_http reads it from there.
+    let query: shared::lambda_http::aws_lambda_events::query_map::QueryMap = path
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or("")
+        .parse()
+        .expect("a query string");
     builder
         .body(if body.is_empty() {
             Body::Empty
@@ -232,6 +248,8 @@ pub fn lambda_request(
             Body::Binary(body)
         })
         .expect("request")
+        .with_lambda_context(lambda)
+        .with_query_string_parameters(query)
 }
 
 /// The function crates, by name: what [`invoke`] can call. The test command checks this list
@@ -277,6 +295,7 @@ functions!(
     webauthn_register_begin,
     webauthn_register_complete,
     webauthn_credentials,
+    security_events,
     webauthn_credential_update,
     webauthn_credential_delete,
     webauthn_verify_begin,
@@ -293,7 +312,8 @@ async fn dispatch(
     body: Vec<u8>,
 ) -> Reply {
     let request = lambda_request(&method, &path, &headers, body);
-    let function = shared::routes::resolve(&method, &path)
+    let route_path = path.split_once('?').map_or(path.as_str(), |(p, _)| p);
+    let function = shared::routes::resolve(&method, route_path)
         .map(|m| m.route.function)
         .unwrap_or(shared::routes::FALLBACK_FUNCTION);
     // Each invocation gets its own recorder, so the AWS calls it made are known even when a
@@ -301,7 +321,13 @@ async fn dispatch(
     let recorder = calls::Recorder::default();
     let scoped = recorder.instrument(ctx);
     let ctx = &scoped;
-    let Ok(response) = invoke(function, ctx, request).await;
+    let request_id = shared::http::request_id(&request).to_string();
+    let (Ok(response), metrics) =
+        shared::metrics::capture(Box::pin(invoke(function, ctx, request))).await;
+    let metrics = metrics
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("a metrics line is JSON"))
+        .collect();
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -323,6 +349,8 @@ async fn dispatch(
         headers,
         body,
         responded_at,
+        request_id: Some(request_id),
+        metrics,
     }
 }
 
@@ -395,12 +423,13 @@ macro_rules! both {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn in_process() {
                 let ctx = std::sync::Arc::new($crate::context().await);
-                scenario($crate::Api::InProcess(ctx.clone()), ctx).await
+                // On the heap: a scenario's future can outgrow the test thread's stack.
+                Box::pin(scenario($crate::Api::InProcess(ctx.clone()), ctx)).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn over_http() {
                 let ctx = std::sync::Arc::new($crate::context().await);
-                scenario($crate::Api::http(), ctx).await
+                Box::pin(scenario($crate::Api::http(), ctx)).await
             }
         }
     };
@@ -640,11 +669,40 @@ impl Api {
     }
 }
 
+/// A record of an operator's change to `uuid`'s account, as `users-admin` makes it.
+pub fn operator_event(
+    ctx: &Context,
+    uuid: UserId,
+    kind: shared::security_events::EventKind,
+) -> shared::security_events::SecurityEvent {
+    ctx.security_event(uuid, kind, &shared::security_events::Actor::operator())
+}
+
+/// A record of an operator's change, for store calls made directly by a test.
+pub fn admin_event(
+    uuid: UserId,
+    kind: shared::security_events::EventKind,
+) -> shared::security_events::SecurityEvent {
+    shared::security_events::SecurityEvent::new(
+        uuid,
+        kind,
+        &shared::security_events::Actor::operator(),
+        1,
+    )
+}
+
 /// Deactivates a user the way `users-admin deactivate-user` does (user and every key).
 pub async fn deactivate(ctx: &Context, uuid: UserId) {
     assert!(
         ctx.store
-            .deactivate_user(uuid)
+            .deactivate_user(
+                uuid,
+                &ctx.security_event(
+                    uuid,
+                    shared::security_events::EventKind::UserDeactivated,
+                    &shared::security_events::Actor::operator(),
+                ),
+            )
             .await
             .expect("deactivate user"),
         "the user exists"

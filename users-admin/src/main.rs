@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use shared::auth::ApiKeyRecord;
 use shared::auth::{generate_api_key, ApiKeyHash};
 use shared::identities::{IdentityLink, LinkWrite, LinkedBy};
+use shared::security_events::{Actor, EventKind, SecurityEvent};
 use shared::store::Store;
 use shared::users::{UserId, UserKind, UserRecord};
 use shared::ApiError;
@@ -85,6 +86,13 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Print a user's security events, newest first (all of them, or the newest --limit).
+    Events {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Deactivate a user: from now on every key and sign-in token of the user gets 401.
     DeactivateUser {
         #[arg(long)]
@@ -163,6 +171,20 @@ fn describe(error: &ApiError) -> String {
 /// A Secrets Manager call's failure, with the SDK's whole cause chain (no secret is in it).
 fn secrets_failed(err: impl std::error::Error) -> Failure {
     Failure::Secrets(aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string())
+}
+
+/// A record of what the operator did to `user`'s account.
+fn operator_event(
+    config: &shared::config::Config,
+    user: UserId,
+    event: EventKind,
+) -> SecurityEvent {
+    SecurityEvent::new(
+        user,
+        event,
+        &Actor::operator(),
+        config.security_events_retention_days,
+    )
 }
 
 /// The user a uuid as typed names.
@@ -277,16 +299,22 @@ async fn run(command: Command) -> Result<Value, Failure> {
         }
         Command::RemovePasskeys { user } => {
             let uuid = user_uuid(&user)?;
-            let removed = store.remove_all_passkeys(uuid).await.map_err(|e| match e {
+            let removed = store
+                .remove_all_passkeys(uuid, &Actor::operator(), config.security_events_retention_days)
+                .await
+                .map_err(|e| match e {
                 ApiError::NotFound => Failure::NoUser(uuid),
                 other => Failure::Store(other),
             })?;
             Ok(json!({"uuid": uuid, "removed": removed}))
         }
         Command::RevokeKey { key } => {
-            if !store.delete_api_key(&ApiKeyHash::of(key.trim())).await? {
-                return Err(Failure::NoSuchKey);
-            }
+            let hash = ApiKeyHash::of(key.trim());
+            let owner = store.delete_api_key(&hash).await?.ok_or(Failure::NoSuchKey)?;
+            // A single delete, not a transaction: its record follows it.
+            let event = operator_event(&config, owner, EventKind::KeyRevoked)
+                .with_detail(hash.id_prefix());
+            store.put_security_event(&event).await?;
             Ok(json!({"ok": true}))
         }
         Command::RotateEncryptionKey => {
@@ -324,7 +352,9 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 .ok_or(Failure::NoActiveUser(uuid))?;
             let link =
                 IdentityLink::new(&issuer, &subject, uuid, owner.is_staff, LinkedBy::Operator);
-            match store.link_identity(&link).await? {
+            let event =
+                operator_event(&config, uuid, EventKind::IdentityLinked).with_detail("operator");
+            match store.link_identity(&link, &event).await? {
                 LinkWrite::Linked => {
                     Ok(json!({"ok": true, "issuer": issuer, "subject": subject, "user": uuid}))
                 }
@@ -363,10 +393,30 @@ async fn run(command: Command) -> Result<Value, Failure> {
         }
         Command::DeactivateUser { user } => {
             let uuid = user_uuid(&user)?;
-            if !store.deactivate_user(uuid).await? {
+            let event = operator_event(&config, uuid, EventKind::UserDeactivated);
+            if !store.deactivate_user(uuid, &event).await? {
                 return Err(Failure::NoUser(uuid));
             }
             Ok(json!({"ok": true}))
+        }
+        Command::Events { user, limit } => {
+            let uuid = user_uuid(&user)?;
+            if store.user(uuid).await?.is_none() {
+                return Err(Failure::NoUser(uuid));
+            }
+            let wanted = limit.unwrap_or(usize::MAX);
+            let mut out = Vec::new();
+            let mut cursor = None;
+            while out.len() < wanted {
+                let page = (wanted - out.len()).min(shared::security_events::MAX_PAGE);
+                let (events, next) = store.security_events_page(uuid, page, cursor.as_ref()).await?;
+                out.extend(events.iter().map(|e| e.to_json()));
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            Ok(Value::Array(out))
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `PATCH /api/users/cancel_email_change_request/`: drop the caller's open email change.
 use shared::lambda_http::{Body, Request, Response};
+use shared::security_events::EventKind;
 use shared::{http, ApiError, Context};
 
 shared::endpoint!(cancel);
@@ -8,7 +9,8 @@ shared::endpoint!(cancel);
 async fn cancel(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid;
-    if ctx.store.cancel_email_change(uuid).await?.is_none() {
+    let event = ctx.event_by(&call, uuid, EventKind::EmailChangeCancelled);
+    if !ctx.store.cancel_email_change(uuid, &event).await? {
         return Err(ApiError::validation(
             "email_change_request_not_found",
             "No active email change requests found.",

@@ -1,6 +1,7 @@
 //! `POST /api/users/{uuid}/two_factor_disable/`: turn 2FA off.
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
+use shared::security_events::EventKind;
 use shared::two_factor::Notice;
 use shared::{http, ApiError, Context};
 
@@ -14,7 +15,11 @@ async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErro
     let uuid = call.target.uuid;
     let state = ctx.store.two_factor_state(uuid).await?;
     let user = state.active_user()?;
-    ctx.store.disable_two_factor(uuid).await?;
+    let disabled = state.device.is_some().then(|| {
+        ctx.event_by(&call, uuid, EventKind::TwoFactorDisabled)
+            .with_detail("totp")
+    });
+    ctx.store.disable_two_factor(uuid, disabled.as_ref()).await?;
     if state.device.is_some() {
         shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled);
     }

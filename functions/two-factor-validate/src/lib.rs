@@ -4,6 +4,7 @@ use serde_json::json;
 use shared::clock::now_millis;
 use shared::lambda_http::{Body, Request, Response};
 use shared::store::Commit;
+use shared::security_events::EventKind;
 use shared::throttle::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::two_factor::{token_invalid, Notice};
@@ -20,7 +21,11 @@ async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     let code = fields::six_digit_code(token);
     let uuid = call.target.uuid;
     let (store, code) = (&ctx.store, code.as_deref());
-    let user = throttle::limited(store, uuid, CodeCheck::TotpSetup, move || async move {
+    let lock_event = ctx.event_by(&call, uuid, EventKind::LockStarted);
+    let enabled = &ctx
+        .event_by(&call, uuid, EventKind::TwoFactorEnabled)
+        .with_detail("totp");
+    let user = throttle::limited(store, uuid, CodeCheck::TotpSetup, lock_event, move || async move {
         let state = store
             .two_factor_state_for(uuid, CodeCheck::TotpSetup)
             .await?;
@@ -41,7 +46,12 @@ async fn validate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
         let device = shared::two_factor::new_device(&keyring, uuid, &secret, step, now)?;
         Ok(
             match store
-                .confirm_setup(&device, &pending, &state.failures)
+                .confirm_setup(
+                    &device,
+                    &pending,
+                    &state.failures,
+                    std::slice::from_ref(enabled),
+                )
                 .await?
             {
                 Commit::Done => Attempt::Done(state.user),

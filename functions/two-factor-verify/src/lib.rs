@@ -8,6 +8,7 @@ use shared::throttle::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::two_factor::StepUse;
 use shared::two_factor::{token_invalid, Notice};
+use shared::security_events::{EventKind, SecurityEvent};
 use shared::{fields, http, totp, ApiError, Context};
 
 shared::endpoint!(verify);
@@ -35,7 +36,8 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
     if body.contains_key("credential_id") || body.contains_key("response") {
-        return verify_passkey(ctx, call.target.uuid, &body).await;
+        let lock_event = ctx.event_by(&call, call.target.uuid, EventKind::LockStarted);
+        return verify_passkey(ctx, call.target.uuid, &body, lock_event).await;
     }
     let raw = fields::required_value(&body, "token")?;
     let code = fields::six_digit_code(raw);
@@ -50,7 +52,9 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     };
     let uuid = call.target.uuid;
     let store = &ctx.store;
-    let method = throttle::limited(store, uuid, CodeCheck::SignIn, move || async move {
+    let lock_event = ctx.event_by(&call, uuid, EventKind::LockStarted);
+    let used_event = &ctx.event_by(&call, uuid, EventKind::BackupCodeUsed);
+    let method = throttle::limited(store, uuid, CodeCheck::SignIn, lock_event, move || async move {
         let state = store.two_factor_state_for(uuid, CodeCheck::SignIn).await?;
         let failures = state.failures;
         let now_ms = now_millis();
@@ -96,7 +100,12 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
                 let next = shared::two_factor::seal_backup_codes(&keyring, uuid, &unused)?;
                 Ok(
                     if store
-                        .put_backup_codes(&next, Some(&codes.version), Some(&failures))
+                        .put_backup_codes(
+                            &next,
+                            Some(&codes.version),
+                            Some(&failures),
+                            std::slice::from_ref(used_event),
+                        )
                         .await?
                     {
                         Attempt::Done(Method::BackupCode {
@@ -136,6 +145,7 @@ async fn verify_passkey(
     ctx: &Context,
     uuid: shared::users::UserId,
     body: &fields::Fields,
+    lock_event: SecurityEvent,
 ) -> Result<Response<Body>, ApiError> {
     use shared::passkeys::{self, CeremonyPurpose, ClientData};
     use shared::store::passkeys::PasskeyUse;
@@ -163,7 +173,7 @@ async fn verify_passkey(
         credential_id.as_str(),
         answered.challenge.as_str(),
     );
-    throttle::limited(store, uuid, CodeCheck::SignIn, move || async move {
+    throttle::limited(store, uuid, CodeCheck::SignIn, lock_event, move || async move {
         let (state, all, ceremony) = tokio::join!(
             store.two_factor_state_for(uuid, CodeCheck::SignIn),
             store.passkeys_of(uuid),

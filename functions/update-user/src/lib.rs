@@ -4,6 +4,7 @@ use shared::email_change::EMAIL_CHANGE_TTL_SECS;
 use shared::fields::{self, Fields, Null, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::store::users::{email_taken, EmailUpdate};
+use shared::security_events::EventKind;
 use shared::two_factor::Notice;
 use shared::users::{email_key, ProfilePatch};
 use shared::{email_change, http, ApiError, Context};
@@ -98,8 +99,30 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
             new,
         },
     };
-    ctx.store.update_profile(uuid, &patch, email_update).await?;
+    // The records of what this update changes, in its transaction: an email change requested
+    // (or made at once, where no mail is sent), passkey 2FA coming into effect or ending.
     let passkey_2fa_after = view.user.passkey_2fa();
+    let mut events = Vec::new();
+    match &email_update {
+        EmailUpdate::Unchanged => {}
+        EmailUpdate::Request { .. } => {
+            events.push(ctx.event_by(&call, uuid, EventKind::EmailChangeRequested))
+        }
+        EmailUpdate::Immediate { .. } => {
+            events.push(ctx.event_by(&call, uuid, EventKind::EmailChangeCompleted))
+        }
+    }
+    if passkey_2fa_after != passkey_2fa_before {
+        let kind = if passkey_2fa_after {
+            EventKind::TwoFactorEnabled
+        } else {
+            EventKind::TwoFactorDisabled
+        };
+        events.push(ctx.event_by(&call, uuid, kind).with_detail("passkey"));
+    }
+    ctx.store
+        .update_profile(uuid, &patch, email_update, &events)
+        .await?;
     if passkey_2fa_after != passkey_2fa_before {
         shared::two_factor::notify(
             &ctx.mailer,

@@ -4,6 +4,7 @@ use shared::fields::{self, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::routes::{self, Target};
 use shared::store::Commit;
+use shared::security_events::EventKind;
 use shared::throttle::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::{auth, email_change, http, ApiError, Context};
@@ -36,7 +37,9 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     )?;
     let uuid = target.uuid;
     let (store, code) = (&ctx.store, code.as_deref());
-    throttle::limited(store, uuid, CodeCheck::EmailChange, move || async move {
+    let lock_event = ctx.event_by(&call, uuid, EventKind::LockStarted);
+    let completed = &ctx.event_by(&call, uuid, EventKind::EmailChangeCompleted);
+    throttle::limited(store, uuid, CodeCheck::EmailChange, lock_event, move || async move {
         let (user, request, failures) = store.email_change_state(uuid).await?;
         let user = user.filter(|u| u.is_active).ok_or(ApiError::NotFound)?;
         throttle::check(&failures, shared::clock::now_millis())?;
@@ -59,7 +62,12 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         }
         Ok(
             match store
-                .complete_email_change(&user, &request, &failures)
+                .complete_email_change(
+                    &user,
+                    &request,
+                    &failures,
+                    std::slice::from_ref(completed),
+                )
                 .await?
             {
                 Commit::Done => Attempt::Done(()),

@@ -1,5 +1,6 @@
 //! `DELETE /api/webauthn/credentials/{id}/`: removes one of the caller's passkeys, and says
 //! so by email.
+use shared::security_events::EventKind;
 use shared::lambda_http::{Body, Request, Response};
 use shared::passkeys::PasskeyId;
 use shared::two_factor::{notify, Notice};
@@ -20,14 +21,26 @@ async fn delete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         let (passkey, user) = tokio::join!(ctx.store.passkey(uuid, &id), ctx.store.user(uuid));
         let passkey = passkey?.ok_or(ApiError::NotFound)?;
         let user = user?.ok_or(ApiError::NotFound)?;
+        // The last verified passkey takes passkey 2FA with it (the delete is conditioned on
+        // the verified count read, so this is decided on what the write changes).
+        let ends_2fa =
+            passkey.verified && user.verified_passkeys == 1 && user.passkeys_enabled_for_2fa;
+        let mut events = vec![ctx
+            .event_by(&call, uuid, EventKind::PasskeyRemoved)
+            .with_detail(passkey.id.as_str())];
+        if ends_2fa {
+            events.push(
+                ctx.event_by(&call, uuid, EventKind::TwoFactorDisabled)
+                    .with_detail("passkey"),
+            );
+        }
         if ctx
             .store
-            .delete_passkey(&passkey, user.verified_passkeys)
+            .delete_passkey(&passkey, user.verified_passkeys, &events)
             .await?
         {
             notify(&ctx.mailer, &user.email, Notice::PasskeyRemoved);
-            // The last verified passkey takes passkey 2FA with it.
-            if passkey.verified && user.verified_passkeys == 1 && user.passkeys_enabled_for_2fa {
+            if ends_2fa {
                 notify(&ctx.mailer, &user.email, Notice::PasskeyTwoFactorDisabled);
             }
             return http::no_content();

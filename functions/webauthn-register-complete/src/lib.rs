@@ -2,6 +2,7 @@
 //! (with an optional `label`); the passkey is stored unverified until one assertion proves it
 //! (`credentials/{id}/verify/`).
 use serde_json::json;
+use shared::security_events::EventKind;
 use shared::lambda_http::{Body, Request, Response};
 use shared::passkeys::{self, CeremonyPurpose, ClientData, MAX_LABEL_CHARS};
 use shared::store::passkeys::AddPasskey;
@@ -26,7 +27,10 @@ async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
         .await?
         .ok_or_else(passkeys::no_challenge)?;
     let passkey = passkeys::complete_registration(webauthn, &ceremony, &response, label)?;
-    match ctx.store.add_passkey(&passkey).await? {
+    let added = ctx
+        .event_by(&call, uuid, EventKind::PasskeyAdded)
+        .with_detail(passkey.id.as_str());
+    match ctx.store.add_passkey(&passkey, &[added]).await? {
         AddPasskey::Done => http::ok(&json!({
             "success": true,
             "credential_id": passkey.id,

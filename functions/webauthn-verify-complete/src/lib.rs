@@ -1,5 +1,6 @@
 //! `POST /api/webauthn/credentials/{id}/verify_complete/`: the assertion that proves a newly
 //! registered passkey; it is then verified (and may serve as the second factor).
+use shared::security_events::EventKind;
 use shared::lambda_http::{Body, Request, Response};
 use shared::passkeys::{self, CeremonyPurpose, ClientData, PasskeyId};
 use shared::two_factor::{notify, Notice};
@@ -40,13 +41,26 @@ async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     )?;
     let mut verified = passkey.after_use(&result)?;
     let now = shared::clock::iso_now();
-    if !ctx.store.mark_passkey_verified(&verified, &now).await? {
+    // The first verified passkey of a user who turned passkey 2FA on brings it into effect.
+    let starts_2fa = user.passkeys_enabled_for_2fa && user.verified_passkeys <= 0;
+    let events: Vec<_> = starts_2fa
+        .then(|| {
+            ctx.event_by(&call, uuid, EventKind::TwoFactorEnabled)
+                .with_detail("passkey")
+        })
+        .into_iter()
+        .collect();
+    if !ctx
+        .store
+        .mark_passkey_verified(&verified, &now, &events)
+        .await?
+    {
         return Err(passkeys::not_found_or_verified());
     }
     verified.verified = true;
     verified.last_used_at = Some(now);
     notify(&ctx.mailer, &user.email, Notice::PasskeyAdded);
-    if user.passkeys_enabled_for_2fa && user.verified_passkeys <= 0 {
+    if starts_2fa {
         notify(&ctx.mailer, &user.email, Notice::PasskeyTwoFactorEnabled);
     }
     http::ok(&verified.to_json())

@@ -102,8 +102,8 @@ impl Store {
         }
     }
 
-    /// Removes a key (and its hash from its user's list); true when it existed.
-    pub async fn delete_api_key(&self, hash: &ApiKeyHash) -> Result<bool, ApiError> {
+    /// Removes a key (and its hash from its user's list); its owner when it existed.
+    pub async fn delete_api_key(&self, hash: &ApiKeyHash) -> Result<Option<UserId>, ApiError> {
         let out = self
             .db
             .delete_item()
@@ -114,7 +114,7 @@ impl Store {
             .await
             .map_err(sdk("api_keys.delete"))?;
         let Some(old) = out.attributes else {
-            return Ok(false);
+            return Ok(None);
         };
         let record: ApiKeyRecord = from_item(old)?;
         // Only tidies the list: a deactivation skips hashes whose key is gone.
@@ -133,7 +133,7 @@ impl Store {
             Err(e) if !super::is_condition_failed(&e) => {
                 Err(ApiError::from_sdk("users.forget_key", &e))
             }
-            _ => Ok(true),
+            _ => Ok(Some(record.user_uuid)),
         }
     }
 
@@ -169,13 +169,21 @@ impl Store {
     ///
     /// The keys and links are those of the user's own lists, read consistently (and, for
     /// keys made before that list existed, the `by_user` index). The user and their keys and
-    /// links change in one transaction (up to 99; any beyond follow once the user is
+    /// links change in one transaction (up to 98; any beyond follow once the user is
     /// inactive), conditioned on none having been added since the lists were read: one added
     /// meanwhile makes it read again, and once the user is inactive none can be added
     /// (`put_api_key`, `link_identity`). So none can stay live, whatever the index shows.
-    pub async fn deactivate_user(&self, uuid: UserId) -> Result<bool, ApiError> {
+    ///
+    /// `event` (the `user_deactivated` record) is written in the transaction that makes the
+    /// user inactive.
+    pub async fn deactivate_user(
+        &self,
+        uuid: UserId,
+        event: &crate::security_events::SecurityEvent,
+    ) -> Result<bool, ApiError> {
         use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
-        const WITH_THE_USER: usize = 99;
+        // DynamoDB's 100 items a transaction: the user, its record, and 98 credentials.
+        const WITH_THE_USER: usize = 98;
         let mut gone: std::collections::BTreeSet<Credential> = Default::default();
         for _attempt in 0..5 {
             let Some(lists) = self.user_credential_lists(uuid).await? else {
@@ -225,6 +233,7 @@ impl Store {
                         .build(),
                 );
             }
+            items.push(self.event_put(event)?);
             match self.transact("users.deactivate", items).await? {
                 super::Tx::Done => {
                     self.mark_inactive(rest).await?;

@@ -1,32 +1,32 @@
 //! Open email-change requests: the new address and a hash of its verification code.
-use super::{from_item, n, s, sdk, Commit, Store, Tx};
+use super::{from_item, n, s, Commit, Store, Tx};
 use crate::email_change::EmailChangeRecord;
 use crate::error::ApiError;
 use crate::throttle::{CodeCheck, FailureState};
 use crate::users::UserId;
 use crate::users::UserRecord;
-use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{Delete, TransactWriteItem, Update};
 
 impl Store {
-    /// Deletes the request and returns it, if one was open.
+    /// Deletes the request if one is open (not expired), with `event` in the same
+    /// transaction; false when none was open (an expired one is left to the table's TTL).
     pub async fn cancel_email_change(
         &self,
         uuid: UserId,
-    ) -> Result<Option<EmailChangeRecord>, ApiError> {
-        let out = self
-            .db
-            .delete_item()
+        event: &crate::security_events::SecurityEvent,
+    ) -> Result<bool, ApiError> {
+        let delete = Delete::builder()
             .table_name(&self.tables.email_changes)
             .key("user_uuid", s(uuid))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(sdk("email_changes.delete"))?;
-        Ok(out
-            .attributes
-            .map(from_item::<EmailChangeRecord>)
-            .transpose()?
-            .and_then(EmailChangeRecord::open))
+            .condition_expression("attribute_exists(user_uuid) AND expires_at > :now")
+            .expression_attribute_values(":now", n(crate::clock::now_secs()))
+            .build()
+            .map_err(|e| super::builder_failed("email_changes.cancel", e))?;
+        let items = vec![
+            TransactWriteItem::builder().delete(delete).build(),
+            self.event_put(event)?,
+        ];
+        Ok(self.transact("email_changes.cancel", items).await?.is_done())
     }
 
     /// The change a wrong code makes to the request it was tried against, in the same
@@ -40,7 +40,7 @@ impl Store {
     ) -> Result<Box<crate::throttle::FailureCharge>, ApiError> {
         Ok(Box::new(crate::throttle::FailureCharge {
             seen,
-            also: Some(super::PendingWrite(self.count_wrong_code(request)?)),
+            also: vec![super::PendingWrite(self.count_wrong_code(request)?)],
         }))
     }
 
@@ -79,6 +79,7 @@ impl Store {
         user: &UserRecord,
         request: &EmailChangeRecord,
         failures: &FailureState,
+        events: &[crate::security_events::SecurityEvent],
     ) -> Result<Commit, ApiError> {
         let verified = crate::users::ProfilePatch {
             is_email_verified: Some(true),
@@ -105,6 +106,7 @@ impl Store {
         if crate::users::email_key(&user.email) != crate::users::email_key(&request.new_email) {
             items.push(self.release_email(&user.email, user.uuid)?);
         }
+        items.extend(self.event_puts(events)?);
         match self.transact("email_changes.complete", items).await? {
             Tx::Done => Ok(Commit::Done),
             Tx::Refused(failed) if failed.get(1).copied().unwrap_or(false) => {

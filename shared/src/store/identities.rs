@@ -1,6 +1,7 @@
 //! Identity links (sign-in token subject → user), and the user's own list of them.
 use super::{from_item, n, s, sdk, to_item, Store, Tx};
 use crate::error::ApiError;
+use crate::security_events::SecurityEvent;
 use crate::identities::{IdentityKey, IdentityLink, LinkWrite};
 use crate::users::{UserId, UserRecord};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
@@ -40,8 +41,12 @@ impl Store {
     /// is not linked yet, and adds it to the user's own list (which a deactivation reads), in
     /// one transaction: as with keys, no link can be added once the user is inactive. For an
     /// operator's link (no address involved).
-    pub async fn link_identity(&self, link: &IdentityLink) -> Result<LinkWrite, ApiError> {
-        self.link(link, None).await
+    pub async fn link_identity(
+        &self,
+        link: &IdentityLink,
+        event: &SecurityEvent,
+    ) -> Result<LinkWrite, ApiError> {
+        self.link(link, None, event).await
     }
 
     /// [`Store::link_identity`] at a token's first use, by the verified address `email`:
@@ -51,11 +56,19 @@ impl Store {
         &self,
         link: &IdentityLink,
         email: &str,
+        event: &SecurityEvent,
     ) -> Result<LinkWrite, ApiError> {
-        self.link(link, Some(email)).await
+        self.link(link, Some(email), event).await
     }
 
-    async fn link(&self, link: &IdentityLink, email: Option<&str>) -> Result<LinkWrite, ApiError> {
+    /// The link (with its `identity_linked` record), and with `email` the check that the
+    /// address is still the user's. The record comes last, so the items' indices below hold.
+    async fn link(
+        &self,
+        link: &IdentityLink,
+        email: Option<&str>,
+        event: &SecurityEvent,
+    ) -> Result<LinkWrite, ApiError> {
         use aws_sdk_dynamodb::types::ConditionCheck;
         let user = Update::builder()
             .table_name(&self.tables.users)
@@ -85,6 +98,7 @@ impl Store {
                     .build(),
             );
         }
+        items.push(self.event_put(event)?);
         Ok(match self.transact("identities.link", items).await? {
             Tx::Done => LinkWrite::Linked,
             Tx::Refused(failed) if failed.first() == Some(&true) => LinkWrite::AlreadyLinked,
@@ -99,6 +113,7 @@ impl Store {
         &self,
         user: &UserRecord,
         link: &IdentityLink,
+        event: &SecurityEvent,
     ) -> Result<LinkWrite, ApiError> {
         let mut item = to_item(user)?;
         item.insert(
@@ -117,6 +132,7 @@ impl Store {
             self.put_link(link)?,
             TransactWriteItem::builder().put(put_user).build(),
             self.claim_email(&user.email, user.uuid)?,
+            self.event_put(event)?,
         ];
         Ok(
             match self.transact("identities.create_user", items).await? {

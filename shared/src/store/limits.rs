@@ -102,7 +102,7 @@ impl Store {
             .build()
             .map_err(|e| super::builder_failed("limits.charge", e))?;
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        items.extend(charge.also.map(|write| write.0));
+        items.extend(charge.also.into_iter().map(|write| write.0));
         Ok(self.transact("limits.charge", items).await?.is_done())
     }
 

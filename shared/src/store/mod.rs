@@ -6,6 +6,7 @@ pub mod identities;
 pub mod limits;
 pub mod passkeys;
 pub mod push_tokens;
+pub mod security_events;
 pub mod two_factor;
 pub mod users;
 

@@ -4,6 +4,7 @@
 //! only need to know whether passkey 2FA is in effect read nothing more than the user.
 use super::{from_item, n, s, sdk, to_item, Item, PendingWrite, Store, Tx};
 use crate::error::ApiError;
+use crate::security_events::{EventKind, SecurityEvent};
 use crate::passkeys::{Ceremony, CeremonyPurpose, PasskeyId, PasskeyRecord, MAX_PASSKEYS};
 use crate::throttle::{CodeCheck, FailureState};
 use crate::users::UserId;
@@ -189,7 +190,11 @@ impl Store {
     /// Stores a newly registered (not yet verified) passkey, counted on the active user's
     /// item and refused beyond [`MAX_PASSKEYS`], with the claim of its credential id (a
     /// credential registered once, to anyone, is not registered again), in one transaction.
-    pub async fn add_passkey(&self, passkey: &PasskeyRecord) -> Result<AddPasskey, ApiError> {
+    pub async fn add_passkey(
+        &self,
+        passkey: &PasskeyRecord,
+        events: &[SecurityEvent],
+    ) -> Result<AddPasskey, ApiError> {
         let put = Put::builder()
             .table_name(&self.tables.passkeys)
             .set_item(Some(to_item(passkey)?))
@@ -217,11 +222,12 @@ impl Store {
             .condition_expression("attribute_not_exists(id)")
             .build()
             .map_err(|e| super::builder_failed("passkeys.add", e))?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().put(put).build(),
             TransactWriteItem::builder().update(count).build(),
             TransactWriteItem::builder().put(claim).build(),
         ];
+        items.extend(self.event_puts(events)?);
         Ok(match self.transact("passkeys.add", items).await? {
             Tx::Done => AddPasskey::Done,
             Tx::Refused(failed) if failed.get(2).copied().unwrap_or(false) => {
@@ -262,6 +268,7 @@ impl Store {
         &self,
         passkey: &PasskeyRecord,
         used_at: &str,
+        events: &[SecurityEvent],
     ) -> Result<bool, ApiError> {
         let update = Update::builder()
             .table_name(&self.tables.passkeys)
@@ -278,10 +285,11 @@ impl Store {
             .expression_attribute_values(":used", s(used_at))
             .build()
             .map_err(|e| super::builder_failed("passkeys.verify", e))?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().update(update).build(),
             self.count_verified(passkey.user_uuid, 1)?,
         ];
+        items.extend(self.event_puts(events)?);
         Ok(self.transact("passkeys.verify", items).await?.is_done())
     }
 
@@ -293,6 +301,7 @@ impl Store {
         &self,
         passkey: &PasskeyRecord,
         verified_seen: i64,
+        events: &[SecurityEvent],
     ) -> Result<bool, ApiError> {
         let delete = Delete::builder()
             .table_name(&self.tables.passkeys)
@@ -325,11 +334,12 @@ impl Store {
             .expression_attribute_values(":me", s(passkey.user_uuid))
             .build()
             .map_err(|e| super::builder_failed("passkeys.delete", e))?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().delete(delete).build(),
             TransactWriteItem::builder().update(counts).build(),
             TransactWriteItem::builder().delete(claim).build(),
         ];
+        items.extend(self.event_puts(events)?);
         Ok(self.transact("passkeys.delete", items).await?.is_done())
     }
 
@@ -380,8 +390,14 @@ impl Store {
 
     /// Removes every passkey of a user and turns passkey 2FA off (the operator's recovery of
     /// an account whose passkeys are lost or were enrolled by someone else): each passkey by
-    /// [`Store::delete_passkey`], read again after a race. The passkeys removed.
-    pub async fn remove_all_passkeys(&self, uuid: UserId) -> Result<usize, ApiError> {
+    /// [`Store::delete_passkey`], read again after a race, each with its `passkey_removed`
+    /// record by `actor`, kept `retention_days`. The passkeys removed.
+    pub async fn remove_all_passkeys(
+        &self,
+        uuid: UserId,
+        actor: &crate::security_events::Actor,
+        retention_days: u64,
+    ) -> Result<usize, ApiError> {
         let (mut removed, mut lost) = (0, 0);
         for _ in 0..(3 * MAX_PASSKEYS) {
             if lost > 0 {
@@ -403,8 +419,10 @@ impl Store {
                     .map_err(sdk("users.passkeys_off"))?;
                 return Ok(removed);
             };
+            let event = SecurityEvent::new(uuid, EventKind::PasskeyRemoved, actor, retention_days)
+                .with_detail(passkey.id.as_str());
             if self
-                .delete_passkey(&passkey, user.verified_passkeys)
+                .delete_passkey(&passkey, user.verified_passkeys, &[event])
                 .await?
             {
                 (removed, lost) = (removed + 1, 0);

@@ -71,23 +71,42 @@ impl Store {
 
     /// Removes every 2FA item of a user: device, pending setup, backup codes. The failure
     /// states of the code checks stay: disabling 2FA must not lift a lock.
-    pub async fn disable_two_factor(&self, uuid: UserId) -> Result<(), ApiError> {
-        let items = [TOTP, PENDING, BACKUP_CODES]
-            .into_iter()
-            .map(|kind| {
-                Delete::builder()
-                    .table_name(&self.tables.two_factor)
-                    .set_key(Some(key(uuid, kind)))
-                    .build()
-                    .map(|d| TransactWriteItem::builder().delete(d).build())
-                    .map_err(|e| super::builder_failed("two_factor.disable", e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        match self.transact("two_factor.disable", items).await? {
-            Tx::Done => Ok(()),
-            // Unconditional deletes cannot fail a condition.
-            Tx::Refused(_) => Err(ApiError::Unavailable),
+    ///
+    /// With `event` (a device was read), the device's delete is conditioned on its still
+    /// being there, so that of two racing disables only the one that removed it records the
+    /// event; the other removes what is left without one.
+    pub async fn disable_two_factor(
+        &self,
+        uuid: UserId,
+        event: Option<&crate::security_events::SecurityEvent>,
+    ) -> Result<(), ApiError> {
+        let mut event = event;
+        for _round in 0..2 {
+            let mut items = [TOTP, PENDING, BACKUP_CODES]
+                .into_iter()
+                .map(|kind| {
+                    let mut delete = Delete::builder()
+                        .table_name(&self.tables.two_factor)
+                        .set_key(Some(key(uuid, kind)));
+                    if kind == TOTP && event.is_some() {
+                        delete = delete.condition_expression("attribute_exists(kind)");
+                    }
+                    delete
+                        .build()
+                        .map(|d| TransactWriteItem::builder().delete(d).build())
+                        .map_err(|e| super::builder_failed("two_factor.disable", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            items.extend(event.map(|e| self.event_put(e)).transpose()?);
+            match self.transact("two_factor.disable", items).await? {
+                Tx::Done => return Ok(()),
+                // The device went meanwhile (a racing disable recorded it): remove the rest.
+                Tx::Refused(_) if event.is_some() => event = None,
+                Tx::Refused(_) => break,
+            }
         }
+        // Unconditional deletes cannot fail a condition.
+        Err(ApiError::Unavailable)
     }
 }
 
@@ -112,6 +131,7 @@ impl Store {
         device: &TotpDevice,
         pending: &PendingSetup,
         failures: &FailureState,
+        events: &[crate::security_events::SecurityEvent],
     ) -> Result<super::Commit, ApiError> {
         use aws_sdk_dynamodb::types::Put;
         let put = Put::builder()
@@ -129,11 +149,12 @@ impl Store {
             )
             .build()
             .map_err(|e| super::builder_failed("two_factor.confirm", e))?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().put(put).build(),
             TransactWriteItem::builder().delete(delete).build(),
             self.reset_failures(device.user_uuid, CodeCheck::TotpSetup, failures)?,
         ];
+        items.extend(self.event_puts(events)?);
         Ok(match self.transact("two_factor.confirm", items).await? {
             Tx::Done => super::Commit::Done,
             Tx::Refused(_) => super::Commit::Conflict,
@@ -179,6 +200,7 @@ impl Store {
         codes: &BackupCodes,
         seen_version: Option<&str>,
         failures: Option<&FailureState>,
+        events: &[crate::security_events::SecurityEvent],
     ) -> Result<bool, ApiError> {
         use aws_sdk_dynamodb::types::{ConditionCheck, Put};
         let mut put = Put::builder()
@@ -207,6 +229,7 @@ impl Store {
         if let Some(failures) = failures {
             items.push(self.failures_still(codes.user_uuid, CodeCheck::SignIn, failures)?);
         }
+        items.extend(self.event_puts(events)?);
         Ok(self.transact("two_factor.put_backup_codes", items).await? == Tx::Done)
     }
 }

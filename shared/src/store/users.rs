@@ -337,6 +337,7 @@ impl Store {
         uuid: UserId,
         patch: &ProfilePatch,
         email: EmailUpdate<'_>,
+        events: &[crate::security_events::SecurityEvent],
     ) -> Result<(), ApiError> {
         let mut items = Vec::new();
         let mut email_claim_at = None;
@@ -372,6 +373,7 @@ impl Store {
                 }
             }
         }
+        items.extend(self.event_puts(events)?);
         let failed_at = |failed: &[bool], at: Option<usize>| {
             at.and_then(|i| failed.get(i).copied()).unwrap_or(false)
         };

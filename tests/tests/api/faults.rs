@@ -450,9 +450,11 @@ fn valid_body(function: &str) -> Option<Value> {
         "two-factor-backup-codes" | "two-factor-disable" | "cancel-email-change-request" => {
             Some(json!({}))
         }
-        "two-factor-start-setup" | "two-factor-status" | "get-user" | "webauthn-credentials" => {
-            None
-        }
+        "two-factor-start-setup"
+        | "two-factor-status"
+        | "get-user"
+        | "webauthn-credentials"
+        | "security-events" => None,
         // Each reads its passkey, or the user and its passkeys, after authenticating.
         "webauthn-register-begin"
         | "webauthn-credential-delete"

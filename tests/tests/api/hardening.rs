@@ -192,6 +192,7 @@ both!(
                 user.uuid(),
                 &big,
                 shared::store::users::EmailUpdate::Unchanged,
+                &[],
             )
             .await
             .expect("a large record");
@@ -536,6 +537,7 @@ async fn dynamodbs_item_size_refusal_is_a_400() {
             user.uuid(),
             &changes,
             shared::store::users::EmailUpdate::Unchanged,
+            &[],
         )
         .await;
     assert_eq!(result, Err(shared::ApiError::item_too_large()));
@@ -826,7 +828,7 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
         lagging.api_keys_of(user.uuid()).await.unwrap().is_empty(),
         "the lag is in force"
     );
-    assert!(lagging.deactivate_user(user.uuid()).await.unwrap());
+    assert!(lagging.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
     let api = Api::InProcess(std::sync::Arc::new(context().await));
     for key in [&user.key, &second] {
         api.get(ME)
@@ -863,7 +865,7 @@ async fn keys_created_while_deactivating_never_stay_usable() {
                 })
             })
             .collect();
-        assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
+        assert!(ctx.store.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
         for creator in creators {
             if let Ok(key) = creator.await.unwrap() {
                 api.get(ME)

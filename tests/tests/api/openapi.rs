@@ -34,6 +34,11 @@ fn route_table() -> BTreeSet<Op> {
 /// The routes of API.md §4 and §5 and the function that serves each.
 const API_MD_ROUTES: &[(&str, &str, &str)] = &[
     (
+        "GET",
+        "/api/users/{uuid}/security_events/",
+        "security-events",
+    ),
+    (
         "POST",
         "/api/users/{uuid}/push_tokens/unregister/",
         "push-tokens-unregister",

@@ -605,7 +605,7 @@ both!(a_credential_is_registered_once, |api, ctx| async move {
     copy.user_uuid = other.uuid();
     copy.id = shared::passkeys::PasskeyId::random();
     assert_eq!(
-        ctx.store.add_passkey(&copy).await.unwrap(),
+        ctx.store.add_passkey(&copy, &[]).await.unwrap(),
         shared::store::passkeys::AddPasskey::AlreadyRegistered
     );
     assert!(api.passkeys(&other.key).await.is_empty());

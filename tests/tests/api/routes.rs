@@ -128,6 +128,7 @@ fn route_table_covers_the_issue_two_routes() {
         if !(r.method == "GET"
             && (r.path == "/api/users/{uuid}"
                 || r.path == "/api/users/{uuid}/two_factor_status"
+                || r.path == "/api/users/{uuid}/security_events"
                 || r.path == "/api/webauthn/credentials"))
         {
             assert_eq!(r.scope.as_str(), "user:write", "{} {}", r.method, r.path);

@@ -377,7 +377,7 @@ both!(a_deactivated_users_tokens_get_401, |api, ctx| async move {
         .send()
         .await
         .assert_status(200);
-    assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
+    deactivate(&ctx, user.uuid()).await;
     let links = ctx.store.identities_of(user.uuid()).await.unwrap();
     assert!(links.iter().all(|l| !l.user_is_active));
     for _ in 0..2 {
@@ -390,7 +390,7 @@ both!(a_deactivated_users_tokens_get_401, |api, ctx| async move {
 async fn a_deactivated_users_address_links_no_new_identity() {
     let ctx = context().await;
     let user = create_user(&ctx, &["user:read"]).await;
-    assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
+    assert!(ctx.store.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
     let cognito = cognito_user(&user.user.email, true).await;
     let api = Api::InProcess(Arc::new(context().await));
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
@@ -471,7 +471,8 @@ async fn a_deployment_that_refuses_new_identities_takes_only_linked_ones() {
         false,
         LinkedBy::Operator,
     );
-    ctx.store.link_identity(&link).await.unwrap();
+    let event = operator_event(&ctx, link.user_uuid, shared::security_events::EventKind::IdentityLinked);
+    ctx.store.link_identity(&link, &event).await.unwrap();
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
     reply.assert_status(200);
     assert_eq!(reply.json()["uuid"], json!(user.uuid().to_string()));
@@ -519,7 +520,7 @@ async fn scopes_come_from_the_token_with_or_without_the_prefix() {
         false,
         LinkedBy::Operator,
     );
-    ctx.store.link_identity(&link).await.unwrap();
+    ctx.store.link_identity(&link, &admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked)).await.unwrap();
     let genuine = claims_of(&cognito.access_token);
     let read_only = moto_signed(&genuine, json!({"scope": "openid posthog-users/user:read"}));
     api.get(ME)
@@ -562,7 +563,7 @@ async fn own_issuer(server: &JwksServer, sub: &str) -> (Api, TestUser, String) {
     let api = with_settings(&ctx, settings);
     let user = create_user(&ctx, &["user:read"]).await;
     let link = IdentityLink::new(&issuer, sub, user.uuid(), false, LinkedBy::Operator);
-    ctx.store.link_identity(&link).await.unwrap();
+    ctx.store.link_identity(&link, &admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked)).await.unwrap();
     (api, user, issuer)
 }
 
@@ -681,13 +682,19 @@ async fn an_unreachable_issuer_is_503_then_recovers() {
     );
     let user = create_user(&ctx, &["user:read"]).await;
     ctx.store
-        .link_identity(&IdentityLink::new(
+        .link_identity(
+            &IdentityLink::new(
             &issuer,
             "s",
             user.uuid(),
             false,
             LinkedBy::Operator,
-        ))
+            ),
+            &api_tests::admin_event(
+                user.uuid(),
+                shared::security_events::EventKind::IdentityLinked,
+            ),
+        )
         .await
         .unwrap();
     let token = sign(
@@ -852,7 +859,7 @@ async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
             let reply = u.await.unwrap();
             assert!([200, 401].contains(&reply.status), "{}", reply.body);
         }
-        assert!(ctx.store.deactivate_user(user.uuid()).await.unwrap());
+        assert!(ctx.store.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
         if let Some(link) = ctx.store.identity_link(&key).await.unwrap() {
             assert!(!link.user_is_active, "a link left live after deactivation");
         }
@@ -901,7 +908,7 @@ async fn first_uses_racing_a_deactivation_leave_no_live_link() {
         let deactivation = {
             let store = ctx.store.clone();
             let uuid = user.uuid();
-            tokio::spawn(async move { store.deactivate_user(uuid).await })
+            tokio::spawn(async move { store.deactivate_user(uuid, &admin_event(uuid, shared::security_events::EventKind::UserDeactivated)).await })
         };
         for u in uses {
             let reply = u.await.unwrap();
@@ -943,7 +950,7 @@ async fn a_link_by_address_is_refused_once_the_address_is_another_users() {
     // The link names `first`, but the address checked is `second`'s.
     let write = ctx
         .store
-        .link_identity_by_address(&link, &second.user.email)
+        .link_identity_by_address(&link, &second.user.email, &api_tests::admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked))
         .await
         .unwrap();
     assert_eq!(write, shared::identities::LinkWrite::EmailTaken);
@@ -955,7 +962,7 @@ async fn a_link_by_address_is_refused_once_the_address_is_another_users() {
         .is_none());
     assert_eq!(
         ctx.store
-            .link_identity_by_address(&link, &first.user.email)
+            .link_identity_by_address(&link, &first.user.email, &api_tests::admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked))
             .await
             .unwrap(),
         shared::identities::LinkWrite::Linked
