@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The local API's front: listens on the API's port and hands every request to `cargo lambda
 watch` (on a port of its own, started by this script as its child), changing nothing but a
-request body that `cargo lambda watch` cannot carry the way API Gateway does.
+request body that `cargo lambda watch` cannot carry the way API Gateway does, and doing the
+HTTP API's CORS as API Gateway does (see CORS below).
 
 Why. `cargo lambda watch` (1.9.2, crates/cargo-lambda-watch/src/trigger_router.rs,
 `furls_handler`) builds the API Gateway v2 event itself: a body whose Content-Type is absent or
@@ -26,7 +27,7 @@ the emulators built from those measurements do.
 What. A body that is not valid UTF-8 and that API Gateway or `cargo lambda watch` reads as
 text is replaced by its UTF-8 reading (U+FFFD for each invalid sequence, as Python's and Rust's
 lossy decoders do), and its Content-Length follows. Every other request (method, target,
-headers in order, body) and every answer pass through unchanged. Bodies that are UTF-8, and
+headers in order, body) and every answer pass through unchanged, CORS aside. Bodies that are UTF-8, and
 binary-typed bodies (base64-encoded by `cargo lambda watch` exactly as API Gateway does), are
 never touched. One difference from API Gateway remains. A body that is not UTF-8 and has no
 Content-Type, or a text type with a non-UTF-8 charset, is base64-encoded by API Gateway
@@ -34,9 +35,49 @@ Content-Type, or a text type with a non-UTF-8 charset, is base64-encoded by API 
 `cargo lambda watch` can only carry it as text, and the only other way is to build the event
 here.
 
+CORS. With `--cors`, the HTTP API's CorsConfiguration from template.yaml, resolved with the
+local parameters (scripts/stack/template.py `local_cors_configuration`; scripts/stack/watch.py
+passes it), this front does what API Gateway does with it, and `cargo lambda watch` runs with
+`--disable-cors` (its own CORS layer, tower-http's `CorsLayer::very_permissive()`, would answer
+every OPTIONS itself and allow every origin). Source: the API Gateway Developer Guide,
+"Configure CORS for HTTP APIs in API Gateway"
+(https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-cors.html):
+- a preflight is answered by API Gateway itself, whether or not an OPTIONS route exists: the
+  function is never invoked. A preflight is an OPTIONS request with an `Origin` and an
+  `Access-Control-Request-Method` header (the guide: the OPTIONS method returns CORS headers
+  only with both). An OPTIONS request without them is routed like any other request (here to
+  the fallback function, as the $default route takes it on AWS). The guide's caveat about the
+  $default route (it catches OPTIONS, so an authorizer on it would refuse preflights) does not
+  apply: no route of this API has an authorizer.
+- to every other request that has an `Origin`, the configured CORS headers are added to the
+  function's response; without an `Origin`, none, and none to an OPTIONS request that is not
+  a preflight. CORS headers the function returns itself are ignored (removed here).
+- allowOrigins: an exact origin, `*` (any origin), or `https://*` / `http://*` (any origin
+  with that scheme). Origins are compared without regard to case (scheme and host are
+  case-insensitive, RFC 6454 4).
+What the guide leaves unsaid, done here the way API Gateway is reported to behave and the
+Fetch standard (https://fetch.spec.whatwg.org/#http-responses) expects:
+- the answer to a preflight is `204 No Content`, with no body. It allows the request when the
+  origin is allowed, the requested method is in allowMethods (or allowMethods has `*`), and
+  every header in `Access-Control-Request-Headers` is in allowHeaders (or allowHeaders has `*`),
+  compared without regard to case. Then it carries `Access-Control-Allow-Origin`,
+  `-Allow-Methods` and `-Allow-Headers` (the configured lists, comma-separated),
+  `-Max-Age` (maxAge) and `-Allow-Credentials: true` (allowCredentials). Otherwise it is still
+  the gateway's `204`, but with no `Access-Control-*` header at all: the browser refuses the
+  request, and the function never hears of it.
+- `Access-Control-Allow-Origin` is `*` when the origin matched `*` (API Gateway refuses a
+  configuration with `*` and allowCredentials: "allow-credentials is not supported if
+  'allow-origin' is *", aws/aws-cdk#9076), else the request's own origin.
+- `Access-Control-Expose-Headers` (exposeHeaders) goes on the responses to actual requests
+  only: the Fetch standard reads it there, never on a preflight's answer.
+- no `Vary` header is added (the guide names none; the API's answers are not cached).
+Without `--cors` (an API with no CorsConfiguration) the front neither answers preflights nor
+touches CORS headers.
+
 Nothing is logged per request: never a body or a header.
 
-usage: local_api.py --port PORT --watch-port WATCH_PORT -- cargo lambda watch ... --invoke-port WATCH_PORT
+usage: local_api.py --port PORT --watch-port WATCH_PORT [--cors JSON] -- cargo lambda watch ...
+         --invoke-port WATCH_PORT --disable-cors
 Exits with `cargo lambda watch`'s exit code; SIGINT, SIGTERM and SIGHUP are passed on to it.
 """
 
@@ -44,6 +85,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import signal
 import socket
 import subprocess
@@ -95,6 +137,78 @@ def as_delivered(body: bytes, content_type: str | None) -> bytes:
     if gateway_reads_as_text(content_type) or watch_reads_as_text(content_type):
         return body.decode("utf-8", errors="replace").encode("utf-8")
     return body
+
+
+class Cors:
+    """An HTTP API's CorsConfiguration (CloudFormation's property names), applied as API Gateway
+    applies it (see the docstring)."""
+
+    def __init__(self, config: dict):
+        def names(key: str) -> list[str]:
+            value = config.get(key) or []
+            if isinstance(value, str):
+                value = value.split(",")
+            return [str(v).strip() for v in value if str(v).strip()]
+
+        self.allow_origins = names("AllowOrigins")
+        self.allow_methods = names("AllowMethods")
+        self.allow_headers = names("AllowHeaders")
+        self.expose_headers = names("ExposeHeaders")
+        self.max_age = config.get("MaxAge")
+        self.allow_credentials = str(config.get("AllowCredentials", False)).lower() == "true"
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow-credentials is not supported if 'allow-origin' is * (API Gateway refuses it)")
+
+    def allow_origin(self, origin: str | None) -> str | None:
+        """The Access-Control-Allow-Origin value for a request from `origin`, or None."""
+        if not origin:
+            return None
+        lowered = origin.lower()
+        for allowed in self.allow_origins:
+            if allowed == "*":
+                return "*"
+            allowed = allowed.lower()
+            if allowed in ("https://*", "http://*"):
+                if lowered.startswith(allowed[:-1]) and len(lowered) > len(allowed) - 1:
+                    return origin
+            elif lowered == allowed:
+                return origin
+        return None
+
+    def preflight(self, origin: str, method: str, request_headers: str) -> list[tuple[str, str]]:
+        """The headers of the answer to a preflight: none when it is refused."""
+        allow_origin = self.allow_origin(origin)
+        if allow_origin is None:
+            return []
+        methods = {m.upper() for m in self.allow_methods}
+        if "*" not in methods and method.strip().upper() not in methods:
+            return []
+        allowed = {h.lower() for h in self.allow_headers}
+        asked = [h.strip().lower() for h in request_headers.split(",") if h.strip()]
+        if "*" not in allowed and any(h not in allowed for h in asked):
+            return []
+        out = [("Access-Control-Allow-Origin", allow_origin)]
+        if self.allow_credentials:
+            out.append(("Access-Control-Allow-Credentials", "true"))
+        if self.allow_methods:
+            out.append(("Access-Control-Allow-Methods", ",".join(self.allow_methods)))
+        if self.allow_headers:
+            out.append(("Access-Control-Allow-Headers", ",".join(self.allow_headers)))
+        if self.max_age is not None:
+            out.append(("Access-Control-Max-Age", str(self.max_age)))
+        return out
+
+    def actual(self, origin: str | None) -> list[tuple[str, str]]:
+        """The CORS headers added to the response to an actual (not preflight) request."""
+        allow_origin = self.allow_origin(origin)
+        if allow_origin is None:
+            return []
+        out = [("Access-Control-Allow-Origin", allow_origin)]
+        if self.allow_credentials:
+            out.append(("Access-Control-Allow-Credentials", "true"))
+        if self.expose_headers:
+            out.append(("Access-Control-Expose-Headers", ",".join(self.expose_headers)))
+        return out
 
 
 class Upstream:
@@ -155,6 +269,7 @@ class Upstream:
 class Front(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream: Upstream  # set on the class by main()
+    cors: Cors | None = None  # set by main() with --cors
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # no request is logged: never a body or a header
@@ -163,6 +278,13 @@ class Front(BaseHTTPRequestHandler):
         if name.startswith("do_"):
             return self.forward
         raise AttributeError(name)
+
+    def actual_cors(self, origin: str | None) -> list[tuple[str, str]]:
+        """The CORS headers for the answer to a request that is not a preflight: none for an
+        OPTIONS request (API Gateway's need both Origin and Access-Control-Request-Method)."""
+        if self.cors is None or self.command == "OPTIONS":
+            return []
+        return self.cors.actual(origin)
 
     def read_body(self) -> bytes | None:
         """The request's body, or None when it has no framing (no body)."""
@@ -188,6 +310,14 @@ class Front(BaseHTTPRequestHandler):
             self.answer(400, "Bad Request", [("content-type", "text/plain")], b"bad request framing\n")
             self.close_connection = True
             return
+        origin = self.headers.get("origin")
+        if self.cors is not None and self.command == "OPTIONS" and origin \
+                and self.headers.get("access-control-request-method") is not None:
+            # A preflight: API Gateway answers it; the function never sees it.
+            headers = self.cors.preflight(origin, self.headers.get("access-control-request-method", ""),
+                                          ", ".join(self.headers.get_all("access-control-request-headers") or []))
+            self.answer(204, "No Content", headers, b"", None)
+            return
         listed = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
         headers = [(k, v) for k, v in self.headers.items()
                    if k.lower() not in HOP_BY_HOP and k.lower() not in listed]
@@ -200,10 +330,15 @@ class Front(BaseHTTPRequestHandler):
             if not isinstance(e, ConnectionRefusedError):  # (refused: still starting)
                 print(f"local API: cargo lambda watch did not answer {self.command}: {type(e).__name__}",
                       file=sys.stderr, flush=True)
-            self.answer(502, "Bad Gateway", [("content-type", "application/json")],
+            self.answer(502, "Bad Gateway", [("content-type", "application/json"),
+                                             *self.actual_cors(origin)],
                         b'{"message":"cargo lambda watch is not answering (local API)"}')
             return
         out = [(k, v) for k, v in resp_headers if k.lower() not in HOP_BY_HOP]
+        if self.cors is not None:
+            # The function's own CORS headers are ignored; the configured ones are added.
+            out = [(k, v) for k, v in out if not k.lower().startswith("access-control-")]
+            out += self.actual_cors(origin)
         if self.command == "HEAD":
             out += [(k, v) for k, v in resp_headers if k.lower() == "content-length"]
             data_len = None
@@ -241,11 +376,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, required=True, help="the API's port (127.0.0.1)")
     parser.add_argument("--watch-port", type=int, required=True,
                         help="the port cargo lambda watch serves on (its --invoke-port)")
+    parser.add_argument("--cors", default=None, metavar="JSON",
+                        help="the HTTP API's CorsConfiguration, resolved (CloudFormation's property names)")
     parser.add_argument("watch", nargs=argparse.REMAINDER, help="-- the cargo lambda watch command")
     args = parser.parse_args(argv)
     command = args.watch[1:] if args.watch[:1] == ["--"] else args.watch
     if not command:
         parser.error("the cargo lambda watch command is missing (after --)")
+    if args.cors is not None:
+        try:
+            config = json.loads(args.cors)
+            if not isinstance(config, dict):
+                raise ValueError("not a JSON object")
+            Front.cors = Cors(config)
+        except ValueError as e:
+            parser.error(f"--cors: {e}")
 
     Front.upstream = Upstream(args.watch_port)
     try:

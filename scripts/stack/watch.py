@@ -16,28 +16,34 @@ from .common import ROOT, StackError
 from .services import free_port
 from .supervisor import Child, Supervisor
 from .router import write_router
-from .template import load_template, routes
+from .template import LOCAL_PAGE_PORT, load_template, local_cors_configuration, routes
 
 
 def start_watch(sup: Supervisor, port: int, env: dict[str, str], *, log: Path | None,
-                ignore_changes: bool, concurrency: int) -> Child:
+                ignore_changes: bool, concurrency: int, page_port: int = LOCAL_PAGE_PORT) -> Child:
     # `port` is served by scripts/local_api.py, which hands every request to cargo lambda watch
-    # on a port of its own, with a body that is not UTF-8 as API Gateway delivers it (see there).
+    # on a port of its own, with a body that is not UTF-8 as API Gateway delivers it, and which
+    # does the HTTP API's CORS as API Gateway does (see there).
     watch_port = free_port()
     while watch_port == port:
         watch_port = free_port()
+    template = load_template()
     # The routes, from template.yaml, as cargo lambda watch's global configuration.
-    router = write_router(load_template())
+    router = write_router(template)
+    # cargo lambda watch's own CORS layer is off: the front applies the template's
+    # CorsConfiguration, with the local CorsAllowOrigins (the account page on `page_port`).
     argv = ["cargo", "lambda", "watch", "--global", str(router), "--invoke-address", "127.0.0.1",
-            "--invoke-port", str(watch_port), "--concurrency", str(concurrency)]
+            "--invoke-port", str(watch_port), "--concurrency", str(concurrency), "--disable-cors"]
     if ignore_changes:
         argv.append("--ignore-changes")
     # RUST_LOG is for the functions: cargo lambda reads it too and would log every event.
     env = dict(env)
     if "RUST_LOG" in env:
         argv += ["--env-var", f"RUST_LOG={env.pop('RUST_LOG')}"]
+    cors = local_cors_configuration(template, page_port)
+    front = ["--cors", json.dumps(cors)] if cors is not None else []
     argv = [sys.executable, str(ROOT / "scripts" / "local_api.py"), "--port", str(port),
-            "--watch-port", str(watch_port), "--", *argv]
+            "--watch-port", str(watch_port), *front, "--", *argv]
     # cargo lambda watch stops its function processes on SIGINT, as on Ctrl-C (the front passes
     # the signal on and exits with cargo lambda watch's code).
     return sup.start("cargo lambda watch", argv, env=env, log=log, graceful_signal=signal.SIGINT)
