@@ -1,5 +1,5 @@
 """checkov, the template's security scanner, on template.yaml as it is and with every
-optional part on (EdgeProtection, CreateUserPool)."""
+optional part on (EdgeProtection, CreateUserPool, and an AlarmEmail for the alarm topic)."""
 
 from __future__ import annotations
 
@@ -40,17 +40,24 @@ def ensure_checkov(sup: Supervisor) -> Path:
 # The "true"/"false" parameters that add resources: checkov evaluates conditions with the
 # parameters' defaults, so what they add is scanned only in a copy where they default to "true".
 OPTIONAL_PARTS = ("EdgeProtection", "CreateUserPool")
+# The parameters whose empty default leaves resources out, with a value that adds them.
+OPTIONAL_VALUES = {"AlarmEmail": "alarms@example.com"}
 
 
 def all_parts_variant(template_text: str) -> str:
-    """template.yaml with every OPTIONAL_PARTS parameter defaulting to "true": the CloudFront
-    and WAF resources and the Cognito user pool are scanned in this copy (they do not touch
-    each other, so one copy serves both)."""
+    """template.yaml with every OPTIONAL_PARTS parameter defaulting to "true" and every
+    OPTIONAL_VALUES parameter to its value: the CloudFront and WAF resources, the Cognito user
+    pool and the alarm topic and its key are scanned in this copy (they do not touch each
+    other, so one copy serves all)."""
     text = template_text
     for name in OPTIONAL_PARTS:
         text, n = re.subn(rf'(\n  {name}:\n(?:    .*\n)*?    Default: )"false"', r'\1"true"', text)
         if n != 1:
             raise StackError(f'template.yaml: no {name} parameter with Default: "false"')
+    for name, value in OPTIONAL_VALUES.items():
+        text, n = re.subn(rf'(\n  {name}:\n(?:    .*\n)*?    Default: )""', rf'\1"{value}"', text)
+        if n != 1:
+            raise StackError(f'template.yaml: no {name} parameter with Default: ""')
     return text
 
 
