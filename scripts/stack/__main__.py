@@ -12,13 +12,25 @@ Run it through `scripts/dev`, which installs the tools first.
                 nextest, e.g. `-- -E 'test(two_factor)'`), fuzz the API with schemathesis
                 against openapi.yaml, drive the account page in headless Chromium
                 (tests/browser), then the template checks (cfn-lint, sam validate --lint,
-                the router, and the policies against what each function did in the tests);
-                exits non-zero if anything failed
+                the deploy rehearsal, the router, and the policies against what each function
+                did in the tests); exits non-zero if anything failed
   build         `sam build` for arm64 (adds the aarch64 Rust target; zig comes from .venv) and
                 check that every function has an ELF aarch64 bootstrap in .aws-sam/build
+  rehearse [--verbose]
+                a deploy rehearsal without AWS: template.yaml translated by the SAM translator
+                and made as a stack in moto's CloudFormation (in-process), with the defaults
+                and with the user pool, email and passkeys on; then the tables' keys, indexes
+                and TTL against the store's requests (shared/src/store), the functions'
+                environment against what shared/src reads, resolved to the resources made, the
+                roles' policies, the encryption-key secret, the HTTP API's routes, the
+                dashboard and every output; names each resource or property moto cannot make,
+                and why
   routes        print the routes that template.yaml declares, as JSON
   openapi-routes
                 print the operations that openapi.yaml documents, as JSON
+  cors          print the HTTP API's CorsConfiguration with the local CorsAllowOrigins (the
+                account page on --page-port), as the local API applies it: a JSON list of one
+                object (none when the API has no CORS)
   check-policies
                 compare each function's policies with the AWS calls (DynamoDB, Secrets
                 Manager, SES) it made in the last test run (too narrow: it would fail in AWS;
@@ -29,6 +41,11 @@ Run it through `scripts/dev`, which installs the tools first.
                 write scripts/sam-local-env.json (`sam local start-api --env-vars`) from
                 template.yaml
   check-router  fail when that router would route otherwise than template.yaml says
+  gen-alarms    write template.yaml's alarms, dashboard and every function's gradual-deploy
+                settings (DeploymentPreference and its rollback alarms) from its functions and
+                tables (scripts/stack/alarms.py); run it after adding or removing either
+  check-alarms  fail when those differ from what gen-alarms would write, naming what is
+                missing or stale
   env           print the environment the functions get locally (for a shell: eval it), with
                 the local user pool's ids (LOCAL_USER_POOL_ID, LOCAL_USER_POOL_CLIENT_ID) and
                 token settings while `scripts/dev run` runs (the pool exists only then)
@@ -48,6 +65,7 @@ if not __package__:
     # its modules would pass for top-level ones; the package is imported from scripts/.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from stack.alarms import check_alarms, write_alarms  # noqa: E402
 from stack.artifacts import SAM_BUILD_DIR, check_sam_artifacts, ensure_arm64_toolchain  # noqa: E402
 from stack.browser import run_browser_test, start_test_page  # noqa: E402
 from stack.checkov import run_checkov  # noqa: E402
@@ -70,7 +88,9 @@ from stack.services import (  # noqa: E402
     start_services, users_admin, wait_services, write_run_state,
 )
 from stack.supervisor import Supervisor, supervised  # noqa: E402
-from stack.template import LOCAL_PAGE_PORT, functions, load_template, routes  # noqa: E402
+from stack.template import (  # noqa: E402
+    LOCAL_PAGE_PORT, functions, load_template, local_cors_configuration, routes,
+)
 from stack.watch import start_watch, wait_watch, warm_functions  # noqa: E402
 
 DEMO_EMAIL = "demo@example.com"
@@ -87,11 +107,24 @@ def cmd_openapi_routes(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cors(args: argparse.Namespace) -> int:
+    page_port = args.page_port or int((read_run_state() or {}).get("page_port", LOCAL_PAGE_PORT))
+    cors = local_cors_configuration(load_template(), page_port)
+    print(json.dumps([] if cors is None else [cors], indent=2))
+    return 0
+
+
 def cmd_check_policies(args: argparse.Namespace) -> int:
     directory = Path(args.observed_dir).resolve() if args.observed_dir else latest_observed_dir()
     return report(check_policies(directory),
                   f"template.yaml's policies do not match what the functions did in the tests ({directory}):",
                   f"template.yaml: every function's policies are exactly what it used in the tests ({directory})")
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from stack.rehearse import rehearse  # moto and the SAM translator: imported only here
+
+    return 1 if rehearse(verbose=args.verbose) else 0
 
 
 def report(problems: list[str], failed: str, passed: str) -> int:
@@ -103,6 +136,18 @@ def report(problems: list[str], failed: str, passed: str) -> int:
         return 1
     print(passed)
     return 0
+
+
+def cmd_gen_alarms(_args: argparse.Namespace) -> int:
+    changed = write_alarms()
+    print(f"{TEMPLATE.relative_to(ROOT)}: alarms, dashboard and deploy settings "
+          f"{'written' if changed else 'already up to date'}")
+    return 0
+
+
+def cmd_check_alarms(_args: argparse.Namespace) -> int:
+    return report(check_alarms(), "template.yaml's alarms, dashboard or deploy settings do not match its functions "
+                  "and tables:", "template.yaml: alarms, dashboard and deploy settings match its functions and tables")
 
 
 def cmd_gen_sam_local_env(_args: argparse.Namespace) -> int:
@@ -181,7 +226,8 @@ def cmd_run(args: argparse.Namespace, sup: Supervisor) -> int:
     url = f"http://127.0.0.1:{args.port}"
     write_run_state(services, url, args.page_port)
     try:
-        watch = start_watch(sup, args.port, penv, log=None, ignore_changes=False, concurrency=args.concurrency)
+        watch = start_watch(sup, args.port, penv, log=None, ignore_changes=False, concurrency=args.concurrency,
+                            page_port=args.page_port)
         wait_watch(watch, url, timeout=1800)
         page = start_page_server(sup, args.page_port, url, pool, log=LOG_DIR / "run-page.log")
         wait_page(page, args.page_port)
@@ -274,7 +320,8 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
         env.update(pool.function_env())  # the functions accept the local pool's access tokens
         penv = process_env(env)
         watch_log = LOG_DIR / "test-watch.log"
-        watch = start_watch(sup, port, penv, log=watch_log, ignore_changes=True, concurrency=args.concurrency)
+        watch = start_watch(sup, port, penv, log=watch_log, ignore_changes=True, concurrency=args.concurrency,
+                            page_port=page.port if page else LOCAL_PAGE_PORT)
         try:
             wait_watch(watch, url, timeout=args.watch_timeout)
             problems = warm_functions(template, url, timeout=args.watch_timeout)
@@ -291,6 +338,10 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
                 "TEMPLATE_PATH": str(TEMPLATE),
                 "OBSERVED_DIR": str(observed_dir),
                 "WATCH_LOG": str(watch_log.resolve()),
+                # The test threads' stack: the dev profile's unoptimised handlers, run in process
+                # under the harness's layers, need more than Rust's default 2 MiB (a Lambda
+                # function's main thread has 8 MiB, and release builds use far less).
+                "RUST_MIN_STACK": str(8 << 20),
                 # The local user pool (sign-in tokens), and moto's signing key, with which the
                 # tests forge tokens the functions take for the pool's.
                 **pool.ids_env(),
@@ -327,10 +378,17 @@ def cmd_test(args: argparse.Namespace, sup: Supervisor) -> int:
     step("sam validate --lint",
          sup.run("sam validate", [str(VENV_BIN / "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)],
                  env=process_env({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})) == 0)
+    step("rehearse (template.yaml deployed to moto's CloudFormation)",
+         sup.run("rehearse", [str(VENV_BIN / "python"), str(ROOT / "scripts" / "stack"), "rehearse"],
+                 env=process_env({})) == 0)
     problems = check_router() + check_sam_local_env()
     for p in problems:
         print(f"  {p}", file=sys.stderr)
     step("check-router (the local router and scripts/sam-local-env.json match template.yaml)", not problems)
+    problems = check_alarms()
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    step("check-alarms (every function has its alarms, dashboard widgets and rollback triggers)", not problems)
     if filtered:
         print("stack: check-policies: skipped (arguments for nextest were given: the tests that ran may not "
               "exercise every function)", flush=True)
@@ -376,14 +434,24 @@ def main(argv: list[str]) -> int:
     p.add_argument("--browser-timeout", type=float, default=600,
                    help="seconds before the browser test is stopped and failed (default 600)")
     p.add_argument("nextest_args", nargs=argparse.REMAINDER, help="arguments for cargo nextest run")
+    p = sub.add_parser("rehearse", help="deploy template.yaml to moto's CloudFormation (no AWS) and check what it made")
+    p.add_argument("--verbose", action="store_true", help="list every check that passed")
     sub.add_parser("routes", help="print the routes of template.yaml as JSON")
     sub.add_parser("openapi-routes", help="print the operations of openapi.yaml as JSON")
+    p = sub.add_parser("cors", help="print the HTTP API's CORS configuration as the local API applies it, as JSON")
+    p.add_argument("--page-port", type=int, default=None,
+                   help=f"the account page's port, an allowed origin (default: that of the `scripts/dev run` "
+                        f"that runs, else {LOCAL_PAGE_PORT})")
     p = sub.add_parser("check-policies",
                        help="fail when a function's policies are narrower or wider than what it did in the tests")
     p.add_argument("--observed-dir", default=None,
                    help=f"the tests' observations (default: the latest run's, in {OBSERVED_DIR.relative_to(ROOT)}/<pid>)")
     sub.add_parser("gen-router", help="write .local/cargo-lambda.toml (cargo lambda watch's router) from template.yaml")
     sub.add_parser("gen-sam-local-env", help="write scripts/sam-local-env.json from template.yaml")
+    sub.add_parser("gen-alarms", help="write template.yaml's alarms, dashboard and gradual-deploy settings "
+                                      "from its functions and tables")
+    sub.add_parser("check-alarms", help="fail when template.yaml's alarms, dashboard or gradual-deploy settings "
+                                        "do not match its functions and tables")
     sub.add_parser("check-router", help="fail when the local router would route otherwise than template.yaml")
     sub.add_parser("build", help="sam build for arm64: one bootstrap per function in .aws-sam/build")
     p = sub.add_parser("env", help="print the local environment of the functions as shell exports")
@@ -399,8 +467,9 @@ def main(argv: list[str]) -> int:
         args.nextest_args = args.nextest_args[1:]
 
     simple = {"routes": cmd_routes, "gen-router": cmd_gen_router, "check-router": cmd_check_router, "env": cmd_env,
-              "openapi-routes": cmd_openapi_routes, "check-policies": cmd_check_policies,
-              "gen-sam-local-env": cmd_gen_sam_local_env}
+              "openapi-routes": cmd_openapi_routes, "check-policies": cmd_check_policies, "cors": cmd_cors,
+              "gen-sam-local-env": cmd_gen_sam_local_env, "gen-alarms": cmd_gen_alarms,
+              "check-alarms": cmd_check_alarms, "rehearse": cmd_rehearse}
     if args.command in simple:
         try:
             return simple[args.command](args)

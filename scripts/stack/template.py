@@ -22,19 +22,25 @@ LOCAL_PAGE_PORT = 3001
 # the app's signing certificate. No certificate has this one: it is the SHA-256 of the text
 # "posthog-users local test app signing certificate".
 LOCAL_ANDROID_ORIGIN = "android:apk-key-hash:E8wzTa8DgqiU17BM25AH_WJwnhVKVgdDahU0kwMJZdg"
+# A web app's origin the local API's CORS allows beside the account page's (CorsAllowOrigins).
+# No app is served there (`.test` is reserved, RFC 6761): the tests send preflights from it.
+LOCAL_WEB_APP_ORIGIN = "https://app.example.test"
 
 
 def local_parameters(page_port: int = LOCAL_PAGE_PORT) -> dict[str, str]:
     """Local values of the template's parameters (everything else takes its default). Passkeys
     are bound to RP id `localhost` and accepted from the account page,
     http://localhost:<page_port> (first: the tests' software authenticator takes the first
-    origin as its own), and from the local Android app origin."""
+    origin as its own), and from the local Android app origin. The HTTP API's CORS allows the
+    account page's origin and LOCAL_WEB_APP_ORIGIN (not the default "*": locally, too, an
+    origin that is not listed is refused)."""
     return {
         "NamePrefix": "local",
         "EmailSender": "no-reply@example.com",
         "PasskeyRpId": "localhost",
         "PasskeyRpName": "PostHog (local)",
         "PasskeyOrigins": f"http://localhost:{page_port},{LOCAL_ANDROID_ORIGIN}",
+        "CorsAllowOrigins": f"http://localhost:{page_port},{LOCAL_WEB_APP_ORIGIN}",
     }
 
 
@@ -142,6 +148,11 @@ class Resolver:
             raise StackError(f"condition {name} is not defined")
         return self._truth(conditions[name])
 
+    def truth(self, expr: Any) -> bool:
+        """The value of a condition expression (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition),
+        as in Conditions and the Rules' assertions."""
+        return self._truth(expr)
+
     def _truth(self, expr: Any) -> bool:
         (key, arg), = expr.items()
         if key == "Condition":
@@ -232,3 +243,32 @@ def local_function_env(template: dict[str, Any], page_port: int = LOCAL_PAGE_POR
             env[name] = resolved
     return env
 
+
+
+def local_cors_configuration(template: dict[str, Any], page_port: int = LOCAL_PAGE_PORT) -> dict[str, Any] | None:
+    """The HTTP API's CorsConfiguration (AWS::Serverless::HttpApi, the property names of
+    AWS::ApiGatewayV2::Api's Cors) resolved with the local parameters, for the local API's
+    front (scripts/local_api.py): None when the API has none. A CommaDelimitedList parameter
+    becomes its list, each member space-trimmed, as CloudFormation does."""
+    apis = [res for res in template["Resources"].values() if res.get("Type") == "AWS::Serverless::HttpApi"]
+    if len(apis) != 1:
+        raise StackError(f"template.yaml must declare exactly one AWS::Serverless::HttpApi, found {len(apis)}")
+    cors = apis[0].get("Properties", {}).get("CorsConfiguration")
+    if cors is None or cors is False:
+        return None
+    if isinstance(cors, str):
+        cors = {"AllowOrigins": [cors]}  # SAM: a string is the one allowed origin
+    if not isinstance(cors, dict):
+        raise StackError(f"HttpApi CorsConfiguration: {cors!r} has no local value")
+    resolver = Resolver(template, local_parameters(page_port))
+    declared = template.get("Parameters") or {}
+    out: dict[str, Any] = {}
+    for name, value in cors.items():
+        if isinstance(value, dict) and set(value) == {"Ref"} and \
+                declared.get(value["Ref"], {}).get("Type") == "CommaDelimitedList":
+            value = [v.strip() for v in str(resolver.ref(value["Ref"])).split(",")]
+        else:
+            value = resolver.resolve(value)
+        if value is not NO_VALUE:
+            out[name] = value
+    return out
