@@ -30,8 +30,12 @@ pub enum EventKind {
     PasskeyRemoved,
     /// A sign-in identity (token issuer and subject) was linked to the user.
     IdentityLinked,
+    /// An operator created a key for the user.
+    KeyCreated,
     /// An operator revoked one of the user's keys.
     KeyRevoked,
+    /// An operator removed a sign-in identity's link to the user.
+    IdentityUnlinked,
     /// An operator deactivated the user.
     UserDeactivated,
 }
@@ -45,9 +49,8 @@ pub struct Actor {
     pub uuid: Option<UserId>,
     /// `api_key`, `access_token` or `operator`.
     pub credential: String,
-    /// A prefix of the credential's id: the first 8 hex digits of a key's SHA-256 (the form the
-    /// key table and `users-admin` show), or of an access token's `jti`; never enough to
-    /// authenticate with.
+    /// A prefix of the credential's id: the first 8 hex digits of a key's SHA-256, or the first
+    /// 8 letters and digits of an access token's `jti`; never enough to authenticate with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_id: Option<String>,
     /// An access token's app client.

@@ -161,7 +161,7 @@ pub struct VerifiedToken {
     /// The `email` claim, and whether `email_verified` says it was verified.
     pub email: Option<String>,
     pub email_verified: bool,
-    /// The first 8 characters of the token's `jti`, for the audit trail.
+    /// The first 8 letters and digits of the token's `jti`, for the audit trail.
     pub token_id: Option<String>,
 }
 
@@ -304,7 +304,8 @@ impl TokenSettings {
             email_verified,
             token_id: claims
                 .jti
-                .map(|jti| jti.chars().filter(char::is_ascii_alphanumeric).take(8).collect()),
+                .map(|jti| jti.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>())
+                .filter(|id| !id.is_empty()),
         })
     }
 }

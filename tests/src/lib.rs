@@ -406,7 +406,13 @@ pub async fn create_key(ctx: &Context, user: &UserRecord, scopes: &[&str]) -> St
         user_is_staff: user.is_staff,
         user_is_active: true,
     };
-    ctx.store.put_api_key(&record).await.expect("create key");
+    // As users-admin records it.
+    let event = admin_event(record.user_uuid, shared::security_events::EventKind::KeyCreated)
+        .with_detail(ApiKeyHash::of(&key).id_prefix());
+    ctx.store
+        .put_api_key(&record, &event)
+        .await
+        .expect("create key");
     key
 }
 

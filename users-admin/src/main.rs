@@ -274,7 +274,9 @@ async fn run(command: Command) -> Result<Value, Failure> {
                 user_is_staff: owner.is_staff,
                 user_is_active: true,
             };
-            store.put_api_key(&record).await.map_err(|e| match e {
+            let event = operator_event(&config, uuid, EventKind::KeyCreated)
+                .with_detail(ApiKeyHash::of(&key).id_prefix());
+            store.put_api_key(&record, &event).await.map_err(|e| match e {
                 ApiError::NotFound => Failure::NoActiveUser(record.user_uuid),
                 other => Failure::Store(other),
             })?;
@@ -369,7 +371,9 @@ async fn run(command: Command) -> Result<Value, Failure> {
             let (issuer, subject) = identity(&config, issuer, &subject)?;
             let key = shared::identities::IdentityKey::of(&issuer, &subject);
             let link = store
-                .unlink_identity(&key)
+                .unlink_identity(&key, |user| {
+                    operator_event(&config, user, EventKind::IdentityUnlinked)
+                })
                 .await?
                 .ok_or(Failure::NoSuchLink)?;
             Ok(json!({"ok": true, "user": link.user_uuid}))

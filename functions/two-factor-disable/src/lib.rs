@@ -2,6 +2,7 @@
 use serde_json::json;
 use shared::lambda_http::{Body, Request, Response};
 use shared::security_events::EventKind;
+use shared::store::Commit;
 use shared::two_factor::Notice;
 use shared::{http, ApiError, Context};
 
@@ -13,15 +14,24 @@ shared::endpoint!(disable);
 async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid;
-    let state = ctx.store.two_factor_state(uuid).await?;
-    let user = state.active_user()?;
-    let disabled = state.device.is_some().then(|| {
-        ctx.event_by(&call, uuid, EventKind::TwoFactorDisabled)
-            .with_detail("totp")
-    });
-    ctx.store.disable_two_factor(uuid, disabled.as_ref()).await?;
-    if state.device.is_some() {
-        shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled);
+    // The device is removed as read (there: recorded and mailed; absent: neither); one
+    // removed or confirmed meanwhile makes it read again.
+    for round in 0..5 {
+        if round > 0 {
+            shared::store::race_backoff(round).await;
+        }
+        let state = ctx.store.two_factor_state(uuid).await?;
+        let user = state.active_user()?;
+        let disabled = state.device.is_some().then(|| {
+            ctx.event_by(&call, uuid, EventKind::TwoFactorDisabled)
+                .with_detail("totp")
+        });
+        if ctx.store.disable_two_factor(uuid, disabled.as_ref()).await? == Commit::Done {
+            if disabled.is_some() {
+                shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled);
+            }
+            return http::ok(&json!({"success": true}));
+        }
     }
-    http::ok(&json!({"success": true}))
+    Err(ApiError::Unavailable)
 }

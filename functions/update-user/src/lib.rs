@@ -5,6 +5,7 @@ use shared::fields::{self, Fields, Null, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::store::users::{email_taken, EmailUpdate};
 use shared::security_events::EventKind;
+use shared::store::Commit;
 use shared::two_factor::Notice;
 use shared::users::{email_key, ProfilePatch};
 use shared::{email_change, http, ApiError, Context};
@@ -14,7 +15,7 @@ shared::endpoint!(update);
 async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
-    let mut patch = profile_patch(&body)?;
+    profile_patch(&body)?;
     let new_email = match fields::text(&body, "email", Text::not_blank(254))? {
         Some(email) if !email_change::is_valid_email(&email) => {
             return Err(ApiError::invalid_input(
@@ -24,6 +25,27 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         }
         other => other,
     };
+    // What the update records (passkey 2FA coming into effect or ending) is decided on the user
+    // as read, and the write holds only if the user is still so: else read again.
+    for round in 0..5 {
+        if round > 0 {
+            shared::store::race_backoff(round).await;
+        }
+        if let Some(response) = attempt(ctx, &call, &body, new_email.clone()).await? {
+            return Ok(response);
+        }
+    }
+    Err(ApiError::Unavailable)
+}
+
+/// One read-decide-write round of the update; `None` when the user changed since the read.
+async fn attempt(
+    ctx: &Context,
+    call: &shared::Call,
+    body: &Fields,
+    new_email: Option<String>,
+) -> Result<Option<Response<Body>>, ApiError> {
+    let mut patch = profile_patch(body)?;
     let uuid = call.target.uuid;
     let mails_code = new_email.is_some() && ctx.mailer.enabled();
     let (view, owner, mail_log, keyring) = match &new_email {
@@ -50,6 +72,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         return Err(shared::passkeys::no_passkeys());
     }
     let passkey_2fa_before = view.user.passkey_2fa();
+    let seen = view.user.clone();
     patch.merge_notification_settings(&view.user);
     check_setting_sizes(&patch)?;
     let new_email = new_email.filter(|e| email_key(e) != email_key(&view.user.email));
@@ -106,10 +129,10 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     match &email_update {
         EmailUpdate::Unchanged => {}
         EmailUpdate::Request { .. } => {
-            events.push(ctx.event_by(&call, uuid, EventKind::EmailChangeRequested))
+            events.push(ctx.event_by(call, uuid, EventKind::EmailChangeRequested))
         }
         EmailUpdate::Immediate { .. } => {
-            events.push(ctx.event_by(&call, uuid, EventKind::EmailChangeCompleted))
+            events.push(ctx.event_by(call, uuid, EventKind::EmailChangeCompleted))
         }
     }
     if passkey_2fa_after != passkey_2fa_before {
@@ -118,11 +141,18 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         } else {
             EventKind::TwoFactorDisabled
         };
-        events.push(ctx.event_by(&call, uuid, kind).with_detail("passkey"));
+        events.push(ctx.event_by(call, uuid, kind).with_detail("passkey"));
     }
-    ctx.store
-        .update_profile(uuid, &patch, email_update, &events)
-        .await?;
+    // Only a change of passkey 2FA's effect is conditioned on the user as read.
+    let as_read = (passkey_2fa_after != passkey_2fa_before).then_some(&seen);
+    if ctx
+        .store
+        .update_profile(uuid, &patch, email_update, as_read, &events)
+        .await?
+        == Commit::Conflict
+    {
+        return Ok(None);
+    }
     if passkey_2fa_after != passkey_2fa_before {
         shared::two_factor::notify(
             &ctx.mailer,
@@ -143,7 +173,7 @@ async fn update(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
             None => view.user.email = new,
         }
     }
-    http::ok(&view.to_json())
+    http::ok(&view.to_json()).map(Some)
 }
 
 /// Each JSON setting, as it will be stored, is kept small, and so is the whole user item

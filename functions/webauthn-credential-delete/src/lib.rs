@@ -34,10 +34,7 @@ async fn delete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
                     .with_detail("passkey"),
             );
         }
-        if ctx
-            .store
-            .delete_passkey(&passkey, user.verified_passkeys, &events)
-            .await?
+        if ctx.store.delete_passkey(&passkey, &user, &events).await?
         {
             notify(&ctx.mailer, &user.email, Notice::PasskeyRemoved);
             if ends_2fa {

@@ -1,6 +1,7 @@
 //! `POST /api/webauthn/credentials/{id}/verify_complete/`: the assertion that proves a newly
 //! registered passkey; it is then verified (and may serve as the second factor).
 use shared::security_events::EventKind;
+use shared::store::passkeys::PasskeyVerify;
 use shared::lambda_http::{Body, Request, Response};
 use shared::passkeys::{self, CeremonyPurpose, ClientData, PasskeyId};
 use shared::two_factor::{notify, Notice};
@@ -41,21 +42,35 @@ async fn complete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErr
     )?;
     let mut verified = passkey.after_use(&result)?;
     let now = shared::clock::iso_now();
-    // The first verified passkey of a user who turned passkey 2FA on brings it into effect.
-    let starts_2fa = user.passkeys_enabled_for_2fa && user.verified_passkeys <= 0;
-    let events: Vec<_> = starts_2fa
-        .then(|| {
-            ctx.event_by(&call, uuid, EventKind::TwoFactorEnabled)
-                .with_detail("passkey")
-        })
-        .into_iter()
-        .collect();
-    if !ctx
-        .store
-        .mark_passkey_verified(&verified, &now, &events)
-        .await?
-    {
-        return Err(passkeys::not_found_or_verified());
+    // The first verified passkey of a user who turned passkey 2FA on brings it into effect:
+    // decided on the user as read, and written only if the user is still so (else read the
+    // user again: the assertion stays proved).
+    let mut user = user;
+    let mut starts_2fa;
+    let mut round = 0;
+    loop {
+        starts_2fa = user.passkeys_enabled_for_2fa && user.verified_passkeys <= 0;
+        let events: Vec<_> = starts_2fa
+            .then(|| {
+                ctx.event_by(&call, uuid, EventKind::TwoFactorEnabled)
+                    .with_detail("passkey")
+            })
+            .into_iter()
+            .collect();
+        match ctx
+            .store
+            .mark_passkey_verified(&verified, &now, &user, &events)
+            .await?
+        {
+            PasskeyVerify::Done => break,
+            PasskeyVerify::Gone => return Err(passkeys::not_found_or_verified()),
+            PasskeyVerify::UserChanged if round < 5 => {
+                round += 1;
+                shared::store::race_backoff(round).await;
+                user = ctx.store.user(uuid).await?.ok_or(ApiError::NotFound)?;
+            }
+            PasskeyVerify::UserChanged => return Err(ApiError::Unavailable),
+        }
     }
     verified.verified = true;
     verified.last_used_at = Some(now);

@@ -19,6 +19,8 @@ enum Credential {
 struct CredentialLists {
     credentials: Vec<Credential>,
     added: u64,
+    /// Whether the user was active when read.
+    active: bool,
 }
 
 impl Store {
@@ -39,7 +41,13 @@ impl Store {
     /// own list of key hashes, in one transaction: once a deactivation has made the user
     /// inactive no key can be added, and every key added before is in that list, which a
     /// deactivation reads consistently (the `by_user` index is only eventually consistent).
-    pub async fn put_api_key(&self, record: &ApiKeyRecord) -> Result<(), ApiError> {
+    ///
+    /// `event` (the `key_created` record) is written in the same transaction.
+    pub async fn put_api_key(
+        &self,
+        record: &ApiKeyRecord,
+        event: &crate::security_events::SecurityEvent,
+    ) -> Result<(), ApiError> {
         use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
         let put = Put::builder()
             .table_name(&self.tables.api_keys)
@@ -63,6 +71,7 @@ impl Store {
         let items = vec![
             TransactWriteItem::builder().put(put).build(),
             TransactWriteItem::builder().update(user).build(),
+            self.event_put(event)?,
         ];
         match self.transact("api_keys.put", items).await? {
             super::Tx::Done => Ok(()),
@@ -174,8 +183,9 @@ impl Store {
     /// meanwhile makes it read again, and once the user is inactive none can be added
     /// (`put_api_key`, `link_identity`). So none can stay live, whatever the index shows.
     ///
-    /// `event` (the `user_deactivated` record) is written in the transaction that makes the
-    /// user inactive.
+    /// `event` (the `user_deactivated` record) is written in the transaction that makes an
+    /// active user inactive (conditioned on the user being active still); a rerun on an
+    /// inactive user records nothing.
     pub async fn deactivate_user(
         &self,
         uuid: UserId,
@@ -212,12 +222,21 @@ impl Store {
                 .update_expression("SET is_active = :no")
                 .expression_attribute_names("#uuid", "uuid")
                 .expression_attribute_values(":no", AttributeValue::Bool(false));
+            // Still as read: active (and recorded), or not (and not recorded again).
+            user = user.expression_attribute_values(":yes", AttributeValue::Bool(true));
+            let was = if lists.active {
+                "is_active = :yes"
+            } else {
+                "NOT is_active = :yes"
+            };
             user = match lists.added {
-                0 => user.condition_expression(
-                    "attribute_exists(#uuid) AND attribute_not_exists(keys_added)",
-                ),
+                0 => user.condition_expression(format!(
+                    "attribute_exists(#uuid) AND attribute_not_exists(keys_added) AND {was}"
+                )),
                 added => user
-                    .condition_expression("attribute_exists(#uuid) AND keys_added = :added")
+                    .condition_expression(format!(
+                        "attribute_exists(#uuid) AND keys_added = :added AND {was}"
+                    ))
                     .expression_attribute_values(":added", super::n(added)),
             };
             let mut items = vec![TransactWriteItem::builder()
@@ -233,7 +252,9 @@ impl Store {
                         .build(),
                 );
             }
-            items.push(self.event_put(event)?);
+            if lists.active {
+                items.push(self.event_put(event)?);
+            }
             match self.transact("users.deactivate", items).await? {
                 super::Tx::Done => {
                     self.mark_inactive(rest).await?;
@@ -265,7 +286,7 @@ impl Store {
             .get_item()
             .table_name(&self.tables.users)
             .key("uuid", s(uuid))
-            .projection_expression("api_key_hashes, identity_keys, keys_added, #uuid")
+            .projection_expression("api_key_hashes, identity_keys, keys_added, is_active, #uuid")
             .expression_attribute_names("#uuid", "uuid")
             .consistent_read(true)
             .send()
@@ -288,7 +309,12 @@ impl Store {
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        Ok(Some(CredentialLists { credentials, added }))
+        let active = matches!(item.get("is_active"), Some(AttributeValue::Bool(true)));
+        Ok(Some(CredentialLists {
+            credentials,
+            added,
+            active,
+        }))
     }
 
     /// The update that marks a key or link inactive, if it still exists, in a transaction.

@@ -98,6 +98,7 @@ impl Store {
                 user.uuid,
                 &verified,
                 Some((&user.email, &request.new_email)),
+                None,
             )?,
             self.claim_email(&request.new_email, user.uuid)?,
             TransactWriteItem::builder().delete(delete_request).build(),

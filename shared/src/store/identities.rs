@@ -145,10 +145,12 @@ impl Store {
 
     /// Removes a link and takes it off its user's list, in one transaction (so that a first
     /// use linking the identity again cannot fall between the two and leave a link the list
-    /// lacks); the link removed, if there was one.
+    /// lacks), with the `identity_unlinked` record `event_for` makes for the link's user; the
+    /// link removed, if there was one.
     pub async fn unlink_identity(
         &self,
         key: &IdentityKey,
+        event_for: impl Fn(UserId) -> SecurityEvent,
     ) -> Result<Option<IdentityLink>, ApiError> {
         use aws_sdk_dynamodb::types::Delete;
         for _round in 0..3 {
@@ -174,6 +176,7 @@ impl Store {
             let items = vec![
                 TransactWriteItem::builder().delete(delete).build(),
                 TransactWriteItem::builder().update(user).build(),
+                self.event_put(&event_for(link.user_uuid))?,
             ];
             match self.transact("identities.unlink", items).await? {
                 Tx::Done => return Ok(Some(link)),

@@ -49,6 +49,17 @@ pub enum AddPasskey {
     AlreadyRegistered,
 }
 
+/// How marking a passkey verified ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PasskeyVerify {
+    Done,
+    /// The passkey went, or was verified meanwhile.
+    Gone,
+    /// The user's count of verified passkeys or passkey 2FA flag changed since they were read
+    /// (what the records depend on), or the user is gone or inactive: read again.
+    UserChanged,
+}
+
 /// How the use of a passkey at sign-in ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PasskeyUse {
@@ -268,8 +279,9 @@ impl Store {
         &self,
         passkey: &PasskeyRecord,
         used_at: &str,
+        seen: &crate::users::UserRecord,
         events: &[SecurityEvent],
-    ) -> Result<bool, ApiError> {
+    ) -> Result<PasskeyVerify, ApiError> {
         let update = Update::builder()
             .table_name(&self.tables.passkeys)
             .set_key(Some(passkey_key(passkey.user_uuid, &passkey.id)))
@@ -287,10 +299,16 @@ impl Store {
             .map_err(|e| super::builder_failed("passkeys.verify", e))?;
         let mut items = vec![
             TransactWriteItem::builder().update(update).build(),
-            self.count_verified(passkey.user_uuid, 1)?,
+            self.count_verified_as_read(passkey.user_uuid, 1, seen)?,
         ];
         items.extend(self.event_puts(events)?);
-        Ok(self.transact("passkeys.verify", items).await?.is_done())
+        Ok(match self.transact("passkeys.verify", items).await? {
+            Tx::Done => PasskeyVerify::Done,
+            Tx::Refused(failed) if failed.first().copied().unwrap_or(false) => {
+                PasskeyVerify::Gone
+            }
+            Tx::Refused(_) => PasskeyVerify::UserChanged,
+        })
     }
 
     /// Deletes a passkey, provided it is still as read (verified or not, which decides what
@@ -300,9 +318,10 @@ impl Store {
     pub async fn delete_passkey(
         &self,
         passkey: &PasskeyRecord,
-        verified_seen: i64,
+        seen: &crate::users::UserRecord,
         events: &[SecurityEvent],
     ) -> Result<bool, ApiError> {
+        let verified_seen = seen.verified_passkeys;
         let delete = Delete::builder()
             .table_name(&self.tables.passkeys)
             .set_key(Some(passkey_key(passkey.user_uuid, &passkey.id)))
@@ -315,11 +334,14 @@ impl Store {
             .table_name(&self.tables.users)
             .key("uuid", s(passkey.user_uuid))
             .update_expression("ADD passkey_count :all, verified_passkeys :verified")
-            .condition_expression(
+            // The count and the passkey 2FA flag as read, on which the records depend.
+            .condition_expression(format!(
                 "attribute_exists(#uuid) AND (verified_passkeys = :seen \
-                 OR (attribute_not_exists(verified_passkeys) AND :seen = :zero))",
-            )
+                 OR (attribute_not_exists(verified_passkeys) AND :seen = :zero)) AND {}",
+                flag_as_read(seen.passkeys_enabled_for_2fa)
+            ))
             .expression_attribute_names("#uuid", "uuid")
+            .expression_attribute_values(":on", AttributeValue::Bool(true))
             .expression_attribute_values(":all", n(-1))
             .expression_attribute_values(":verified", n(-verified))
             .expression_attribute_values(":seen", n(verified_seen))
@@ -419,11 +441,21 @@ impl Store {
                     .map_err(sdk("users.passkeys_off"))?;
                 return Ok(removed);
             };
-            let event = SecurityEvent::new(uuid, EventKind::PasskeyRemoved, actor, retention_days)
-                .with_detail(passkey.id.as_str());
-            if self
-                .delete_passkey(&passkey, user.verified_passkeys, &[event])
-                .await?
+            let mut events = vec![SecurityEvent::new(
+                uuid,
+                EventKind::PasskeyRemoved,
+                actor,
+                retention_days,
+            )
+            .with_detail(passkey.id.as_str())];
+            // The last verified passkey takes passkey 2FA with it, as a user's own delete does.
+            if passkey.verified && user.verified_passkeys == 1 && user.passkeys_enabled_for_2fa {
+                events.push(
+                    SecurityEvent::new(uuid, EventKind::TwoFactorDisabled, actor, retention_days)
+                        .with_detail("passkey"),
+                );
+            }
+            if self.delete_passkey(&passkey, &user, &events).await?
             {
                 (removed, lost) = (removed + 1, 0);
             } else {
@@ -433,18 +465,40 @@ impl Store {
         Err(ApiError::Unavailable)
     }
 
-    /// The transaction item that adds `by` to the user's count of verified passkeys.
-    fn count_verified(&self, uuid: UserId, by: i64) -> Result<TransactWriteItem, ApiError> {
+    /// The transaction item that adds `by` to the user's count of verified passkeys; with
+    /// `seen`, provided the count and the passkey 2FA flag are still as read there.
+    fn count_verified_as_read(
+        &self,
+        uuid: UserId,
+        by: i64,
+        seen: &crate::users::UserRecord,
+    ) -> Result<TransactWriteItem, ApiError> {
         let update = Update::builder()
             .table_name(&self.tables.users)
             .key("uuid", s(uuid))
             .update_expression("ADD verified_passkeys :by")
-            .condition_expression("attribute_exists(#uuid) AND is_active = :yes")
+            .condition_expression(format!(
+                "attribute_exists(#uuid) AND is_active = :on AND (verified_passkeys = :seen \
+                 OR (attribute_not_exists(verified_passkeys) AND :seen = :zero)) AND {}",
+                flag_as_read(seen.passkeys_enabled_for_2fa)
+            ))
             .expression_attribute_names("#uuid", "uuid")
             .expression_attribute_values(":by", n(by))
-            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":on", AttributeValue::Bool(true))
+            .expression_attribute_values(":seen", n(seen.verified_passkeys))
+            .expression_attribute_values(":zero", n(0))
             .build()
             .map_err(|e| super::builder_failed("users.count_verified", e))?;
         Ok(TransactWriteItem::builder().update(update).build())
+    }
+}
+
+/// The condition that the user's `passkeys_enabled_for_2fa` is still `seen` (absent reads as
+/// off); it names the value `:on` (true).
+pub(crate) fn flag_as_read(seen: bool) -> &'static str {
+    if seen {
+        "passkeys_enabled_for_2fa = :on"
+    } else {
+        "(attribute_not_exists(passkeys_enabled_for_2fa) OR passkeys_enabled_for_2fa <> :on)"
     }
 }

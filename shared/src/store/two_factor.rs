@@ -72,41 +72,39 @@ impl Store {
     /// Removes every 2FA item of a user: device, pending setup, backup codes. The failure
     /// states of the code checks stay: disabling 2FA must not lift a lock.
     ///
-    /// With `event` (a device was read), the device's delete is conditioned on its still
-    /// being there, so that of two racing disables only the one that removed it records the
-    /// event; the other removes what is left without one.
+    /// The device's delete is conditioned on the device being as read: there, with `event`
+    /// (the `two_factor_disabled` record), or absent without one. So of racing disables only
+    /// the one that removed the device records it, and a device confirmed after the read is
+    /// not removed unrecorded: both are a `Conflict`, for the caller to read again.
     pub async fn disable_two_factor(
         &self,
         uuid: UserId,
         event: Option<&crate::security_events::SecurityEvent>,
-    ) -> Result<(), ApiError> {
-        let mut event = event;
-        for _round in 0..2 {
-            let mut items = [TOTP, PENDING, BACKUP_CODES]
-                .into_iter()
-                .map(|kind| {
-                    let mut delete = Delete::builder()
-                        .table_name(&self.tables.two_factor)
-                        .set_key(Some(key(uuid, kind)));
-                    if kind == TOTP && event.is_some() {
-                        delete = delete.condition_expression("attribute_exists(kind)");
-                    }
-                    delete
-                        .build()
-                        .map(|d| TransactWriteItem::builder().delete(d).build())
-                        .map_err(|e| super::builder_failed("two_factor.disable", e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            items.extend(event.map(|e| self.event_put(e)).transpose()?);
-            match self.transact("two_factor.disable", items).await? {
-                Tx::Done => return Ok(()),
-                // The device went meanwhile (a racing disable recorded it): remove the rest.
-                Tx::Refused(_) if event.is_some() => event = None,
-                Tx::Refused(_) => break,
-            }
-        }
-        // Unconditional deletes cannot fail a condition.
-        Err(ApiError::Unavailable)
+    ) -> Result<super::Commit, ApiError> {
+        let mut items = [TOTP, PENDING, BACKUP_CODES]
+            .into_iter()
+            .map(|kind| {
+                let mut delete = Delete::builder()
+                    .table_name(&self.tables.two_factor)
+                    .set_key(Some(key(uuid, kind)));
+                if kind == TOTP {
+                    delete = delete.condition_expression(if event.is_some() {
+                        "attribute_exists(kind)"
+                    } else {
+                        "attribute_not_exists(kind)"
+                    });
+                }
+                delete
+                    .build()
+                    .map(|d| TransactWriteItem::builder().delete(d).build())
+                    .map_err(|e| super::builder_failed("two_factor.disable", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        items.extend(event.map(|e| self.event_put(e)).transpose()?);
+        Ok(match self.transact("two_factor.disable", items).await? {
+            Tx::Done => super::Commit::Done,
+            Tx::Refused(_) => super::Commit::Conflict,
+        })
     }
 }
 

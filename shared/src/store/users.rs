@@ -278,12 +278,14 @@ impl Store {
     }
 
     /// The update of a user's own fields (and, with `new_email`, of its address), guarded by
-    /// the user being active (and still having `old_email`).
+    /// the user being active (and still having `old_email`; with `as_read`, still having the
+    /// passkey 2FA flag and a verified passkey or none, as read there).
     pub(crate) fn user_update(
         &self,
         uuid: UserId,
         patch: &ProfilePatch,
         email: Option<(&str, &str)>,
+        as_read: Option<&UserRecord>,
     ) -> Result<TransactWriteItem, ApiError> {
         let mut sets = Vec::new();
         let mut update = Update::builder()
@@ -303,6 +305,18 @@ impl Store {
             condition.push_str(" AND verified_passkeys > :no_passkeys");
             update = update.expression_attribute_values(":no_passkeys", n(0));
         }
+        if let Some(seen) = as_read {
+            condition.push_str(" AND ");
+            condition.push_str(super::passkeys::flag_as_read(seen.passkeys_enabled_for_2fa));
+            condition.push_str(if seen.verified_passkeys > 0 {
+                " AND verified_passkeys > :none_verified"
+            } else {
+                " AND (attribute_not_exists(verified_passkeys) OR verified_passkeys <= :none_verified)"
+            });
+            update = update
+                .expression_attribute_values(":on", AttributeValue::Bool(true))
+                .expression_attribute_values(":none_verified", n(0));
+        }
         if let Some((old, new)) = email {
             sets.push("email = :new_email".into());
             condition.push_str(" AND email = :old_email");
@@ -317,9 +331,15 @@ impl Store {
                 .key("uuid", s(uuid))
                 .condition_expression(condition)
                 .expression_attribute_names("#uuid", "uuid")
-                .expression_attribute_values(":yes", AttributeValue::Bool(true))
-                .build()
-                .map_err(|e| super::builder_failed("users", e))?;
+                .expression_attribute_values(":yes", AttributeValue::Bool(true));
+            let check = match as_read {
+                Some(_) => check
+                    .expression_attribute_values(":on", AttributeValue::Bool(true))
+                    .expression_attribute_values(":none_verified", n(0)),
+                None => check,
+            }
+            .build()
+            .map_err(|e| super::builder_failed("users", e))?;
             return Ok(TransactWriteItem::builder().condition_check(check).build());
         }
         let update = update
@@ -337,19 +357,20 @@ impl Store {
         uuid: UserId,
         patch: &ProfilePatch,
         email: EmailUpdate<'_>,
+        as_read: Option<&UserRecord>,
         events: &[crate::security_events::SecurityEvent],
-    ) -> Result<(), ApiError> {
+    ) -> Result<super::Commit, ApiError> {
         let mut items = Vec::new();
         let mut email_claim_at = None;
         let mut mail_log_at = None;
         match email {
-            EmailUpdate::Unchanged => items.push(self.user_update(uuid, patch, None)?),
+            EmailUpdate::Unchanged => items.push(self.user_update(uuid, patch, None, as_read)?),
             EmailUpdate::Request {
                 record,
                 mail_log,
                 sent_ms,
             } => {
-                items.push(self.user_update(uuid, patch, None)?);
+                items.push(self.user_update(uuid, patch, None, as_read)?);
                 let put = Put::builder()
                     .table_name(&self.tables.email_changes)
                     .set_item(Some(to_item(record)?))
@@ -365,7 +386,7 @@ impl Store {
                 )?);
             }
             EmailUpdate::Immediate { old, new } => {
-                items.push(self.user_update(uuid, patch, Some((old, new)))?);
+                items.push(self.user_update(uuid, patch, Some((old, new)), as_read)?);
                 email_claim_at = Some(items.len());
                 items.push(self.claim_email(new, uuid)?);
                 if email_key(old) != email_key(new) {
@@ -378,13 +399,17 @@ impl Store {
             at.and_then(|i| failed.get(i).copied()).unwrap_or(false)
         };
         match self.transact("users.update_profile", items).await? {
-            Tx::Done => Ok(()),
+            Tx::Done => Ok(super::Commit::Done),
             Tx::Refused(failed) if failed_at(&failed, email_claim_at) => Err(email_taken()),
             // Another request of the same user took the mail log first: this one would have
             // been counted against the same hour; the client may simply retry.
             Tx::Refused(failed) if failed_at(&failed, mail_log_at) => Err(ApiError::Throttled {
                 retry_after_secs: 1,
             }),
+            // The user changed since it was read (what the records depend on): read again.
+            Tx::Refused(failed) if as_read.is_some() && failed.first() == Some(&true) => {
+                Ok(super::Commit::Conflict)
+            }
             // The user's passkeys went meanwhile (the handler saw a verified one).
             Tx::Refused(_) if patch.passkeys_enabled_for_2fa == Some(true) => {
                 Err(crate::passkeys::no_passkeys())

@@ -192,6 +192,7 @@ both!(
                 user.uuid(),
                 &big,
                 shared::store::users::EmailUpdate::Unchanged,
+                None,
                 &[],
             )
             .await
@@ -537,6 +538,7 @@ async fn dynamodbs_item_size_refusal_is_a_400() {
             user.uuid(),
             &changes,
             shared::store::users::EmailUpdate::Unchanged,
+            None,
             &[],
         )
         .await;
@@ -840,7 +842,7 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
     // And no key can be made for the deactivated user.
     let (key, record) = new_key(user.uuid(), "late");
     assert_eq!(
-        ctx.store.put_api_key(&record).await,
+        ctx.store.put_api_key(&record, &admin_event(record.user_uuid, shared::security_events::EventKind::KeyCreated)).await,
         Err(shared::ApiError::NotFound)
     );
     api.get(ME)
@@ -861,7 +863,7 @@ async fn keys_created_while_deactivating_never_stay_usable() {
                 let (ctx, user) = (ctx.clone(), user.user.clone());
                 tokio::spawn(async move {
                     let (key, record) = new_key(user.uuid, "racing");
-                    ctx.store.put_api_key(&record).await.map(|_| key)
+                    ctx.store.put_api_key(&record, &admin_event(record.user_uuid, shared::security_events::EventKind::KeyCreated)).await.map(|_| key)
                 })
             })
             .collect();

@@ -39,7 +39,14 @@ both!(
     |api, ctx| async move {
         let user = create_user(&ctx, &["*"]).await;
         let k = user.key.clone();
-        assert!(all_events(&api, &k, 20).await.is_empty());
+        // The operator's creation of the key (the harness makes users as users-admin does).
+        let start = all_events(&api, &k, 20).await;
+        assert_eq!(kinds(&start), ["key_created"]);
+        assert_eq!(start[0]["actor"]["credential"], "operator");
+        assert_eq!(
+            start[0]["detail"],
+            json!(ApiKeyHash::of(&k).id_prefix())
+        );
 
         // TOTP on, backup codes, one used, then five wrong codes (the fifth locks), 2FA off.
         let secret = api.enable_2fa(&k).await;
@@ -72,11 +79,12 @@ both!(
                 "backup_code_used",
                 "backup_codes_regenerated",
                 "two_factor_enabled",
+                "key_created",
             ],
             "{events:#?}"
         );
         let prefix = ApiKeyHash::of(&k).id_prefix().to_string();
-        for e in &events {
+        for e in &events[..events.len() - 1] {
             assert_eq!(e["actor"]["uuid"], json!(user.uuid()), "{e}");
             assert_eq!(e["actor"]["credential"], "api_key", "{e}");
             assert_eq!(e["actor"]["credential_id"], json!(prefix), "{e}");
@@ -110,7 +118,7 @@ both!(
         api.validate_2fa(&k, "123456").await.assert_status(400);
         // Disabling 2FA that was never on succeeds and records nothing.
         api.disable_2fa(&k).await.assert_status(200);
-        assert!(all_events(&api, &k, 20).await.is_empty());
+        assert_eq!(kinds(&all_events(&api, &k, 20).await), ["key_created"]);
     }
 );
 
@@ -125,7 +133,7 @@ both!(
             api.cancel_email_change(&k).await.assert_status(200);
         }
         let all = all_events(&api, &k, 100).await;
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 11);
         for limit in [1, 3, 4, 10] {
             let paged = all_events(&api, &k, limit).await;
             assert_eq!(paged, all, "limit {limit}");
@@ -173,7 +181,10 @@ both!(
         let staff = create_staff(&ctx, &["*"]).await;
         let path = format!("/api/users/{}/security_events/", user.uuid());
         let read = api.get(&path).bearer(&staff.key).send().await.ok_json();
-        assert_eq!(kinds(read["results"].as_array().unwrap()), ["email_change_requested"]);
+        assert_eq!(
+            kinds(read["results"].as_array().unwrap()),
+            ["email_change_requested", "key_created"]
+        );
         let stranger = create_user(&ctx, &["*"]).await;
         api.get(&path)
             .bearer(&stranger.key)
@@ -205,7 +216,8 @@ both!(
                 "two_factor_disabled",
                 "passkey_removed",
                 "two_factor_enabled",
-                "passkey_added"
+                "passkey_added",
+                "key_created"
             ],
             "{events:#?}"
         );
@@ -214,6 +226,94 @@ both!(
         assert_eq!(events[0]["detail"], "passkey");
     }
 );
+
+both!(
+    racing_passkey_2fa_changes_are_each_recorded_once,
+    |api, ctx| async move {
+        // Eight PATCHes turning passkey 2FA on at once: it comes into effect once.
+        let user = create_user(&ctx, &["*"]).await;
+        let mut authenticator = Authenticator::new();
+        api.add_verified_passkey(&user.key, &mut authenticator).await;
+        let patches = (0..8).map(|_| {
+            let (api, key) = (api.clone(), user.key.clone());
+            tokio::spawn(async move { api.set_passkey_2fa(&key, true).await.status })
+        });
+        for status in futures_join(patches).await {
+            assert_eq!(status, 200);
+        }
+        let events = all_events(&api, &user.key, 100).await;
+        let enabled = kinds(&events)
+            .iter()
+            .filter(|k| **k == "two_factor_enabled")
+            .count();
+        assert_eq!(enabled, 1, "{events:#?}");
+
+        // Turning it off while its last passkey is deleted: it ends once, recorded once.
+        for _round in 0..3 {
+            let user = create_user(&ctx, &["*"]).await;
+            let mut authenticator = Authenticator::new();
+            let id = api.add_verified_passkey(&user.key, &mut authenticator).await;
+            api.set_passkey_2fa(&user.key, true).await.assert_status(200);
+            let off = {
+                let (api, key) = (api.clone(), user.key.clone());
+                tokio::spawn(async move { api.set_passkey_2fa(&key, false).await.status })
+            };
+            let delete = {
+                let (api, key) = (api.clone(), user.key.clone());
+                tokio::spawn(async move { api.delete_passkey(&key, &id).await.status })
+            };
+            assert_eq!(off.await.unwrap(), 200);
+            assert_eq!(delete.await.unwrap(), 204);
+            let events = all_events(&api, &user.key, 100).await;
+            let disabled = kinds(&events)
+                .iter()
+                .filter(|k| **k == "two_factor_disabled")
+                .count();
+            assert_eq!(disabled, 1, "{events:#?}");
+        }
+    }
+);
+
+both!(
+    turning_totp_on_racing_its_disabling_never_goes_unrecorded,
+    |api, ctx| async move {
+        // Whatever order a confirmation and a disable land in, the records say where 2FA
+        // ended: on exactly when one more `two_factor_enabled` than `two_factor_disabled`.
+        for _round in 0..4 {
+            let user = create_user(&ctx, &["*"]).await;
+            let k = user.key.clone();
+            let secret = api.new_2fa_secret(&k).await;
+            let code = pyotp_code(&secret, step_margin().await).await;
+            let validate = {
+                let (api, k) = (api.clone(), k.clone());
+                tokio::spawn(async move { api.validate_2fa(&k, code).await.status })
+            };
+            let disable = {
+                let (api, k) = (api.clone(), k.clone());
+                tokio::spawn(async move { api.disable_2fa(&k).await.status })
+            };
+            assert!([200, 400].contains(&validate.await.unwrap()));
+            assert_eq!(disable.await.unwrap(), 200);
+            let on = api.two_factor_status(&k).await["has_totp"] == json!(true);
+            let events = all_events(&api, &k, 100).await;
+            let count = |kind: &str| kinds(&events).iter().filter(|k| **k == kind).count();
+            let (enabled, disabled) = (count("two_factor_enabled"), count("two_factor_disabled"));
+            assert!(disabled <= enabled && enabled <= 1, "{events:#?}");
+            assert_eq!(on, enabled - disabled == 1, "on: {on}, {events:#?}");
+        }
+    }
+);
+
+/// Every spawned task's answer.
+async fn futures_join<T: Send + 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for task in tasks.collect::<Vec<_>>() {
+        out.push(task.await.expect("the task finishes"));
+    }
+    out
+}
 
 /// The records of a user, straight from the store.
 async fn stored(ctx: &shared::Context, uuid: UserId) -> Vec<shared::security_events::SecurityEvent> {
@@ -237,7 +337,8 @@ async fn records_expire_after_the_retention_and_expired_ones_are_not_shown_scena
         .await
         .assert_status(200);
     let records = stored(&ctx, user.uuid()).await;
-    assert_eq!(records.len(), 1);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].event, shared::security_events::EventKind::EmailChangeRequested);
     let days = ctx.config.security_events_retention_days;
     let expected = shared::clock::now_secs() + days * 86_400;
     assert!(
@@ -255,7 +356,10 @@ async fn records_expire_after_the_retention_and_expired_ones_are_not_shown_scena
     old.expires_at = shared::clock::now_secs() - 1;
     ctx.store.put_security_event(&old).await.unwrap();
     let shown = api.get(EVENTS).bearer(&user.key).send().await.ok_json();
-    assert_eq!(kinds(shown["results"].as_array().unwrap()), ["email_change_requested"]);
+    assert_eq!(
+        kinds(shown["results"].as_array().unwrap()),
+        ["email_change_requested", "key_created"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +378,7 @@ async fn a_sign_in_tokens_first_use_records_the_link_scenario() {
         .await
         .assert_status(200);
     let records = stored(&ctx, user.uuid()).await;
-    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records.len(), 2, "{records:?}");
     let record = records[0].to_json();
     assert_eq!(record["event"], "identity_linked");
     assert_eq!(record["detail"], "verified_email");
@@ -285,7 +389,10 @@ async fn a_sign_in_tokens_first_use_records_the_link_scenario() {
     assert_eq!(record["actor"]["credential_id"], json!(jti[..8]));
     // The token reads the record too.
     let shown = api.get(EVENTS).bearer(&cognito.access_token).send().await.ok_json();
-    assert_eq!(kinds(shown["results"].as_array().unwrap()), ["identity_linked"]);
+    assert_eq!(
+        kinds(shown["results"].as_array().unwrap()),
+        ["identity_linked", "key_created"]
+    );
 }
 
 /// `users-admin` as the operator runs it, its JSON output.
@@ -312,14 +419,34 @@ async fn the_operators_changes_are_recorded_and_users_admin_prints_them_scenario
     let uuid = user.uuid().to_string();
     let second = create_key(&ctx, &user.user, &["user:read"]).await;
     admin(&["revoke-key", "--key", &second]).await;
+    let issuer = format!("https://issuer.test/{}", uuid::Uuid::new_v4().simple());
+    let identity = ["--subject", "sub-audit", "--issuer", issuer.as_str()];
+    admin(&[&["link-identity", "--user", uuid.as_str()][..], &identity[..]].concat()).await;
+    admin(&[&["unlink-identity"][..], &identity[..]].concat()).await;
     admin(&["deactivate-user", "--user", &uuid]).await;
     let printed = admin(&["events", "--user", &uuid]).await;
     let printed = printed.as_array().expect("a list");
-    assert_eq!(kinds(printed), ["user_deactivated", "key_revoked"]);
     assert_eq!(
-        printed[1]["detail"],
+        kinds(printed),
+        [
+            "user_deactivated",
+            "identity_unlinked",
+            "identity_linked",
+            "key_revoked",
+            "key_created",
+            "key_created"
+        ]
+    );
+    assert_eq!(printed[2]["detail"], "operator");
+    assert_eq!(
+        printed[3]["detail"],
         json!(ApiKeyHash::of(&second).id_prefix())
     );
+    assert_eq!(printed[3]["detail"], printed[4]["detail"]);
+    // A second deactivation changes nothing and records nothing.
+    admin(&["deactivate-user", "--user", &uuid]).await;
+    let again = admin(&["events", "--user", &uuid]).await;
+    assert_eq!(again.as_array().unwrap().len(), 6);
     for e in printed {
         assert_eq!(e["actor"]["credential"], "operator");
         assert_eq!(e["actor"]["uuid"], Value::Null);

@@ -479,7 +479,7 @@ async fn a_deployment_that_refuses_new_identities_takes_only_linked_ones() {
     // Unlinked, it is refused again.
     assert!(ctx
         .store
-        .unlink_identity(&link.key())
+        .unlink_identity(&link.key(), |u| admin_event(u, shared::security_events::EventKind::IdentityUnlinked))
         .await
         .unwrap()
         .is_some());
@@ -846,7 +846,7 @@ async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
         let unlink = {
             let store = ctx.store.clone();
             let key = key.clone();
-            tokio::spawn(async move { store.unlink_identity(&key).await })
+            tokio::spawn(async move { store.unlink_identity(&key, |u| api_tests::admin_event(u, shared::security_events::EventKind::IdentityUnlinked)).await })
         };
         let uses: Vec<_> = (0..4)
             .map(|_| {
