@@ -797,10 +797,16 @@ pub fn workspace_root() -> std::path::PathBuf {
 
 /// `scripts/stack <command>`'s JSON list (the local stack's package, run as a directory).
 pub async fn stack_json(command: &str) -> Vec<serde_json::Value> {
+    stack_json_with(&[command]).await
+}
+
+/// [`stack_json`] with arguments after the command.
+pub async fn stack_json_with(args: &[&str]) -> Vec<serde_json::Value> {
+    let command = args.join(" ");
     let root = workspace_root();
     let out = tokio::process::Command::new(env("TEST_PYTHON"))
         .arg(root.join("scripts").join("stack"))
-        .arg(command)
+        .args(args)
         .current_dir(&root)
         .output()
         .await
@@ -850,4 +856,62 @@ pub async fn failures_of(
         .expect("read the failure state");
     shared::throttle::FailureState::from_item(found.into_iter().next().flatten())
         .expect("a failure state")
+}
+
+/// What a run of the built `users-admin` printed, and its exit code.
+pub struct AdminOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl AdminOutput {
+    /// A success: one JSON object on stdout.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "users-admin failed: {}", self.stderr);
+        let value: Value = serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {:?}", self.stdout));
+        assert!(value.is_object(), "{value}");
+        value
+    }
+
+    /// A failure: non-zero, a message on stderr, nothing on stdout.
+    #[track_caller]
+    pub fn failed(&self) -> &str {
+        assert_ne!(
+            self.code, 0,
+            "users-admin should fail; stdout: {}",
+            self.stdout
+        );
+        assert!(!self.stderr.trim().is_empty(), "a message on stderr");
+        assert!(
+            self.stdout.trim().is_empty(),
+            "nothing on stdout: {:?}",
+            self.stdout
+        );
+        &self.stderr
+    }
+}
+
+/// Runs the built `users-admin` (the operator tool) with the test environment.
+pub async fn users_admin(args: &[&str]) -> AdminOutput {
+    let _ = env("AWS_ENDPOINT_URL_DYNAMODB");
+    let exe = binaries_dir().join("users-admin");
+    assert!(
+        exe.exists(),
+        "{} is not built (scripts/dev test builds the workspace)",
+        exe.display()
+    );
+    let out = tokio::process::Command::new(&exe)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .await
+        .expect("users-admin runs");
+    AdminOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

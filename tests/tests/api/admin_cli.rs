@@ -2,60 +2,9 @@
 use api_tests::*;
 use serde_json::{json, Value};
 
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    /// A success: one JSON object on stdout.
-    #[track_caller]
-    fn json(&self) -> Value {
-        assert_eq!(self.code, 0, "users-admin failed: {}", self.stderr);
-        let value: Value = serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {:?}", self.stdout));
-        assert!(value.is_object(), "{value}");
-        value
-    }
-
-    /// A failure: non-zero, a message on stderr, nothing on stdout.
-    #[track_caller]
-    fn failed(&self) -> &str {
-        assert_ne!(
-            self.code, 0,
-            "users-admin should fail; stdout: {}",
-            self.stdout
-        );
-        assert!(!self.stderr.trim().is_empty(), "a message on stderr");
-        assert!(
-            self.stdout.trim().is_empty(),
-            "nothing on stdout: {:?}",
-            self.stdout
-        );
-        &self.stderr
-    }
-}
-
-async fn admin(args: &[&str]) -> Output {
-    let _ = env("AWS_ENDPOINT_URL_DYNAMODB");
-    let exe = binaries_dir().join("users-admin");
-    assert!(
-        exe.exists(),
-        "{} is not built (scripts/dev test builds the workspace)",
-        exe.display()
-    );
-    let out = tokio::process::Command::new(&exe)
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .await
-        .expect("users-admin runs");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+/// `users-admin` with these arguments (the harness's runner).
+async fn admin(args: &[&str]) -> AdminOutput {
+    users_admin(args).await
 }
 
 fn keys_of(value: &Value) -> Vec<&str> {
@@ -76,7 +25,7 @@ async fn create_user_cli(email: &str, extra: &[&str]) -> Value {
 }
 
 /// `users-admin create-key` for the user with these scopes and further arguments.
-async fn create_key_cli(uuid: &str, scopes: &str, extra: &[&str]) -> Output {
+async fn create_key_cli(uuid: &str, scopes: &str, extra: &[&str]) -> AdminOutput {
     let mut args = vec!["create-key", "--user", uuid, "--scopes", scopes];
     args.extend_from_slice(extra);
     admin(&args).await

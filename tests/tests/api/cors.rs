@@ -15,21 +15,7 @@ const STRANGER: &str = "https://evil.example";
 async fn configuration() -> Value {
     let page = reqwest::Url::parse(&passkeys::web_origin()).expect("the page's origin");
     let page_port = page.port_or_known_default().expect("a port").to_string();
-    let root = workspace_root();
-    let out = tokio::process::Command::new(env("TEST_PYTHON"))
-        .arg(root.join("scripts").join("stack"))
-        .args(["cors", "--page-port", page_port.as_str()])
-        .current_dir(&root)
-        .output()
-        .await
-        .expect("scripts/stack runs");
-    assert!(
-        out.status.success(),
-        "scripts/stack cors failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: Value = serde_json::from_slice(&out.stdout).expect("scripts/stack prints JSON");
-    let list = list.as_array().expect("a JSON list");
+    let list = stack_json_with(&["cors", "--page-port", page_port.as_str()]).await;
     assert_eq!(
         list.len(),
         1,

@@ -397,15 +397,9 @@ async fn a_sign_in_tokens_first_use_records_the_link_scenario() {
 
 /// `users-admin` as the operator runs it, its JSON output.
 async fn admin(args: &[&str]) -> Value {
-    let exe = binaries_dir().join("users-admin");
-    let out = tokio::process::Command::new(&exe)
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .await
-        .expect("users-admin runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    let out = users_admin(args).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(out.stdout.trim()).expect("JSON on stdout")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
