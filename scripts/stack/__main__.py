@@ -274,7 +274,7 @@ def cmd_build(args: argparse.Namespace, sup: Supervisor) -> int:
     started = time.monotonic()
     argv = [str(VENV_BIN / "sam"), "build", "--template-file", str(TEMPLATE), "--build-dir", str(SAM_BUILD_DIR)]
     print(f"stack: sam build (template.yaml -> {SAM_BUILD_DIR.relative_to(ROOT)}): each function is compiled "
-          "and linked in turn, release, thin LTO; sam shows no compiler progress, and a cold build takes long",
+          "and linked in turn, release, fat LTO; sam shows no compiler progress, and a cold build takes long",
           flush=True)
     if sup.run("sam build", argv, env=env) != 0:
         raise StackError("sam build failed")
