@@ -190,7 +190,14 @@ pub async fn authenticate(
     }
     match auth.tokens {
         Some(tokens) if credential.contains('.') => {
-            authenticate_token(auth, tokens, credential, scope, crate::http::request_id(req)).await
+            authenticate_token(
+                auth,
+                tokens,
+                credential,
+                scope,
+                crate::http::request_id(req),
+            )
+            .await
         }
         _ => Err(ApiError::AuthenticationFailed),
     }
@@ -376,7 +383,9 @@ async fn link_on_first_use(
                 );
                 let event = linked(user.uuid, LinkedBy::NewUser);
                 (
-                    store.create_user_with_identity(&user, &link, &event).await?,
+                    store
+                        .create_user_with_identity(&user, &link, &event)
+                        .await?,
                     link,
                 )
             }

@@ -191,16 +191,15 @@ where
             Err(refused) => (refused.into_response(), Some("origin_not_verified")),
         }
     };
-    let (mut response, _) = crate::metrics::measured(answer, |(response, reason)| {
-        crate::metrics::Outcome {
+    let (mut response, _) =
+        crate::metrics::measured(answer, |(response, reason)| crate::metrics::Outcome {
             function,
             status: response.status().as_u16(),
             latency_ms: started.elapsed().as_secs_f64() * 1e3,
             auth_failure: *reason,
             request_id: request_id(req),
-        }
-    })
-    .await;
+        })
+        .await;
     // Responses carry TOTP secrets, backup codes and account data: no cache may keep one.
     response.headers_mut().insert(
         lambda_http::http::header::CACHE_CONTROL,

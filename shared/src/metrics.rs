@@ -126,7 +126,10 @@ fn line(namespace: &str, outcome: &Outcome<'_>, counts: Counts, timestamp_ms: u6
         })
     };
     let mut directives = vec![
-        directive(json!([["Function", "StatusClass"]]), &[("Requests", "Count")]),
+        directive(
+            json!([["Function", "StatusClass"]]),
+            &[("Requests", "Count")],
+        ),
         directive(json!([["Function"]]), &[("Latency", "Milliseconds")]),
     ];
     let mut fields = Map::new();
@@ -138,10 +141,7 @@ fn line(namespace: &str, outcome: &Outcome<'_>, counts: Counts, timestamp_ms: u6
         json!((outcome.latency_ms * 1000.0).round() / 1000.0),
     );
     if let Some(reason) = outcome.auth_failure {
-        directives.push(directive(
-            json!([["Reason"]]),
-            &[("AuthFailures", "Count")],
-        ));
+        directives.push(directive(json!([["Reason"]]), &[("AuthFailures", "Count")]));
         fields.insert("Reason".into(), json!(reason));
         fields.insert("AuthFailures".into(), json!(1));
     }
@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(v["Locks"], 1);
         assert!(v.get("AuthFailures").is_none());
         // Every metric and dimension a directive names is a member of the line.
-        for d in v["_aws"]["CloudWatchMetrics"].as_array().expect("directives") {
+        for d in v["_aws"]["CloudWatchMetrics"]
+            .as_array()
+            .expect("directives")
+        {
             for m in d["Metrics"].as_array().expect("metrics") {
                 assert!(v[m["Name"].as_str().expect("name")].is_number());
             }

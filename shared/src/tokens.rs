@@ -304,7 +304,12 @@ impl TokenSettings {
             email_verified,
             token_id: claims
                 .jti
-                .map(|jti| jti.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>())
+                .map(|jti| {
+                    jti.chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .take(8)
+                        .collect::<String>()
+                })
                 .filter(|id| !id.is_empty()),
         })
     }

@@ -407,8 +407,11 @@ pub async fn create_key(ctx: &Context, user: &UserRecord, scopes: &[&str]) -> St
         user_is_active: true,
     };
     // As users-admin records it.
-    let event = admin_event(record.user_uuid, shared::security_events::EventKind::KeyCreated)
-        .with_detail(ApiKeyHash::of(&key).id_prefix());
+    let event = admin_event(
+        record.user_uuid,
+        shared::security_events::EventKind::KeyCreated,
+    )
+    .with_detail(ApiKeyHash::of(&key).id_prefix());
     ctx.store
         .put_api_key(&record, &event)
         .await

@@ -276,10 +276,13 @@ async fn run(command: Command) -> Result<Value, Failure> {
             };
             let event = operator_event(&config, uuid, EventKind::KeyCreated)
                 .with_detail(ApiKeyHash::of(&key).id_prefix());
-            store.put_api_key(&record, &event).await.map_err(|e| match e {
-                ApiError::NotFound => Failure::NoActiveUser(record.user_uuid),
-                other => Failure::Store(other),
-            })?;
+            store
+                .put_api_key(&record, &event)
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound => Failure::NoActiveUser(record.user_uuid),
+                    other => Failure::Store(other),
+                })?;
             Ok(json!({"api_key": key, "mask": mask, "scopes": scopes}))
         }
         Command::ListKeys { user } => {
@@ -302,20 +305,27 @@ async fn run(command: Command) -> Result<Value, Failure> {
         Command::RemovePasskeys { user } => {
             let uuid = user_uuid(&user)?;
             let removed = store
-                .remove_all_passkeys(uuid, &Actor::operator(), config.security_events_retention_days)
+                .remove_all_passkeys(
+                    uuid,
+                    &Actor::operator(),
+                    config.security_events_retention_days,
+                )
                 .await
                 .map_err(|e| match e {
-                ApiError::NotFound => Failure::NoUser(uuid),
-                other => Failure::Store(other),
-            })?;
+                    ApiError::NotFound => Failure::NoUser(uuid),
+                    other => Failure::Store(other),
+                })?;
             Ok(json!({"uuid": uuid, "removed": removed}))
         }
         Command::RevokeKey { key } => {
             let hash = ApiKeyHash::of(key.trim());
-            let owner = store.delete_api_key(&hash).await?.ok_or(Failure::NoSuchKey)?;
+            let owner = store
+                .delete_api_key(&hash)
+                .await?
+                .ok_or(Failure::NoSuchKey)?;
             // A single delete, not a transaction: its record follows it.
-            let event = operator_event(&config, owner, EventKind::KeyRevoked)
-                .with_detail(hash.id_prefix());
+            let event =
+                operator_event(&config, owner, EventKind::KeyRevoked).with_detail(hash.id_prefix());
             store.put_security_event(&event).await?;
             Ok(json!({"ok": true}))
         }
@@ -413,7 +423,9 @@ async fn run(command: Command) -> Result<Value, Failure> {
             let mut cursor = None;
             while out.len() < wanted {
                 let page = (wanted - out.len()).min(shared::security_events::MAX_PAGE);
-                let (events, next) = store.security_events_page(uuid, page, cursor.as_ref()).await?;
+                let (events, next) = store
+                    .security_events_page(uuid, page, cursor.as_ref())
+                    .await?;
                 out.extend(events.iter().map(|e| e.to_json()));
                 match next {
                     Some(next) => cursor = Some(next),

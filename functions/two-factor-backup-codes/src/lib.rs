@@ -22,7 +22,11 @@ async fn regenerate(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiE
     let codes = shared::two_factor::generate_backup_codes();
     let sealed = shared::two_factor::seal_backup_codes(&*keyring?, uuid, &codes)?;
     let event = ctx.event_by(&call, uuid, EventKind::BackupCodesRegenerated);
-    if !ctx.store.put_backup_codes(&sealed, None, None, &[event]).await? {
+    if !ctx
+        .store
+        .put_backup_codes(&sealed, None, None, &[event])
+        .await?
+    {
         // The device went away between the read and the write (a transaction that only
         // conflicted with another, such as a backup code's use, is retried by the store and
         // never lands here).

@@ -26,7 +26,12 @@ async fn disable(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiErro
             ctx.event_by(&call, uuid, EventKind::TwoFactorDisabled)
                 .with_detail("totp")
         });
-        if ctx.store.disable_two_factor(uuid, disabled.as_ref()).await? == Commit::Done {
+        if ctx
+            .store
+            .disable_two_factor(uuid, disabled.as_ref())
+            .await?
+            == Commit::Done
+        {
             if disabled.is_some() {
                 shared::two_factor::notify(&ctx.mailer, &user.email, Notice::Disabled);
             }

@@ -3,8 +3,8 @@
 use shared::email_change::EMAIL_CHANGE_TTL_SECS;
 use shared::fields::{self, Fields, Null, Text};
 use shared::lambda_http::{Body, Request, Response};
-use shared::store::users::{email_taken, EmailUpdate};
 use shared::security_events::EventKind;
+use shared::store::users::{email_taken, EmailUpdate};
 use shared::store::Commit;
 use shared::two_factor::Notice;
 use shared::users::{email_key, ProfilePatch};

@@ -3,8 +3,8 @@ use serde_json::json;
 use shared::fields::{self, Text};
 use shared::lambda_http::{Body, Request, Response};
 use shared::routes::{self, Target};
-use shared::store::Commit;
 use shared::security_events::EventKind;
+use shared::store::Commit;
 use shared::throttle::FailureCharge;
 use shared::throttle::{self, Attempt, CodeCheck};
 use shared::{auth, email_change, http, ApiError, Context};
@@ -39,42 +39,48 @@ async fn verify(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let (store, code) = (&ctx.store, code.as_deref());
     let lock_event = ctx.event_by(&call, uuid, EventKind::LockStarted);
     let completed = &ctx.event_by(&call, uuid, EventKind::EmailChangeCompleted);
-    throttle::limited(store, uuid, CodeCheck::EmailChange, lock_event, move || async move {
-        let (user, request, failures) = store.email_change_state(uuid).await?;
-        let user = user.filter(|u| u.is_active).ok_or(ApiError::NotFound)?;
-        throttle::check(&failures, shared::clock::now_millis())?;
-        let Some(request) = request else {
-            return Ok(Attempt::Failed(FailureCharge::of(failures), wrong_code()));
-        };
-        // A request from before codes were keyed hashes names no key: it can only be void.
-        let keyring = match request.code_key_id.as_str() {
-            "" => None,
-            key_id => Some(ctx.keyring_for(&[key_id]).await?),
-        };
-        let matches = |code: &str| {
-            keyring
-                .as_ref()
-                .is_some_and(|keyring| email_change::code_matches(keyring, &request, code))
-        };
-        if !code.is_some_and(matches) {
-            let charge = store.charge_with_wrong_code(failures, &request)?;
-            return Ok(Attempt::Failed(charge, wrong_code()));
-        }
-        Ok(
-            match store
-                .complete_email_change(
-                    &user,
-                    &request,
-                    &failures,
-                    std::slice::from_ref(completed),
-                )
-                .await?
-            {
-                Commit::Done => Attempt::Done(()),
-                Commit::Conflict => Attempt::Conflict,
-            },
-        )
-    })
+    throttle::limited(
+        store,
+        uuid,
+        CodeCheck::EmailChange,
+        lock_event,
+        move || async move {
+            let (user, request, failures) = store.email_change_state(uuid).await?;
+            let user = user.filter(|u| u.is_active).ok_or(ApiError::NotFound)?;
+            throttle::check(&failures, shared::clock::now_millis())?;
+            let Some(request) = request else {
+                return Ok(Attempt::Failed(FailureCharge::of(failures), wrong_code()));
+            };
+            // A request from before codes were keyed hashes names no key: it can only be void.
+            let keyring = match request.code_key_id.as_str() {
+                "" => None,
+                key_id => Some(ctx.keyring_for(&[key_id]).await?),
+            };
+            let matches = |code: &str| {
+                keyring
+                    .as_ref()
+                    .is_some_and(|keyring| email_change::code_matches(keyring, &request, code))
+            };
+            if !code.is_some_and(matches) {
+                let charge = store.charge_with_wrong_code(failures, &request)?;
+                return Ok(Attempt::Failed(charge, wrong_code()));
+            }
+            Ok(
+                match store
+                    .complete_email_change(
+                        &user,
+                        &request,
+                        &failures,
+                        std::slice::from_ref(completed),
+                    )
+                    .await?
+                {
+                    Commit::Done => Attempt::Done(()),
+                    Commit::Conflict => Attempt::Conflict,
+                },
+            )
+        },
+    )
     .await?;
     http::ok(&json!({"success": true}))
 }

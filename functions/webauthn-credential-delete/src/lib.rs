@@ -1,8 +1,8 @@
 //! `DELETE /api/webauthn/credentials/{id}/`: removes one of the caller's passkeys, and says
 //! so by email.
-use shared::security_events::EventKind;
 use shared::lambda_http::{Body, Request, Response};
 use shared::passkeys::PasskeyId;
+use shared::security_events::EventKind;
 use shared::two_factor::{notify, Notice};
 use shared::{http, ApiError, Context};
 
@@ -34,8 +34,7 @@ async fn delete(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
                     .with_detail("passkey"),
             );
         }
-        if ctx.store.delete_passkey(&passkey, &user, &events).await?
-        {
+        if ctx.store.delete_passkey(&passkey, &user, &events).await? {
             notify(&ctx.mailer, &user.email, Notice::PasskeyRemoved);
             if ends_2fa {
                 notify(&ctx.mailer, &user.email, Notice::PasskeyTwoFactorDisabled);

@@ -2,9 +2,9 @@
 //! (with an optional `label`); the passkey is stored unverified until one assertion proves it
 //! (`credentials/{id}/verify/`).
 use serde_json::json;
-use shared::security_events::EventKind;
 use shared::lambda_http::{Body, Request, Response};
 use shared::passkeys::{self, CeremonyPurpose, ClientData, MAX_LABEL_CHARS};
+use shared::security_events::EventKind;
 use shared::store::passkeys::AddPasskey;
 use shared::{fields, http, ApiError, Context};
 

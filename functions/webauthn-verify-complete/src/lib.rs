@@ -1,9 +1,9 @@
 //! `POST /api/webauthn/credentials/{id}/verify_complete/`: the assertion that proves a newly
 //! registered passkey; it is then verified (and may serve as the second factor).
-use shared::security_events::EventKind;
-use shared::store::passkeys::PasskeyVerify;
 use shared::lambda_http::{Body, Request, Response};
 use shared::passkeys::{self, CeremonyPurpose, ClientData, PasskeyId};
+use shared::security_events::EventKind;
+use shared::store::passkeys::PasskeyVerify;
 use shared::two_factor::{notify, Notice};
 use shared::{http, ApiError, Context};
 

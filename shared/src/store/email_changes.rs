@@ -26,7 +26,10 @@ impl Store {
             TransactWriteItem::builder().delete(delete).build(),
             self.event_put(event)?,
         ];
-        Ok(self.transact("email_changes.cancel", items).await?.is_done())
+        Ok(self
+            .transact("email_changes.cancel", items)
+            .await?
+            .is_done())
     }
 
     /// The change a wrong code makes to the request it was tried against, in the same

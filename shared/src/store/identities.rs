@@ -1,8 +1,8 @@
 //! Identity links (sign-in token subject → user), and the user's own list of them.
 use super::{from_item, n, s, sdk, to_item, Store, Tx};
 use crate::error::ApiError;
-use crate::security_events::SecurityEvent;
 use crate::identities::{IdentityKey, IdentityLink, LinkWrite};
+use crate::security_events::SecurityEvent;
 use crate::users::{UserId, UserRecord};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 

@@ -4,8 +4,8 @@
 //! only need to know whether passkey 2FA is in effect read nothing more than the user.
 use super::{from_item, n, s, sdk, to_item, Item, PendingWrite, Store, Tx};
 use crate::error::ApiError;
-use crate::security_events::{EventKind, SecurityEvent};
 use crate::passkeys::{Ceremony, CeremonyPurpose, PasskeyId, PasskeyRecord, MAX_PASSKEYS};
+use crate::security_events::{EventKind, SecurityEvent};
 use crate::throttle::{CodeCheck, FailureState};
 use crate::users::UserId;
 use aws_sdk_dynamodb::types::{
@@ -304,9 +304,7 @@ impl Store {
         items.extend(self.event_puts(events)?);
         Ok(match self.transact("passkeys.verify", items).await? {
             Tx::Done => PasskeyVerify::Done,
-            Tx::Refused(failed) if failed.first().copied().unwrap_or(false) => {
-                PasskeyVerify::Gone
-            }
+            Tx::Refused(failed) if failed.first().copied().unwrap_or(false) => PasskeyVerify::Gone,
             Tx::Refused(_) => PasskeyVerify::UserChanged,
         })
     }
@@ -441,13 +439,11 @@ impl Store {
                     .map_err(sdk("users.passkeys_off"))?;
                 return Ok(removed);
             };
-            let mut events = vec![SecurityEvent::new(
-                uuid,
-                EventKind::PasskeyRemoved,
-                actor,
-                retention_days,
-            )
-            .with_detail(passkey.id.as_str())];
+            let mut events =
+                vec![
+                    SecurityEvent::new(uuid, EventKind::PasskeyRemoved, actor, retention_days)
+                        .with_detail(passkey.id.as_str()),
+                ];
             // The last verified passkey takes passkey 2FA with it, as a user's own delete does.
             if passkey.verified && user.verified_passkeys == 1 && user.passkeys_enabled_for_2fa {
                 events.push(
@@ -455,8 +451,7 @@ impl Store {
                         .with_detail("passkey"),
                 );
             }
-            if self.delete_passkey(&passkey, &user, &events).await?
-            {
+            if self.delete_passkey(&passkey, &user, &events).await? {
                 (removed, lost) = (removed + 1, 0);
             } else {
                 lost += 1;

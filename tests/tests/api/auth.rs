@@ -461,7 +461,13 @@ async fn deactivating_an_unknown_user_changes_nothing() {
     let uuid = uuid::Uuid::new_v4().to_string();
     assert!(!ctx
         .store
-        .deactivate_user(UserId::parse(&uuid).expect("a uuid"), &admin_event(UserId::parse(&uuid).expect("a uuid"), shared::security_events::EventKind::UserDeactivated))
+        .deactivate_user(
+            UserId::parse(&uuid).expect("a uuid"),
+            &admin_event(
+                UserId::parse(&uuid).expect("a uuid"),
+                shared::security_events::EventKind::UserDeactivated
+            )
+        )
         .await
         .expect("deactivate"));
     assert!(ctx

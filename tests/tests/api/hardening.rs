@@ -830,7 +830,16 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
         lagging.api_keys_of(user.uuid()).await.unwrap().is_empty(),
         "the lag is in force"
     );
-    assert!(lagging.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
+    assert!(lagging
+        .deactivate_user(
+            user.uuid(),
+            &admin_event(
+                user.uuid(),
+                shared::security_events::EventKind::UserDeactivated
+            )
+        )
+        .await
+        .unwrap());
     let api = Api::InProcess(std::sync::Arc::new(context().await));
     for key in [&user.key, &second] {
         api.get(ME)
@@ -842,7 +851,15 @@ async fn a_key_the_index_does_not_show_yet_is_deactivated_too() {
     // And no key can be made for the deactivated user.
     let (key, record) = new_key(user.uuid(), "late");
     assert_eq!(
-        ctx.store.put_api_key(&record, &admin_event(record.user_uuid, shared::security_events::EventKind::KeyCreated)).await,
+        ctx.store
+            .put_api_key(
+                &record,
+                &admin_event(
+                    record.user_uuid,
+                    shared::security_events::EventKind::KeyCreated
+                )
+            )
+            .await,
         Err(shared::ApiError::NotFound)
     );
     api.get(ME)
@@ -863,11 +880,30 @@ async fn keys_created_while_deactivating_never_stay_usable() {
                 let (ctx, user) = (ctx.clone(), user.user.clone());
                 tokio::spawn(async move {
                     let (key, record) = new_key(user.uuid, "racing");
-                    ctx.store.put_api_key(&record, &admin_event(record.user_uuid, shared::security_events::EventKind::KeyCreated)).await.map(|_| key)
+                    ctx.store
+                        .put_api_key(
+                            &record,
+                            &admin_event(
+                                record.user_uuid,
+                                shared::security_events::EventKind::KeyCreated,
+                            ),
+                        )
+                        .await
+                        .map(|_| key)
                 })
             })
             .collect();
-        assert!(ctx.store.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
+        assert!(ctx
+            .store
+            .deactivate_user(
+                user.uuid(),
+                &admin_event(
+                    user.uuid(),
+                    shared::security_events::EventKind::UserDeactivated
+                )
+            )
+            .await
+            .unwrap());
         for creator in creators {
             if let Ok(key) = creator.await.unwrap() {
                 api.get(ME)

@@ -43,15 +43,14 @@ both!(
         let start = all_events(&api, &k, 20).await;
         assert_eq!(kinds(&start), ["key_created"]);
         assert_eq!(start[0]["actor"]["credential"], "operator");
-        assert_eq!(
-            start[0]["detail"],
-            json!(ApiKeyHash::of(&k).id_prefix())
-        );
+        assert_eq!(start[0]["detail"], json!(ApiKeyHash::of(&k).id_prefix()));
 
         // TOTP on, backup codes, one used, then five wrong codes (the fifth locks), 2FA off.
         let secret = api.enable_2fa(&k).await;
         let backup = api.backup_codes(&k).await;
-        api.verify_2fa(&k, backup[0].as_str()).await.assert_status(200);
+        api.verify_2fa(&k, backup[0].as_str())
+            .await
+            .assert_status(200);
         for _ in 0..5 {
             api.verify_2fa(&k, "zzzzzzzz").await.assert_status(400);
         }
@@ -59,10 +58,14 @@ both!(
         api.disable_2fa(&k).await.assert_status(200);
         // An email change requested and cancelled, another requested and completed.
         let first = unique_email("ev1");
-        api.request_email_change(&k, &first).await.assert_status(200);
+        api.request_email_change(&k, &first)
+            .await
+            .assert_status(200);
         api.cancel_email_change(&k).await.assert_status(200);
         let second = unique_email("ev2");
-        api.request_email_change(&k, &second).await.assert_status(200);
+        api.request_email_change(&k, &second)
+            .await
+            .assert_status(200);
         let code = code_mailed_to(&second).await;
         api.verify_email(&k, "@me", &code).await.assert_status(200);
 
@@ -88,88 +91,107 @@ both!(
             assert_eq!(e["actor"]["uuid"], json!(user.uuid()), "{e}");
             assert_eq!(e["actor"]["credential"], "api_key", "{e}");
             assert_eq!(e["actor"]["credential_id"], json!(prefix), "{e}");
-            assert!(e["request_id"].as_str().is_some_and(|r| !r.is_empty() && r != "-"), "{e}");
+            assert!(
+                e["request_id"]
+                    .as_str()
+                    .is_some_and(|r| !r.is_empty() && r != "-"),
+                "{e}"
+            );
         }
         assert_eq!(events[5]["detail"], "sign_in");
         assert_eq!(events[8]["detail"], "totp");
         // Newest first, each created_at no later than the one before.
-        let times: Vec<&str> = events.iter().map(|e| e["created_at"].as_str().unwrap()).collect();
+        let times: Vec<&str> = events
+            .iter()
+            .map(|e| e["created_at"].as_str().unwrap())
+            .collect();
         assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
         // Nothing secret: not the key, the TOTP secret, a backup code or the mailed code.
         let text = serde_json::to_string(&events).unwrap();
-        for secret in [&k[4..], &secret, &backup[0], &backup[1], &code, &first, &second] {
+        for secret in [
+            &k[4..],
+            &secret,
+            &backup[0],
+            &backup[1],
+            &code,
+            &first,
+            &second,
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
     }
 );
 
-both!(
-    a_refused_change_writes_no_record,
-    |api, ctx| async move {
-        let user = create_user(&ctx, &["*"]).await;
-        let k = user.key.clone();
-        // No open request, no device, no pending setup: each is a 400 and records nothing.
-        api.cancel_email_change(&k).await.assert_status(400);
-        api.post("/api/users/@me/two_factor_backup_codes/")
-            .bearer(&k)
-            .send()
-            .await
-            .assert_status(400);
-        api.validate_2fa(&k, "123456").await.assert_status(400);
-        // Disabling 2FA that was never on succeeds and records nothing.
-        api.disable_2fa(&k).await.assert_status(200);
-        assert_eq!(kinds(&all_events(&api, &k, 20).await), ["key_created"]);
-    }
-);
+both!(a_refused_change_writes_no_record, |api, ctx| async move {
+    let user = create_user(&ctx, &["*"]).await;
+    let k = user.key.clone();
+    // No open request, no device, no pending setup: each is a 400 and records nothing.
+    api.cancel_email_change(&k).await.assert_status(400);
+    api.post("/api/users/@me/two_factor_backup_codes/")
+        .bearer(&k)
+        .send()
+        .await
+        .assert_status(400);
+    api.validate_2fa(&k, "123456").await.assert_status(400);
+    // Disabling 2FA that was never on succeeds and records nothing.
+    api.disable_2fa(&k).await.assert_status(200);
+    assert_eq!(kinds(&all_events(&api, &k, 20).await), ["key_created"]);
+});
 
-both!(
-    pages_and_cursors_are_checked,
-    |api, ctx| async move {
-        let user = create_user(&ctx, &["*"]).await;
-        let k = user.key.clone();
-        for _ in 0..5 {
-            let email = unique_email("page");
-            api.request_email_change(&k, &email).await.assert_status(200);
-            api.cancel_email_change(&k).await.assert_status(200);
-        }
-        let all = all_events(&api, &k, 100).await;
-        assert_eq!(all.len(), 11);
-        for limit in [1, 3, 4, 10] {
-            let paged = all_events(&api, &k, limit).await;
-            assert_eq!(paged, all, "limit {limit}");
-        }
-        let first = api
-            .get(&format!("{EVENTS}?limit=20"))
-            .bearer(&k)
-            .send()
+both!(pages_and_cursors_are_checked, |api, ctx| async move {
+    let user = create_user(&ctx, &["*"]).await;
+    let k = user.key.clone();
+    for _ in 0..5 {
+        let email = unique_email("page");
+        api.request_email_change(&k, &email)
             .await
-            .ok_json();
-        assert_eq!(first["next"], Value::Null);
-        for bad in ["limit=0", "limit=101", "limit=x", "cursor=zz", "cursor=00", "cursor=%00"] {
-            let reply = api.get(&format!("{EVENTS}?{bad}")).bearer(&k).send().await;
-            reply.assert_status(400);
-            assert_eq!(reply.json()["type"], "validation_error", "{bad}");
-        }
-        // A cursor of one user's page used on another's path only moves within that other
-        // user's own records.
-        let page = api
-            .get(&format!("{EVENTS}?limit=1"))
-            .bearer(&k)
-            .send()
-            .await
-            .ok_json();
-        let next = page["next"].as_str().expect("a next page").to_string();
-        let cursor = next.split("cursor=").nth(1).expect("cursor");
-        let other = create_user(&ctx, &["*"]).await;
-        let theirs = api
-            .get(&format!("{EVENTS}?cursor={cursor}"))
-            .bearer(&other.key)
-            .send()
-            .await
-            .ok_json();
-        assert_eq!(theirs["results"], json!([]));
+            .assert_status(200);
+        api.cancel_email_change(&k).await.assert_status(200);
     }
-);
+    let all = all_events(&api, &k, 100).await;
+    assert_eq!(all.len(), 11);
+    for limit in [1, 3, 4, 10] {
+        let paged = all_events(&api, &k, limit).await;
+        assert_eq!(paged, all, "limit {limit}");
+    }
+    let first = api
+        .get(&format!("{EVENTS}?limit=20"))
+        .bearer(&k)
+        .send()
+        .await
+        .ok_json();
+    assert_eq!(first["next"], Value::Null);
+    for bad in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "cursor=zz",
+        "cursor=00",
+        "cursor=%00",
+    ] {
+        let reply = api.get(&format!("{EVENTS}?{bad}")).bearer(&k).send().await;
+        reply.assert_status(400);
+        assert_eq!(reply.json()["type"], "validation_error", "{bad}");
+    }
+    // A cursor of one user's page used on another's path only moves within that other
+    // user's own records.
+    let page = api
+        .get(&format!("{EVENTS}?limit=1"))
+        .bearer(&k)
+        .send()
+        .await
+        .ok_json();
+    let next = page["next"].as_str().expect("a next page").to_string();
+    let cursor = next.split("cursor=").nth(1).expect("cursor");
+    let other = create_user(&ctx, &["*"]).await;
+    let theirs = api
+        .get(&format!("{EVENTS}?cursor={cursor}"))
+        .bearer(&other.key)
+        .send()
+        .await
+        .ok_json();
+    assert_eq!(theirs["results"], json!([]));
+});
 
 both!(
     staff_may_read_another_users_records_others_may_not,
@@ -233,7 +255,8 @@ both!(
         // Eight PATCHes turning passkey 2FA on at once: it comes into effect once.
         let user = create_user(&ctx, &["*"]).await;
         let mut authenticator = Authenticator::new();
-        api.add_verified_passkey(&user.key, &mut authenticator).await;
+        api.add_verified_passkey(&user.key, &mut authenticator)
+            .await;
         let patches = (0..8).map(|_| {
             let (api, key) = (api.clone(), user.key.clone());
             tokio::spawn(async move { api.set_passkey_2fa(&key, true).await.status })
@@ -252,8 +275,12 @@ both!(
         for _round in 0..3 {
             let user = create_user(&ctx, &["*"]).await;
             let mut authenticator = Authenticator::new();
-            let id = api.add_verified_passkey(&user.key, &mut authenticator).await;
-            api.set_passkey_2fa(&user.key, true).await.assert_status(200);
+            let id = api
+                .add_verified_passkey(&user.key, &mut authenticator)
+                .await;
+            api.set_passkey_2fa(&user.key, true)
+                .await
+                .assert_status(200);
             let off = {
                 let (api, key) = (api.clone(), user.key.clone());
                 tokio::spawn(async move { api.set_passkey_2fa(&key, false).await.status })
@@ -316,7 +343,10 @@ async fn futures_join<T: Send + 'static>(
 }
 
 /// The records of a user, straight from the store.
-async fn stored(ctx: &shared::Context, uuid: UserId) -> Vec<shared::security_events::SecurityEvent> {
+async fn stored(
+    ctx: &shared::Context,
+    uuid: UserId,
+) -> Vec<shared::security_events::SecurityEvent> {
     ctx.store
         .security_events_page(uuid, 100, None)
         .await
@@ -338,7 +368,10 @@ async fn records_expire_after_the_retention_and_expired_ones_are_not_shown_scena
         .assert_status(200);
     let records = stored(&ctx, user.uuid()).await;
     assert_eq!(records.len(), 2);
-    assert_eq!(records[0].event, shared::security_events::EventKind::EmailChangeRequested);
+    assert_eq!(
+        records[0].event,
+        shared::security_events::EventKind::EmailChangeRequested
+    );
     let days = ctx.config.security_events_retention_days;
     let expected = shared::clock::now_secs() + days * 86_400;
     assert!(
@@ -385,10 +418,17 @@ async fn a_sign_in_tokens_first_use_records_the_link_scenario() {
     assert_eq!(record["actor"]["credential"], "access_token");
     let claims = claims_of(&cognito.access_token);
     assert_eq!(record["actor"]["client"], claims["client_id"]);
-    let jti = claims["jti"].as_str().expect("Cognito's access tokens carry a jti");
+    let jti = claims["jti"]
+        .as_str()
+        .expect("Cognito's access tokens carry a jti");
     assert_eq!(record["actor"]["credential_id"], json!(jti[..8]));
     // The token reads the record too.
-    let shown = api.get(EVENTS).bearer(&cognito.access_token).send().await.ok_json();
+    let shown = api
+        .get(EVENTS)
+        .bearer(&cognito.access_token)
+        .send()
+        .await
+        .ok_json();
     assert_eq!(
         kinds(shown["results"].as_array().unwrap()),
         ["identity_linked", "key_created"]
@@ -415,7 +455,14 @@ async fn the_operators_changes_are_recorded_and_users_admin_prints_them_scenario
     admin(&["revoke-key", "--key", &second]).await;
     let issuer = format!("https://issuer.test/{}", uuid::Uuid::new_v4().simple());
     let identity = ["--subject", "sub-audit", "--issuer", issuer.as_str()];
-    admin(&[&["link-identity", "--user", uuid.as_str()][..], &identity[..]].concat()).await;
+    admin(
+        &[
+            &["link-identity", "--user", uuid.as_str()][..],
+            &identity[..],
+        ]
+        .concat(),
+    )
+    .await;
     admin(&[&["unlink-identity"][..], &identity[..]].concat()).await;
     admin(&["deactivate-user", "--user", &uuid]).await;
     let printed = admin(&["events", "--user", &uuid]).await;
@@ -465,7 +512,12 @@ async fn the_operators_changes_are_recorded_and_users_admin_prints_them_scenario
 /// The one metrics line of an in-process reply, checked against the EMF specification's rules:
 /// every metric a directive declares is a number of the line, every dimension a string.
 fn metrics_line(reply: &Reply) -> &Value {
-    assert_eq!(reply.metrics.len(), 1, "one line per request: {:?}", reply.metrics);
+    assert_eq!(
+        reply.metrics.len(),
+        1,
+        "one line per request: {:?}",
+        reply.metrics
+    );
     let line = &reply.metrics[0];
     assert_valid_emf(line);
     assert_eq!(line["request_id"], json!(reply.request_id), "{line}");
@@ -474,11 +526,19 @@ fn metrics_line(reply: &Reply) -> &Value {
 
 fn assert_valid_emf(line: &Value) {
     let aws = &line["_aws"];
-    assert!(aws["Timestamp"].as_u64().is_some_and(|t| t > 1_700_000_000_000), "{line}");
+    assert!(
+        aws["Timestamp"]
+            .as_u64()
+            .is_some_and(|t| t > 1_700_000_000_000),
+        "{line}"
+    );
     let directives = aws["CloudWatchMetrics"].as_array().expect("directives");
     assert!(!directives.is_empty());
     for d in directives {
-        assert!(d["Namespace"].as_str().is_some_and(|n| !n.is_empty()), "{line}");
+        assert!(
+            d["Namespace"].as_str().is_some_and(|n| !n.is_empty()),
+            "{line}"
+        );
         for m in d["Metrics"].as_array().expect("metrics") {
             let name = m["Name"].as_str().expect("a metric name");
             assert!(line[name].is_number(), "{name} in {line}");
@@ -489,7 +549,10 @@ fn assert_valid_emf(line: &Value) {
         }
         for set in d["Dimensions"].as_array().expect("dimension sets") {
             for dim in set.as_array().expect("a dimension set") {
-                assert!(line[dim.as_str().expect("a dimension")].is_string(), "{line}");
+                assert!(
+                    line[dim.as_str().expect("a dimension")].is_string(),
+                    "{line}"
+                );
             }
         }
     }
@@ -535,7 +598,11 @@ async fn each_request_writes_one_metrics_line_with_its_values_scenario() {
         (&line["StatusClass"], &line["Reason"], &line["AuthFailures"]),
         (&json!("4xx"), &json!("no_credentials"), &json!(1))
     );
-    let bad = api.get(ME).bearer(&format!("phx_{}", "Z".repeat(48))).send().await;
+    let bad = api
+        .get(ME)
+        .bearer(&format!("phx_{}", "Z".repeat(48)))
+        .send()
+        .await;
     assert_eq!(metrics_line(&bad)["Reason"], "invalid_credentials");
     let token = api.get(ME).bearer("a.b.c").send().await;
     token.assert_status(401);
@@ -584,7 +651,11 @@ async fn the_deployed_binaries_print_valid_metrics_lines_scenario() {
     let user = create_user(&ctx, &["*"]).await;
     // A request whose status class and reason no other test's request to this function has
     // at the same moment is not needed: lines are matched by function and checked whole.
-    api.get(EVENTS).bearer(&user.key).send().await.assert_status(200);
+    api.get(EVENTS)
+        .bearer(&user.key)
+        .send()
+        .await
+        .assert_status(200);
     api.get(EVENTS).send().await.assert_status(401);
     let path = env("WATCH_LOG");
     let lines = eventually(

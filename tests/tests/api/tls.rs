@@ -190,13 +190,7 @@ async fn the_jwks_is_fetched_over_tls_trusting_web_roots_or_the_configured_bundl
     let user = api_tests::create_user(&ctx, &["user:read"]).await;
     ctx.store
         .link_identity(
-            &IdentityLink::new(
-            &issuer,
-            "s",
-            user.uuid(),
-            false,
-            LinkedBy::Operator,
-            ),
+            &IdentityLink::new(&issuer, "s", user.uuid(), false, LinkedBy::Operator),
             &api_tests::admin_event(
                 user.uuid(),
                 shared::security_events::EventKind::IdentityLinked,

@@ -390,7 +390,17 @@ both!(a_deactivated_users_tokens_get_401, |api, ctx| async move {
 async fn a_deactivated_users_address_links_no_new_identity() {
     let ctx = context().await;
     let user = create_user(&ctx, &["user:read"]).await;
-    assert!(ctx.store.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
+    assert!(ctx
+        .store
+        .deactivate_user(
+            user.uuid(),
+            &admin_event(
+                user.uuid(),
+                shared::security_events::EventKind::UserDeactivated
+            )
+        )
+        .await
+        .unwrap());
     let cognito = cognito_user(&user.user.email, true).await;
     let api = Api::InProcess(Arc::new(context().await));
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
@@ -471,7 +481,11 @@ async fn a_deployment_that_refuses_new_identities_takes_only_linked_ones() {
         false,
         LinkedBy::Operator,
     );
-    let event = operator_event(&ctx, link.user_uuid, shared::security_events::EventKind::IdentityLinked);
+    let event = operator_event(
+        &ctx,
+        link.user_uuid,
+        shared::security_events::EventKind::IdentityLinked,
+    );
     ctx.store.link_identity(&link, &event).await.unwrap();
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
     reply.assert_status(200);
@@ -479,7 +493,10 @@ async fn a_deployment_that_refuses_new_identities_takes_only_linked_ones() {
     // Unlinked, it is refused again.
     assert!(ctx
         .store
-        .unlink_identity(&link.key(), |u| admin_event(u, shared::security_events::EventKind::IdentityUnlinked))
+        .unlink_identity(&link.key(), |u| admin_event(
+            u,
+            shared::security_events::EventKind::IdentityUnlinked
+        ))
         .await
         .unwrap()
         .is_some());
@@ -520,7 +537,16 @@ async fn scopes_come_from_the_token_with_or_without_the_prefix() {
         false,
         LinkedBy::Operator,
     );
-    ctx.store.link_identity(&link, &admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked)).await.unwrap();
+    ctx.store
+        .link_identity(
+            &link,
+            &admin_event(
+                link.user_uuid,
+                shared::security_events::EventKind::IdentityLinked,
+            ),
+        )
+        .await
+        .unwrap();
     let genuine = claims_of(&cognito.access_token);
     let read_only = moto_signed(&genuine, json!({"scope": "openid posthog-users/user:read"}));
     api.get(ME)
@@ -563,7 +589,16 @@ async fn own_issuer(server: &JwksServer, sub: &str) -> (Api, TestUser, String) {
     let api = with_settings(&ctx, settings);
     let user = create_user(&ctx, &["user:read"]).await;
     let link = IdentityLink::new(&issuer, sub, user.uuid(), false, LinkedBy::Operator);
-    ctx.store.link_identity(&link, &admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked)).await.unwrap();
+    ctx.store
+        .link_identity(
+            &link,
+            &admin_event(
+                link.user_uuid,
+                shared::security_events::EventKind::IdentityLinked,
+            ),
+        )
+        .await
+        .unwrap();
     (api, user, issuer)
 }
 
@@ -683,13 +718,7 @@ async fn an_unreachable_issuer_is_503_then_recovers() {
     let user = create_user(&ctx, &["user:read"]).await;
     ctx.store
         .link_identity(
-            &IdentityLink::new(
-            &issuer,
-            "s",
-            user.uuid(),
-            false,
-            LinkedBy::Operator,
-            ),
+            &IdentityLink::new(&issuer, "s", user.uuid(), false, LinkedBy::Operator),
             &api_tests::admin_event(
                 user.uuid(),
                 shared::security_events::EventKind::IdentityLinked,
@@ -846,7 +875,16 @@ async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
         let unlink = {
             let store = ctx.store.clone();
             let key = key.clone();
-            tokio::spawn(async move { store.unlink_identity(&key, |u| api_tests::admin_event(u, shared::security_events::EventKind::IdentityUnlinked)).await })
+            tokio::spawn(async move {
+                store
+                    .unlink_identity(&key, |u| {
+                        api_tests::admin_event(
+                            u,
+                            shared::security_events::EventKind::IdentityUnlinked,
+                        )
+                    })
+                    .await
+            })
         };
         let uses: Vec<_> = (0..4)
             .map(|_| {
@@ -859,7 +897,17 @@ async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
             let reply = u.await.unwrap();
             assert!([200, 401].contains(&reply.status), "{}", reply.body);
         }
-        assert!(ctx.store.deactivate_user(user.uuid(), &admin_event(user.uuid(), shared::security_events::EventKind::UserDeactivated)).await.unwrap());
+        assert!(ctx
+            .store
+            .deactivate_user(
+                user.uuid(),
+                &admin_event(
+                    user.uuid(),
+                    shared::security_events::EventKind::UserDeactivated
+                )
+            )
+            .await
+            .unwrap());
         if let Some(link) = ctx.store.identity_link(&key).await.unwrap() {
             assert!(!link.user_is_active, "a link left live after deactivation");
         }
@@ -908,7 +956,14 @@ async fn first_uses_racing_a_deactivation_leave_no_live_link() {
         let deactivation = {
             let store = ctx.store.clone();
             let uuid = user.uuid();
-            tokio::spawn(async move { store.deactivate_user(uuid, &admin_event(uuid, shared::security_events::EventKind::UserDeactivated)).await })
+            tokio::spawn(async move {
+                store
+                    .deactivate_user(
+                        uuid,
+                        &admin_event(uuid, shared::security_events::EventKind::UserDeactivated),
+                    )
+                    .await
+            })
         };
         for u in uses {
             let reply = u.await.unwrap();
@@ -950,7 +1005,14 @@ async fn a_link_by_address_is_refused_once_the_address_is_another_users() {
     // The link names `first`, but the address checked is `second`'s.
     let write = ctx
         .store
-        .link_identity_by_address(&link, &second.user.email, &api_tests::admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked))
+        .link_identity_by_address(
+            &link,
+            &second.user.email,
+            &api_tests::admin_event(
+                link.user_uuid,
+                shared::security_events::EventKind::IdentityLinked,
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(write, shared::identities::LinkWrite::EmailTaken);
@@ -962,7 +1024,14 @@ async fn a_link_by_address_is_refused_once_the_address_is_another_users() {
         .is_none());
     assert_eq!(
         ctx.store
-            .link_identity_by_address(&link, &first.user.email, &api_tests::admin_event(link.user_uuid, shared::security_events::EventKind::IdentityLinked))
+            .link_identity_by_address(
+                &link,
+                &first.user.email,
+                &api_tests::admin_event(
+                    link.user_uuid,
+                    shared::security_events::EventKind::IdentityLinked
+                )
+            )
             .await
             .unwrap(),
         shared::identities::LinkWrite::Linked
