@@ -664,9 +664,10 @@ pub async fn cognito_email(
             return Err(ApiError::Unavailable);
         }
         Err(SdkError::ServiceError(e)) => {
-            let error_code =
+            // Cognito's error name (NotAuthorizedException, ...): AWS's, never the user's.
+            let aws_error =
                 aws_sdk_cognitoidentityprovider::error::ProvideErrorMetadata::code(e.err());
-            tracing::info!(?error_code, "Cognito did not tell the signed-in address");
+            tracing::info!(?aws_error, "Cognito did not tell the signed-in address");
             return Ok(None);
         }
         Err(e) => return Err(ApiError::from_sdk("cognito.get_user", &e)),

@@ -678,15 +678,6 @@ impl Api {
     }
 }
 
-/// A record of an operator's change to `uuid`'s account, as `users-admin` makes it.
-pub fn operator_event(
-    ctx: &Context,
-    uuid: UserId,
-    kind: shared::security_events::EventKind,
-) -> shared::security_events::SecurityEvent {
-    ctx.security_event(uuid, kind, &shared::security_events::Actor::operator())
-}
-
 /// A record of an operator's change, for store calls made directly by a test.
 pub fn admin_event(
     uuid: UserId,

@@ -481,8 +481,7 @@ async fn a_deployment_that_refuses_new_identities_takes_only_linked_ones() {
         false,
         LinkedBy::Operator,
     );
-    let event = operator_event(
-        &ctx,
+    let event = admin_event(
         link.user_uuid,
         shared::security_events::EventKind::IdentityLinked,
     );
