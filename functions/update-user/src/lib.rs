@@ -143,8 +143,10 @@ async fn attempt(
         };
         events.push(ctx.event_by(call, uuid, kind).with_detail("passkey"));
     }
-    // Only a change of passkey 2FA's effect is conditioned on the user as read.
-    let as_read = (passkey_2fa_after != passkey_2fa_before).then_some(&seen);
+    // A write of the passkey 2FA flag holds only on the user as read: whether it changes the
+    // flag's effect (and so what is recorded) was decided on that, and a first verification
+    // racing it decides on the flag it read.
+    let as_read = patch.passkeys_enabled_for_2fa.is_some().then_some(&seen);
     if ctx
         .store
         .update_profile(uuid, &patch, email_update, as_read, &events)

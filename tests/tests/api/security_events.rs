@@ -331,6 +331,52 @@ both!(
     }
 );
 
+both!(
+    turning_passkey_2fa_off_racing_the_first_verification_never_goes_unrecorded,
+    |api, ctx| async move {
+        // Passkey 2FA on with only an unverified passkey (not in effect), then turned off while
+        // that passkey is verified: whichever lands first, the records match where it ended.
+        for _round in 0..4 {
+            let user = create_user(&ctx, &["*"]).await;
+            let k = user.key.clone();
+            let mut first = Authenticator::new();
+            api.add_verified_passkey(&k, &mut first).await;
+            api.set_passkey_2fa(&k, true).await.assert_status(200);
+            let old = api.passkeys(&k).await[0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut second = Authenticator::new();
+            let id = api.add_passkey(&k, &mut second).await;
+            api.delete_passkey(&k, &old).await.assert_status(204);
+            let off = {
+                let (api, k) = (api.clone(), k.clone());
+                tokio::spawn(async move { api.set_passkey_2fa(&k, false).await.status })
+            };
+            let verify = {
+                let (api, k) = (api.clone(), k.clone());
+                tokio::spawn(async move { api.verify_passkey(&k, &id, &mut second).await.status })
+            };
+            assert_eq!(off.await.unwrap(), 200);
+            assert_eq!(verify.await.unwrap(), 200);
+            let on = api.two_factor_status(&k).await["is_enabled"] == json!(true);
+            let events = all_events(&api, &k, 100).await;
+            let passkey_2fa = |kind: &str| {
+                events
+                    .iter()
+                    .filter(|e| e["event"] == kind && e["detail"] == "passkey")
+                    .count()
+            };
+            let (enabled, disabled) = (
+                passkey_2fa("two_factor_enabled"),
+                passkey_2fa("two_factor_disabled"),
+            );
+            assert!(disabled <= enabled, "{events:#?}");
+            assert_eq!(on, enabled - disabled == 1, "on: {on}, {events:#?}");
+        }
+    }
+);
+
 /// Every spawned task's answer.
 async fn futures_join<T: Send + 'static>(
     tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
