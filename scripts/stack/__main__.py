@@ -279,7 +279,7 @@ def cmd_build(args: argparse.Namespace, sup: Supervisor) -> int:
     # feature resolution) and only copy it.
     binaries = sorted(set(functions(template).values()))
     prebuild = [str(VENV_BIN / "cargo-lambda"), "lambda", "build", "--release", "--arm64",
-                *(arg for b in binaries for arg in ("--bin", b))]
+                *(arg for b in binaries for arg in ("--bin", b)), *(["--timings"] if args.timings else [])]
     print(f"stack: cargo lambda build --release --arm64 for the {len(binaries)} functions at once "
           "(release, fat LTO; a cold build compiles the dependencies first)", flush=True)
     if sup.run("cargo lambda build", prebuild, env=env) != 0:
@@ -466,7 +466,9 @@ def main(argv: list[str]) -> int:
     sub.add_parser("check-alarms", help="fail when template.yaml's alarms, dashboard or gradual-deploy settings "
                                         "do not match its functions and tables")
     sub.add_parser("check-router", help="fail when the local router would route otherwise than template.yaml")
-    sub.add_parser("build", help="sam build for arm64: one bootstrap per function in .aws-sam/build")
+    build = sub.add_parser("build", help="sam build for arm64: one bootstrap per function in .aws-sam/build")
+    build.add_argument("--timings", action="store_true",
+                       help="cargo's build timing report (target/cargo-timings/cargo-timing.html): where the time goes")
     p = sub.add_parser("env", help="print the local environment of the functions as shell exports")
     p.add_argument("--dynamodb-port", type=int, default=None,
                    help="default: that of the `scripts/dev run` that runs, else 8000")
