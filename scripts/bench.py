@@ -72,6 +72,7 @@ from stack.services import (  # noqa: E402
     free_port, port_is_free, setup_services, stack_env, start_services, wait_services, wait_until,
 )
 from stack.cognito import LocalPool, create_demo_user, sign_in  # noqa: E402
+from stack.network import Network, start_network  # noqa: E402
 from stack.supervisor import Supervisor, supervised  # noqa: E402
 from stack.template import functions, load_template  # noqa: E402
 
@@ -1158,6 +1159,193 @@ def warm_loop(procs: Processes, target: Target, scenario: Scenario, driver: Driv
 
 
 # ---------------------------------------------------------------------------------------------
+# Under network latency (--network)
+# ---------------------------------------------------------------------------------------------
+
+# How long a process started ahead of its event waits, idle, before the event comes: Lambda's
+# init ahead of the first invocation (provisioned concurrency, proactive initialisation).
+IDLE_BEFORE_EVENT = 0.2
+# Warm requests over which connections are counted.
+REUSE_REQUESTS = 100
+
+
+@dataclass
+class NetResult:
+    """A function's figures under the latency model, by round-trip time (ms)."""
+
+    cold: dict[float, list[float]] = field(default_factory=dict)  # spawn -> first response
+    first_request: dict[float, list[float]] = field(default_factory=dict)  # its event -> its response
+    warm: dict[float, list[float]] = field(default_factory=dict)  # medians of the warm turnarounds
+    after_init: dict[float, list[float]] = field(default_factory=dict)  # first request, event after init
+    reuse: dict[str, Any] | None = None
+
+
+def after_init_run(procs: Processes, target: Target, scenario: Scenario, api: RuntimeApi, i: int) -> float:
+    """A process that has finished starting up and waited IDLE_BEFORE_EVENT for its first event:
+    that first request's time (event delivered -> response)."""
+    req = scenario.prepare(i)
+    asked = api.nexts
+    proc = procs.spawn(target, api)
+    try:
+        api.wait_asked(asked + 1, proc)
+        time.sleep(IDLE_BEFORE_EVENT)
+        inv = api.submit(api_event(req))
+        wait_for(inv, proc, api, 60)
+        check_answer(inv, req)
+        return inv.finished - inv.sent
+    finally:
+        procs.stop(proc)
+
+
+def connection_reuse(procs: Processes, target: Target, scenario: Scenario, api: RuntimeApi,
+                     net: Network, i: int) -> dict[str, Any]:
+    """The proxy's counts for one process: the connections its cold request opened, and those
+    opened over REUSE_REQUESTS warm requests after it (none, if every connection is reused)."""
+    net.reset()
+    req = scenario.prepare(i)
+    inv = api.submit(api_event(req))
+    asked = api.nexts
+    proc = procs.spawn(target, api)
+    try:
+        wait_for(inv, proc, api, 60)
+        check_answer(inv, req)
+        asked += 2
+        api.wait_asked(asked, proc)
+        cold = net.stats()
+        for n in range(REUSE_REQUESTS):
+            req = scenario.prepare(i * 1000 + n + 1)
+            w = api.submit(api_event(req))
+            wait_for(w, proc, api, 30)
+            check_answer(w, req)
+            asked += 1
+            api.wait_asked(asked, proc)
+        after = net.stats()
+    finally:
+        procs.stop(proc)
+    used = [s for s in after if after[s]["requests"]]
+    return {
+        "warm_requests": REUSE_REQUESTS,
+        "cold_handshakes": {s: cold[s]["handshakes"] for s in used if cold[s]["handshakes"]},
+        "warm_handshakes": {s: after[s]["handshakes"] - cold[s]["handshakes"] for s in used},
+        "warm_calls": {s: after[s]["requests"] - cold[s]["requests"] for s in used},
+    }
+
+
+def network_phase(procs: Processes, targets: dict[str, Target], scenario_of: dict[str, Scenario],
+                  names: list[str], net: Network, rtts: list[float], runs: int,
+                  warm_per_cold: int) -> dict[str, NetResult]:
+    """Cold starts, warm requests and a first request after init at each round-trip time,
+    interleaved across functions as the plain cold starts are; then connection reuse."""
+    out = {n: NetResult() for n in names}
+    apis = {n: RuntimeApi(n) for n in names}
+    try:
+        for rtt in rtts:
+            net.set_rtt(rtt)
+            log(f"network at {rtt:g} ms round trips: {len(names)} functions × {runs} (+1 unmeasured)")
+            for rep in range(runs + 1):
+                for n in (names if rep % 2 == 0 else names[::-1]):
+                    i = 700 + int(rtt) * 10 + rep
+                    cold, to_event, warm, _, _ = cold_run(procs, targets[n], scenario_of[n], apis[n], i,
+                                                          warm_per_cold)
+                    first = after_init_run(procs, targets[n], scenario_of[n], apis[n], 40_000 + i)
+                    if rep > 0:
+                        r = out[n]
+                        r.cold.setdefault(rtt, []).append(cold)
+                        r.first_request.setdefault(rtt, []).append(cold - to_event)
+                        r.warm.setdefault(rtt, []).append(warm)
+                        r.after_init.setdefault(rtt, []).append(first)
+        net.set_rtt(0)
+        log(f"network: connections over {REUSE_REQUESTS} warm requests, function by function")
+        for n in names:
+            out[n].reuse = connection_reuse(procs, targets[n], scenario_of[n], apis[n], net, 60_000)
+    finally:
+        for a in apis.values():
+            a.close()
+    return out
+
+
+def summarize_network(net_results: dict[str, NetResult], rtts: list[float],
+                      key_functions: set[str]) -> dict[str, Any]:
+    """Medians by round-trip time, and the round trips a request waits for: the growth of its
+    time from the lowest to the highest round-trip time, divided by the difference."""
+    lo, hi = min(rtts), max(rtts)
+    med = statistics.median
+    functions = {}
+    for n, r in net_results.items():
+        entry: dict[str, Any] = {
+            f"{kind}_ms": {f"{rtt:g}": ms(med(getattr(r, kind)[rtt])) for rtt in rtts}
+            for kind in ("cold", "first_request", "warm", "after_init")
+        }
+        if hi > lo:
+            span = (hi - lo) / 1000
+            for kind in ("cold", "first_request", "warm", "after_init"):
+                runs = getattr(r, kind)
+                entry[f"{kind}_round_trips"] = round((med(runs[hi]) - med(runs[lo])) / span, 1)
+        entry["holds_keys"] = function_of(n) in key_functions
+        entry["connections"] = r.reuse
+        functions[n] = entry
+    budgets = []
+    if hi > lo and READ_ROUTE in functions:
+        base = functions[READ_ROUTE]["cold_ms"][f"{hi:g}"]
+        keyed = [(n, e["cold_ms"][f"{hi:g}"]) for n, e in functions.items() if e["holds_keys"]]
+        if keyed:
+            worst = max(keyed, key=lambda kv: kv[1])
+            budgets.append({
+                "budget": f"cold start of a function with the keys vs get-user's, at {hi:g} ms round trips",
+                "limit": f"≤ one round trip ({hi:g} ms) more", "worst_function": worst[0],
+                "worst": round(worst[1] - base, 1),
+                "shown": f"+{worst[1] - base:.1f} ms ({worst[0]}: {worst[1]:.1f} ms vs {base:.1f} ms)",
+                "pass": worst[1] - base <= hi})
+    reused = [(n, sum(e["connections"]["warm_handshakes"].values())) for n, e in functions.items()
+              if e.get("connections")]
+    if reused:
+        worst = max(reused, key=lambda kv: kv[1])
+        budgets.append({
+            "budget": f"new TLS connections over {REUSE_REQUESTS} warm requests", "limit": "0",
+            "worst_function": worst[0], "worst": worst[1], "shown": f"{worst[1]} ({worst[0]})",
+            "pass": worst[1] == 0})
+    return {"rtts_ms": rtts, "idle_before_event_s": IDLE_BEFORE_EVENT, "functions": functions,
+            "budgets": budgets}
+
+
+def render_network(doc: dict[str, Any]) -> list[str]:
+    rtts = [f"{x:g}" for x in doc["rtts_ms"]]
+    at = " / ".join(rtts)
+    lines = [
+        "## Under network latency",
+        "",
+        f"`scripts/dev bench --network {','.join(rtts)}`: every AWS endpoint (DynamoDB, Secrets Manager, SES,",
+        "Cognito and the issuer's keys) behind TLS and a proxy that delays everything crossing it by half",
+        "a round trip each way (scripts/latency-proxy.py): a new connection costs two round trips (TCP,",
+        "then TLS 1.3) before its first request, each request one. Times in ms at each round-trip time",
+        f"({at} ms; medians). Cold: spawn → first response, with the event queued before the spawn (an",
+        "on-demand cold start); first: that event → its response. After init: the first request of a",
+        f"process that started, asked for its event and waited {doc['idle_before_event_s']:g} s (Lambda's init ahead of",
+        "the event). Round trips: the growth of that time from the lowest round-trip time to the highest,",
+        "divided by the difference — the round trips the request waits for one after another, handshakes",
+        f"included. Connections: TLS handshakes of the cold request per endpoint, then new ones over",
+        f"{REUSE_REQUESTS} warm requests (0: every connection reused) and the calls those made.",
+        "",
+    ]
+    for b in doc["budgets"]:
+        lines.append(f"- **{b['budget']}** ({b['limit']}): {b['shown']}: {'pass' if b['pass'] else '**FAIL**'}")
+    lines += [
+        "",
+        f"| Function | Cold ms ({at}) | First request | Warm | After init | Round trips cold / first / warm / after init | Connections: cold; new over {REUSE_REQUESTS} warm (calls) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, e in doc["functions"].items():
+        cells = [" / ".join(fmt(e[f"{k}_ms"][r], 1) for r in rtts) for k in ("cold", "first_request", "warm", "after_init")]
+        trips = " / ".join(fmt(e.get(f"{k}_round_trips")) for k in ("cold", "first_request", "warm", "after_init"))
+        c = e.get("connections")
+        conn = "–" if not c else (", ".join(f"{s} {k}" for s, k in c["cold_handshakes"].items()) + "; "
+                                  + ", ".join(f"{s} {k} ({c['warm_calls'][s]})" for s, k in c["warm_handshakes"].items()))
+        label = n + (" (keys)" if e["holds_keys"] else "")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {trips} | {conn} |")
+    return lines + [""]
+
+
+# ---------------------------------------------------------------------------------------------
 # Throughput
 # ---------------------------------------------------------------------------------------------
 
@@ -1562,6 +1750,8 @@ def render(doc: dict[str, Any]) -> str:
     ]
     for name, e in f.items():
         lines.append(f"- `{name}`: {e['request']}")
+    if doc.get("network"):
+        lines += ["", *render_network(doc["network"])]
     lines += [
         "",
         "## Throughput",
@@ -1693,6 +1883,25 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
                 scenario_of.setdefault(n, scenario_of[n.removesuffix(COMPARED)])
         results = {n: Result(n, scenario_of[n].case) for n in names}
 
+        # Under the latency model: the Rust functions and the empty one, their endpoints behind
+        # the proxy.
+        net_names = [n for n in names if not is_peer(n)]
+        key_functions = {b for b in binaries if targets[b].env.get("ENCRYPTION_SECRET_ID")}
+        net_results: dict[str, NetResult] = {}
+        if args.network:
+            net = start_network(sup, services)
+            net_targets = {n: Target(n, targets[n].argv, targets[n].cwd, net.function_env(targets[n].env),
+                                     targets[n].binary) for n in net_names}
+            net_results = network_phase(procs, net_targets, scenario_of, net_names, net, args.network,
+                                        args.network_runs, args.warm_per_cold)
+            sup.stop(net.child)
+        if args.network_only:
+            doc = summarize_network(net_results, args.network, key_functions)
+            print("\n".join(render_network(doc)))
+            failed = [b["budget"] for b in doc["budgets"] if not b["pass"]]
+            print(f"summary: {len(doc['budgets']) - len(failed)} passed, {len(failed)} failed", flush=True)
+            return 0
+
         # Cold starts, interleaved across functions.
         apis = {n: RuntimeApi(n) for n in names}
         try:
@@ -1761,6 +1970,9 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
         log("zig is not available: no arm64 sizes")
 
     doc = summarize(results, rps, info, args)
+    if net_results:
+        doc["network"] = summarize_network(net_results, args.network, key_functions)
+        doc["budgets"] += doc["network"]["budgets"]
     out_json = Path(args.out_json)
     out_md = Path(args.out_md)
     out_json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -1770,6 +1982,16 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
     failed = [b["budget"] for b in doc["budgets"] if not b["pass"]]
     print(f"summary: {len(doc['budgets']) - len(failed)} passed, {len(failed)} failed", flush=True)
     return 0
+
+
+def rtt_list(text: str) -> list[float]:
+    """--network: round-trip times in ms, ascending, each 0 to 500 (the proxy's bound)."""
+    if text == "none":
+        return []
+    rtts = sorted({float(x) for x in text.split(",") if x.strip()})
+    if not rtts or any(not 0 <= x <= 500 for x in rtts):
+        raise argparse.ArgumentTypeError("round-trip times are 0 to 500 ms, comma-separated")
+    return rtts
 
 
 def main(argv: list[str]) -> int:
@@ -1796,6 +2018,14 @@ def main(argv: list[str]) -> int:
                         help="the functions and their peers read Secrets Manager through an in-memory cache in "
                              "front of moto (scripts/bench/secrets-cache.py): what is left of the key functions' "
                              "cold start once moto's CPU time is out of it; not the standard run")
+    parser.add_argument("--network", type=rtt_list, default=[0.0, 2.0, 10.0], metavar="RTT_MS[,RTT_MS...]",
+                        help="round-trip times (ms) of the latency model, every AWS endpoint behind TLS and a delay "
+                             "(scripts/latency-proxy.py); the first is the baseline of the round-trip counts "
+                             "(default 0,2,10; none: skip)")
+    parser.add_argument("--network-runs", type=int, default=5,
+                        help="cold starts per function at each round-trip time (default 5)")
+    parser.add_argument("--network-only", action="store_true",
+                        help="only the measurements under the latency model; prints them and writes nothing")
     parser.add_argument("--out-md", default=str(OUT_MD))
     parser.add_argument("--out-json", default=str(OUT_JSON))
     args = parser.parse_args(argv)

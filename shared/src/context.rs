@@ -382,7 +382,7 @@ impl Context {
     pub async fn from_env() -> Result<Self, crate::config::MissingVar> {
         let config = Config::from_env()?;
         let ctx = Self::new(config, &lambda_sdk_config().await);
-        ctx.preload_keyring();
+        ctx.warm_up();
         Ok(ctx)
     }
 
@@ -431,10 +431,12 @@ impl Context {
         ))
     }
 
-    /// Starts reading the encryption keys on the current runtime, if this function has them.
-    /// A request that needs them waits for this read rather than starting its own; if it
-    /// fails, the request reads them again.
-    fn preload_keyring(&self) {
+    /// Starts, in the background on the current runtime, what a cold start's first request
+    /// would otherwise wait for, so that it overlaps the wait for the event and that request's
+    /// own first calls: the read of the encryption keys, if this function has them. A request
+    /// that needs them waits for this read rather than starting its own; if it fails, the
+    /// request reads them again. A request that fails authentication never waits for it.
+    pub fn warm_up(&self) {
         let Some((secrets, id)) = self.key_source() else {
             return;
         };

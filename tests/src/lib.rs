@@ -14,6 +14,7 @@ use std::sync::Arc;
 pub mod assertions;
 pub mod calls;
 pub mod flows;
+pub mod network;
 pub mod passkeys;
 pub mod tokens;
 pub use assertions::*;

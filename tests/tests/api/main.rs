@@ -10,6 +10,7 @@ mod faults;
 mod hardening;
 mod load;
 mod logs;
+mod network;
 mod openapi;
 mod passkeys;
 mod push_tokens;

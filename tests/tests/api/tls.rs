@@ -1,5 +1,5 @@
 //! The functions' HTTPS client against a real TLS endpoint: DynamoDB Local behind a
-//! TLS-terminating proxy (scripts/tls-proxy.py) whose certificate comes from a certificate
+//! TLS-terminating proxy (scripts/latency-proxy.py, with no delay) whose certificate comes from a certificate
 //! authority made here with openssl. The compiled-in roots (Amazon Trust Services only) must
 //! refuse it, `AWS_CA_BUNDLE` naming that authority must make the same call succeed, and a
 //! bundle that is not certificates must be ignored without a panic.
@@ -7,92 +7,20 @@
 //! This test sets `AWS_CA_BUNDLE` in its own process: nextest runs every test in a process of
 //! its own.
 use api_tests::env;
+use api_tests::network::{make_certificates, port_of, LatencyProxy};
 use shared::error::ApiError;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Runs openssl in `dir`: `command` split on spaces, then `more` as they are (values with
-/// spaces).
-fn openssl(dir: &Path, command: &str, more: &[&str]) {
-    let out = Command::new("openssl")
-        .args(command.split_whitespace())
-        .args(more)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl is on the PATH (the test command checks it)");
-    assert!(
-        out.status.success(),
-        "openssl {command} {more:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The proxy (no delay) in front of DynamoDB Local, with the certificates in `dir`.
+async fn start_proxy(dir: &Path) -> (LatencyProxy, u16) {
+    start_proxy_to(dir, port_of(&env("AWS_ENDPOINT_URL_DYNAMODB"))).await
 }
 
-/// A new P-256 key, unencrypted.
-const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-
-/// A certificate authority and a server certificate for localhost signed by it.
-fn make_certificates(dir: &Path) {
-    openssl(
-        dir,
-        &format!("req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 2"),
-        &[
-            "-subj",
-            "/CN=api-tests CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        dir,
-        &format!("req {NEW_KEY} -keyout server.key -out server.csr -subj /CN=localhost"),
-        &[],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext",
-        &[],
-    );
-}
-
-/// Starts the proxy in front of DynamoDB Local; returns it and its port.
-async fn start_proxy(dir: &Path) -> (tokio::process::Child, u16) {
-    let upstream = env("AWS_ENDPOINT_URL_DYNAMODB");
-    let upstream_port = upstream.rsplit(':').next().unwrap().trim_end_matches('/');
-    start_proxy_to(dir, upstream_port).await
-}
-
-/// Starts the proxy in front of a loopback port; returns it and its port.
-async fn start_proxy_to(dir: &Path, upstream_port: &str) -> (tokio::process::Child, u16) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-proxy.py");
-    let mut child = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(dir.join("server.pem"))
-        .arg(dir.join("server.key"))
-        .arg(upstream_port)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs the TLS proxy");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("the TLS proxy starts")
-        .unwrap()
-        .expect("the TLS proxy prints its port")
-        .trim()
-        .parse()
-        .unwrap();
-    (child, port)
+/// The proxy (no delay) in front of a loopback port; returns it and its port.
+async fn start_proxy_to(dir: &Path, upstream_port: u16) -> (LatencyProxy, u16) {
+    let proxy = LatencyProxy::start(dir, &[("upstream", upstream_port)], 0).await;
+    let port = proxy.port("upstream");
+    (proxy, port)
 }
 
 /// One GetItem through the proxy with a fresh SDK configuration built the way a function
@@ -183,7 +111,7 @@ async fn the_jwks_is_fetched_over_tls_trusting_web_roots_or_the_configured_bundl
     make_certificates(&dir);
     let keys = own_keys().await;
     let server = JwksServer::start(json!([jwk(&keys.ec_jwk, "ec-1", json!({}))])).await;
-    let (_proxy, port) = start_proxy_to(&dir, &server.port.to_string()).await;
+    let (_proxy, port) = start_proxy_to(&dir, server.port).await;
     let ctx = api_tests::context().await;
     let issuer = format!("https://issuer.test/{}", uuid::Uuid::new_v4().simple());
     let url = format!("https://localhost:{port}/.well-known/jwks.json");
