@@ -34,6 +34,13 @@ with the release profile, and then, in one run:
   Lambda runs that many execution environments, each client with its own user; errors are
   non-2xx answers, function errors and time-outs.
 
+- under network latency (`--network 0,2,10`, the default): every AWS endpoint the functions call
+  (DynamoDB, Secrets Manager, SES, Cognito, the issuer's keys) behind TLS and a round-trip delay
+  (scripts/latency-proxy.py, on loopback), at each round-trip time: cold starts with the event
+  queued (on demand), first requests after an idle init (Lambda's init ahead of the event) and
+  warm requests, and from the growth of each with the delay the round trips it waits for; then
+  the TLS connections each function opens on its cold request and over 100 warm ones.
+
 BENCH_WRAP="cmd args --" runs every Rust function process under a command (a profiler; `{name}`
 in it is the function) and stops it with SIGINT first, so the command can write its output.
 """
@@ -1286,16 +1293,24 @@ def summarize_network(net_results: dict[str, NetResult], rtts: list[float],
         functions[n] = entry
     budgets = []
     if hi > lo and READ_ROUTE in functions:
-        base = functions[READ_ROUTE]["cold_ms"][f"{hi:g}"]
-        keyed = [(n, e["cold_ms"][f"{hi:g}"]) for n, e in functions.items() if e["holds_keys"]]
+        # What the cold start adds to the request (cold − warm, at the highest round-trip time):
+        # a function with the keys against get-user, so that a function whose request itself
+        # makes one more round trip (a write after its read) is not counted against its start.
+        at = f"{hi:g}"
+        base = functions[READ_ROUTE]
+        base_added = base["cold_ms"][at] - base["warm_ms"][at]
+        keyed = [(n, e["cold_ms"][at] - e["warm_ms"][at], e) for n, e in functions.items() if e["holds_keys"]]
         if keyed:
-            worst = max(keyed, key=lambda kv: kv[1])
+            n, added, e = max(keyed, key=lambda x: x[1])
             budgets.append({
-                "budget": f"cold start of a function with the keys vs get-user's, at {hi:g} ms round trips",
-                "limit": f"≤ one round trip ({hi:g} ms) more", "worst_function": worst[0],
-                "worst": round(worst[1] - base, 1),
-                "shown": f"+{worst[1] - base:.1f} ms ({worst[0]}: {worst[1]:.1f} ms vs {base:.1f} ms)",
-                "pass": worst[1] - base <= hi})
+                "budget": f"cold start of a function with the keys vs get-user's, at {hi:g} ms round trips "
+                          "(what the cold start adds to the request: cold − warm)",
+                "limit": f"≤ one round trip ({hi:g} ms) more", "worst_function": n,
+                "worst": round(added - base_added, 1),
+                "shown": f"+{added - base_added:.1f} ms ({n}: {added:.1f} ms vs {base_added:.1f} ms; cold "
+                         f"{e['cold_ms'][at]:.1f} vs {base['cold_ms'][at]:.1f} ms, of which its warm request's "
+                         f"{e['warm_ms'][at] - base['warm_ms'][at]:+.1f} ms)",
+                "pass": added - base_added <= hi})
     reused = [(n, sum(e["connections"]["warm_handshakes"].values())) for n, e in functions.items()
               if e.get("connections")]
     if reused:
@@ -1833,6 +1848,8 @@ def bench(args: argparse.Namespace, sup: Supervisor) -> int:
         wait_until("the secrets cache", lambda: not port_is_free(port), cache, 10)
         fenv["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = f"http://127.0.0.1:{port}"
     own = own_variables(template)
+    if args.no_connect_during_init:
+        fenv["CONNECT_DURING_INIT"] = "false"
     targets = {b: Target(b, [str(release / b)], ROOT, function_env(fenv, own, b), release / b) for b in binaries}
     for cls in VARIANT_SCENARIOS:
         b = function_of(cls.name)
@@ -2024,6 +2041,9 @@ def main(argv: list[str]) -> int:
                              "(default 0,2,10; none: skip)")
     parser.add_argument("--network-runs", type=int, default=5,
                         help="cold starts per function at each round-trip time (default 5)")
+    parser.add_argument("--no-connect-during-init", action="store_true",
+                        help="the functions run with CONNECT_DURING_INIT=false (no DynamoDB connection or issuer "
+                             "keys fetched at start-up): to measure what connecting during init saves")
     parser.add_argument("--network-only", action="store_true",
                         help="only the measurements under the latency model; prints them and writes nothing")
     parser.add_argument("--out-md", default=str(OUT_MD))

@@ -12,6 +12,11 @@ each way, so that every exchange costs what it costs on a real network:
   its TLS 1.3 handshake then costs one more, as the messages cross;
 - each request then costs one round trip (request half, response half), however small.
 
+Towards the client a connection stays open as AWS keeps it: an emulator that closes its
+connection after each answer (moto says `Connection: close`) gets a new upstream connection for
+the next request, and the header is taken out of the answer, so that the connections counted
+are the client's choice, not the emulator's.
+
 The proxy counts, per upstream, the connections accepted, the TLS handshakes completed and the
 HTTP requests seen (request lines in the decrypted stream), so a caller can check that a warm
 function reuses its connection. A control port on 127.0.0.1 answers:
@@ -35,10 +40,13 @@ import re
 import ssl
 import sys
 import time
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 MAX_RTT_MS = 500.0
 # A request line in the decrypted client stream: how requests are counted.
+# An emulator's refusal to keep the connection, taken out of its answers.
+CONNECTION_CLOSE = re.compile(rb"\r\nConnection: close(?=\r\n)", re.IGNORECASE)
 REQUEST_LINE = re.compile(rb"(?:^|\r\n)(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) \S+ HTTP/1\.[01]\r\n")
 
 
@@ -102,8 +110,10 @@ async def serve_connection(net: Network, name: str, upstream_port: int, ctx: ssl
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_side=True)
     to_client = DelayedWriter(writer)
-    upstream_writer: asyncio.StreamWriter | None = None
-    pump: asyncio.Task | None = None
+    # The upstream connection, opened for the first request and again after the emulator closed
+    # it (moto answers every request with `Connection: close`; AWS keeps connections open, and
+    # so does this proxy towards the client, so what is counted is the client's behaviour).
+    upstream: dict[str, Any] = {"writer": None, "pump": None, "closing": False}
     handshaken = False
 
     def flush_tls() -> None:
@@ -114,11 +124,31 @@ async def serve_connection(net: Network, name: str, upstream_port: int, ctx: ssl
     async def from_upstream(up_reader: asyncio.StreamReader) -> None:
         try:
             while data := await up_reader.read(65536):
+                if CONNECTION_CLOSE.search(data):
+                    upstream["closing"] = True
+                    data = CONNECTION_CLOSE.sub(b"", data)
                 tls.write(data)
                 flush_tls()
         except (ConnectionError, OSError, ssl.SSLError):
             pass
-        to_client.send(None, net.rtt / 2)
+        upstream["closing"] = True
+
+    async def to_upstream(plain: bytes) -> None:
+        if upstream["writer"] is None or upstream["closing"]:
+            close_upstream()
+            up_reader, upstream["writer"] = await asyncio.open_connection("127.0.0.1", upstream_port)
+            upstream["closing"] = False
+            upstream["pump"] = asyncio.create_task(from_upstream(up_reader))
+        upstream["writer"].write(plain)
+        await upstream["writer"].drain()
+
+    def close_upstream() -> None:
+        if upstream["writer"] is not None:
+            try:
+                upstream["writer"].close()
+            except (ConnectionError, OSError, RuntimeError):
+                pass
+            upstream["writer"] = None
 
     try:
         # The client's bytes arrive half a round trip after they were sent, and none before the
@@ -153,8 +183,6 @@ async def serve_connection(net: Network, name: str, upstream_port: int, ctx: ssl
                     flush_tls()
                     if not handshaken:
                         continue
-                    up_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
-                    pump = asyncio.create_task(from_upstream(up_reader))
                 plain = bytearray()
                 while True:
                     try:
@@ -167,23 +195,18 @@ async def serve_connection(net: Network, name: str, upstream_port: int, ctx: ssl
                         break
                     plain += chunk
                 flush_tls()
-                if plain and upstream_writer is not None:
+                if plain:
                     counts["requests"] += len(REQUEST_LINE.findall(bytes(plain)))
-                    upstream_writer.write(bytes(plain))
-                    await upstream_writer.drain()
+                    await to_upstream(bytes(plain))
         finally:
             reading.cancel()
     except (ConnectionError, OSError, ssl.SSLError):
         pass  # a client that does not trust the certificate, or one that went away
     finally:
-        if upstream_writer is not None:
+        close_upstream()
+        if upstream["pump"] is not None:
             try:
-                upstream_writer.close()
-            except (ConnectionError, OSError, RuntimeError):
-                pass
-        if pump is not None:
-            try:
-                await asyncio.wait_for(pump, timeout=5)
+                await asyncio.wait_for(upstream["pump"], timeout=5)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 pass
         to_client.send(None, net.rtt / 2)

@@ -38,6 +38,10 @@ pub struct Config {
     pub relying_party: Option<crate::passkeys::RelyingParty>,
     /// Days a security event is kept (its TTL).
     pub security_events_retention_days: u64,
+    /// Whether a cold start connects to DynamoDB and fetches the token issuer's keys while it
+    /// starts, beside the wait for the first event ([`crate::Context::warm_up`];
+    /// `CONNECT_DURING_INIT`, default true; false is for measuring what it saves).
+    pub connect_during_init: bool,
 }
 
 /// A required variable was not set (or not to a value it can take): the deployment is
@@ -88,6 +92,11 @@ impl Config {
                     .ok()
                     .filter(|d| (1..=36_500).contains(d))
                     .ok_or(MissingVar("SECURITY_EVENTS_RETENTION_DAYS"))?,
+            },
+            connect_during_init: match optional("CONNECT_DURING_INIT").as_deref() {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(_) => return Err(MissingVar("CONNECT_DURING_INIT")),
             },
         })
     }

@@ -326,6 +326,18 @@ pub mod https {
             }
         }
 
+        /// .cargo/config.toml's `[env]` reaches every build of the workspace (cargo, cargo
+        /// lambda, sam build), aws-lc-sys's build script included: without it each process
+        /// spends about 30 ms of CPU on CPU-jitter entropy before its first TLS handshake.
+        #[test]
+        fn aws_lc_is_built_without_cpu_jitter_entropy() {
+            assert_eq!(
+                option_env!("AWS_LC_SYS_NO_JITTER_ENTROPY"),
+                Some("1"),
+                "build from the workspace, whose .cargo/config.toml sets it"
+            );
+        }
+
         #[test]
         fn a_ca_bundle_that_is_not_pem_certificates_is_refused() {
             assert!(super::parse_ca_bundle(b"").is_none());
@@ -433,25 +445,46 @@ impl Context {
 
     /// Starts, in the background on the current runtime, what a cold start's first request
     /// would otherwise wait for, so that it overlaps the wait for the event and that request's
-    /// own first calls: the read of the encryption keys, if this function has them. A request
-    /// that needs them waits for this read rather than starting its own; if it fails, the
-    /// request reads them again. A request that fails authentication never waits for it.
+    /// own first calls (`scripts/dev bench --network` measures each):
+    /// - the read of the encryption keys, if this function has them. A request that needs them
+    ///   waits for this read rather than starting its own; if it fails, the request reads them
+    ///   again. A request that fails authentication never waits for it;
+    /// - unless `CONNECT_DURING_INIT` is false: the token issuer's keys, where the deployment
+    ///   takes sign-in tokens (a token's first request then waits for one fetch at most, and
+    ///   its DynamoDB lookup finds a connection open);
+    /// - and the same: a connection to DynamoDB, opened by reading an API key that cannot
+    ///   exist, and kept for the requests (an event that comes after Lambda's init finds it
+    ///   open; an event already waiting races it with its own, which costs nothing in time).
     pub fn warm_up(&self) {
-        let Some((secrets, id)) = self.key_source() else {
-            return;
-        };
-        let (keys, secrets, id) = (self.keys.clone(), secrets.clone(), id.to_string());
-        tokio::spawn(async move {
-            // Let the runtime ask for the first event first: this task's own work (building
-            // and signing the request) then overlaps that wait instead of delaying it.
-            tokio::task::yield_now().await;
-            let mut last_load = keys.load.lock().await;
-            if keys.get().is_none() {
-                if let Ok(keyring) = read_keyring(&secrets, &id).await {
-                    keys.set(keyring);
-                    *last_load = Some(Instant::now());
+        if let Some((secrets, id)) = self.key_source() {
+            let (keys, secrets, id) = (self.keys.clone(), secrets.clone(), id.to_string());
+            tokio::spawn(async move {
+                // Let the runtime ask for the first event first: this task's own work
+                // (building and signing the request) then overlaps that wait instead of
+                // delaying it.
+                tokio::task::yield_now().await;
+                let mut last_load = keys.load.lock().await;
+                if keys.get().is_none() {
+                    if let Ok(keyring) = read_keyring(&secrets, &id).await {
+                        keys.set(keyring);
+                        *last_load = Some(Instant::now());
+                    }
                 }
-            }
+            });
+        }
+        if !self.config.connect_during_init {
+            return;
+        }
+        if let Some(tokens) = self.tokens.clone() {
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                tokens.prefetch().await;
+            });
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            store.connect().await;
         });
     }
 

@@ -295,6 +295,24 @@ impl UserRecord {
     }
 }
 
+/// What the user object needs from the tables other than the users table.
+#[derive(Debug, Clone)]
+pub struct ViewExtras {
+    pub has_totp: bool,
+    pub pending_email: Option<String>,
+}
+
+impl ViewExtras {
+    /// The user object's parts, with `user`.
+    pub fn with(self, user: UserRecord) -> UserView {
+        UserView {
+            user,
+            has_totp: self.has_totp,
+            pending_email: self.pending_email,
+        }
+    }
+}
+
 /// A user with what the user object needs from the other tables.
 #[derive(Debug, Clone)]
 pub struct UserView {

@@ -10,13 +10,20 @@ async fn cancel(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let call = ctx.authorize(req, FUNCTION).await?;
     let uuid = call.target.uuid;
     let event = ctx.event_by(&call, uuid, EventKind::EmailChangeCancelled);
-    if !ctx.store.cancel_email_change(uuid, &event).await? {
+    // The user object is read beside the cancellation, not after it (one round trip fewer);
+    // it shows no pending email, as this request cancelled it, whatever the read saw.
+    let (cancelled, view) = tokio::try_join!(
+        ctx.store.cancel_email_change(uuid, &event),
+        ctx.store.user_view(uuid),
+    )?;
+    if !cancelled {
         return Err(ApiError::validation(
             "email_change_request_not_found",
             "No active email change requests found.",
             None,
         ));
     }
-    let view = ctx.store.user_view(uuid).await?.ok_or(ApiError::NotFound)?;
+    let mut view = view.ok_or(ApiError::NotFound)?;
+    view.pending_email = None;
     http::ok(&view.to_json())
 }

@@ -8,7 +8,8 @@ use shared::{http, ApiError, Context};
 shared::endpoint!(personalise);
 
 /// Sets the scene's dashboard (replacing it, or appending a new scene) in one atomic update
-/// and returns the target's user object.
+/// and returns the target's user object; the parts of it the update does not touch are read
+/// beside the update, not after it (one round trip fewer).
 async fn personalise(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
     let body = http::parse_fields(req)?;
@@ -17,12 +18,13 @@ async fn personalise(ctx: &Context, req: &Request) -> Result<Response<Body>, Api
     let dashboard =
         dashboard.ok_or_else(|| ApiError::invalid_input("Dashboard must be provided.", None))?;
     let scene = scene.ok_or_else(|| ApiError::invalid_input("Scene must be provided.", None))?;
-    let user = ctx
-        .store
-        .set_scene_dashboard(call.target.uuid, &scene, dashboard)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    http::ok(&ctx.store.view_of(user).await?.to_json())
+    let uuid = call.target.uuid;
+    let (user, extras) = tokio::try_join!(
+        ctx.store.set_scene_dashboard(uuid, &scene, dashboard),
+        ctx.store.view_extras(uuid),
+    )?;
+    let user = user.ok_or(ApiError::NotFound)?;
+    http::ok(&extras.with(user).to_json())
 }
 
 /// The dashboard as DRF's `PrimaryKeyRelatedField` reads it: an integer or a numeric string.

@@ -11,13 +11,16 @@ async fn rename(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let body = http::parse_fields(req)?;
     let label = fields::required_text(&body, "label", fields::Text::not_blank(MAX_LABEL_CHARS))?;
     let uuid = call.target.uuid;
-    if !ctx.store.rename_passkey(uuid, &id, &label).await? {
-        return Err(ApiError::NotFound);
-    }
-    let passkey = ctx
-        .store
-        .passkey(uuid, &id)
-        .await?
+    // The passkey is read beside the rename, not after it (one round trip fewer); the
+    // rename cannot return it, as its policy limits it to the label, which requires that it
+    // return nothing (IAM's attribute-level conditions).
+    let (renamed, passkey) = tokio::try_join!(
+        ctx.store.rename_passkey(uuid, &id, &label),
+        ctx.store.passkey(uuid, &id),
+    )?;
+    let mut passkey = passkey
+        .filter(|_| renamed)
         .ok_or(ApiError::NotFound)?;
+    passkey.label = label;
     http::ok(&passkey.to_json())
 }

@@ -24,6 +24,23 @@ struct CredentialLists {
 }
 
 impl Store {
+    /// Opens a connection to DynamoDB for the requests to come, by reading a key no one has
+    /// (no hash is this string; an eventually consistent read, half a read unit). A failure
+    /// is only logged: the request that needs DynamoDB meets it itself.
+    pub async fn connect(&self) {
+        let read = self
+            .db
+            .get_item()
+            .table_name(&self.tables.api_keys)
+            .key("secure_value", s("connect"))
+            .send()
+            .await;
+        if let Err(err) = read {
+            // Logged (operation and error code) as any failed call is; nothing waits for it.
+            let _ = ApiError::from_sdk("api_keys.connect", &err);
+        }
+    }
+
     pub async fn api_key(&self, hash: &ApiKeyHash) -> Result<Option<ApiKeyRecord>, ApiError> {
         let out = self
             .db

@@ -2,7 +2,7 @@
 use super::{from_item, is_condition_failed, n, s, sdk, to_item, Store, Tx};
 use crate::error::ApiError;
 use crate::users::UserId;
-use crate::users::{email_key, ProfilePatch, UserRecord, UserView};
+use crate::users::{email_key, ProfilePatch, UserRecord, UserView, ViewExtras};
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
 };
@@ -87,13 +87,13 @@ impl Store {
         Ok((view, super::limits::mail_log_from_item(log)))
     }
 
-    /// The user object parts that live outside the users table, for a record in hand.
-    pub async fn view_of(&self, user: UserRecord) -> Result<UserView, ApiError> {
-        let (_, has_totp, pending_email, _) =
-            self.batch_view(user.uuid, ViewRead::OnlyTheRest).await?;
-        Ok(UserView {
+    /// The user object's parts that live outside the users table (2FA on, the pending
+    /// email), without the user's own item: a request that writes that item reads them beside
+    /// the write, which they do not depend on, instead of after it.
+    pub async fn view_extras(&self, uuid: UserId) -> Result<ViewExtras, ApiError> {
+        let (_, has_totp, pending_email, _) = self.batch_view(uuid, ViewRead::OnlyTheRest).await?;
+        Ok(ViewExtras {
             has_totp,
-            user,
             pending_email,
         })
     }

@@ -27,14 +27,16 @@ async fn proxy(tag: &str, rtt_ms: u32) -> LatencyProxy {
             ("secretsmanager", moto),
             ("sesv2", moto),
             ("cognito", moto),
+            ("jwks", port_of(&env("TOKEN_JWKS_URL"))),
         ],
         rtt_ms,
     )
     .await
 }
 
-/// A function's context as a cold start builds it, every endpoint behind `proxy`.
-async fn context_over(proxy: &LatencyProxy) -> shared::Context {
+/// A function's context as a cold start builds it, every endpoint behind `proxy`; with
+/// `connect_during_init` false its warm-up only reads the encryption keys.
+async fn context_over(proxy: &LatencyProxy, connect_during_init: bool) -> shared::Context {
     for (var, name) in [
         ("AWS_ENDPOINT_URL_DYNAMODB", "dynamodb"),
         ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "secretsmanager"),
@@ -44,7 +46,13 @@ async fn context_over(proxy: &LatencyProxy) -> shared::Context {
         std::env::set_var(var, proxy.url(name));
     }
     std::env::set_var("AWS_CA_BUNDLE", &proxy.ca);
-    let config = shared::config::Config::from_env().expect("function environment");
+    // The issuer's keys too (another client, with its own trust: TOKEN_CA_BUNDLE).
+    let jwks = env("TOKEN_JWKS_URL");
+    let path = jwks.splitn(4, '/').nth(3).unwrap_or_default();
+    std::env::set_var("TOKEN_JWKS_URL", format!("{}/{path}", proxy.url("jwks")));
+    std::env::set_var("TOKEN_CA_BUNDLE", &proxy.ca);
+    let mut config = shared::config::Config::from_env().expect("function environment");
+    config.connect_during_init = connect_during_init;
     shared::Context::new(config, &shared::context::lambda_sdk_config().await)
 }
 
@@ -70,7 +78,8 @@ async fn a_cold_start_reads_the_keys_beside_the_authentication_lookup() {
     api.backup_codes(&user.key).await;
 
     let proxy = proxy("overlap", OVERLAP_RTT_MS).await;
-    let over = context_over(&proxy).await;
+    // Without the start-up's DynamoDB connection, whose read would be one more to tell apart.
+    let over = context_over(&proxy, false).await;
     // As Context::from_env does at a cold start: the background work starts, then the first
     // event comes.
     let recorder = Recorder::default();
@@ -107,7 +116,7 @@ async fn a_cold_start_reads_the_keys_beside_the_authentication_lookup() {
 #[tokio::test]
 async fn an_unauthenticated_flood_does_not_make_the_function_read_its_keys() {
     let proxy = proxy("flood", 0).await;
-    let over = context_over(&proxy).await;
+    let over = context_over(&proxy, false).await;
     let recorder = Recorder::default();
     let credentials = [
         None,
@@ -184,7 +193,7 @@ async fn warm_requests_reuse_one_connection_per_endpoint() {
     api.enable_2fa(&user.key).await;
 
     let proxy = proxy("reuse", 0).await;
-    let over = Arc::new(context_over(&proxy).await.with_keys_unloaded());
+    let over = Arc::new(context_over(&proxy, true).await.with_keys_unloaded());
     over.warm_up();
     let through = Api::InProcess(over);
     let status = |reply: Reply| assert_eq!(reply.status, 200, "{}", reply.body);
@@ -217,5 +226,44 @@ async fn warm_requests_reuse_one_connection_per_endpoint() {
     assert!(
         warm["dynamodb"].requests >= cold["dynamodb"].requests + 200,
         "each warm request made its DynamoDB calls: {warm:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cold_start_connects_to_dynamodb_and_fetches_the_issuers_keys_before_its_first_event() {
+    let ctx = context().await;
+    let user = create_user(&ctx, &["*"]).await;
+    let proxy = proxy("init", 0).await;
+    let over = context_over(&proxy, true).await;
+    proxy.reset().await;
+
+    // Before any event: one DynamoDB connection with one read on it, and the issuer's keys.
+    over.warm_up();
+    let before = eventually(
+        || proxy.counts(),
+        |c| c["dynamodb"].requests >= 1 && c["jwks"].requests >= 1,
+    )
+    .await;
+    assert_eq!(before["dynamodb"].handshakes, 1, "{before:?}");
+    assert_eq!(before["dynamodb"].requests, 1, "{before:?}");
+    assert_eq!(before["jwks"].requests, 1, "{before:?}");
+
+    // The first event finds the connection open.
+    let reply = Api::InProcess(Arc::new(over)).get(ME).bearer(&user.key).send().await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let after = proxy.counts().await;
+    assert_eq!(after["dynamodb"].handshakes, 1, "{after:?}");
+    assert!(after["dynamodb"].requests >= 3, "{after:?}");
+    assert_eq!(after["jwks"].requests, 1, "a key request fetches nothing more: {after:?}");
+
+    // CONNECT_DURING_INIT=false: a cold start opens nothing before its first event.
+    proxy.reset().await;
+    let quiet = context_over(&proxy, false).await;
+    quiet.warm_up();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let none = proxy.counts().await;
+    assert!(
+        none.values().all(|c| c.connections == 0),
+        "nothing opened: {none:?}"
     );
 }
