@@ -38,9 +38,9 @@ pub struct Config {
     pub relying_party: Option<crate::passkeys::RelyingParty>,
     /// Days a security event is kept (its TTL).
     pub security_events_retention_days: u64,
-    /// Whether a cold start connects to DynamoDB and fetches the token issuer's keys while it
-    /// starts, beside the wait for the first event ([`crate::Context::warm_up`];
-    /// `CONNECT_DURING_INIT`, default true; false is for measuring what it saves).
+    /// Whether a cold start opens its DynamoDB connection while it starts, beside the wait for
+    /// the first event ([`crate::Context::warm_up`]; `CONNECT_DURING_INIT`, default true;
+    /// false is for measuring what it saves).
     pub connect_during_init: bool,
 }
 

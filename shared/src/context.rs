@@ -449,12 +449,11 @@ impl Context {
     /// - the read of the encryption keys, if this function has them. A request that needs them
     ///   waits for this read rather than starting its own; if it fails, the request reads them
     ///   again. A request that fails authentication never waits for it;
-    /// - unless `CONNECT_DURING_INIT` is false: the token issuer's keys, where the deployment
-    ///   takes sign-in tokens (a token's first request then waits for one fetch at most, and
-    ///   its DynamoDB lookup finds a connection open);
-    /// - and the same: a connection to DynamoDB, opened by reading an API key that cannot
-    ///   exist, and kept for the requests (an event that comes after Lambda's init finds it
-    ///   open; an event already waiting races it with its own, which costs nothing in time).
+    /// - unless `CONNECT_DURING_INIT` is false, a connection to DynamoDB, opened by reading an
+    ///   API key that cannot exist and kept for the requests: an event that comes after
+    ///   Lambda's init finds it open, and a sign-in token's first request finds it open once
+    ///   the issuer's keys are fetched (lazily, at the first token: a function that only sees
+    ///   API keys never calls the issuer); an event already waiting races it with its own.
     pub fn warm_up(&self) {
         if let Some((secrets, id)) = self.key_source() {
             let (keys, secrets, id) = (self.keys.clone(), secrets.clone(), id.to_string());
@@ -474,12 +473,6 @@ impl Context {
         }
         if !self.config.connect_during_init {
             return;
-        }
-        if let Some(tokens) = self.tokens.clone() {
-            tokio::spawn(async move {
-                tokio::task::yield_now().await;
-                tokens.prefetch().await;
-            });
         }
         let store = self.store.clone();
         tokio::spawn(async move {

@@ -374,13 +374,6 @@ impl TokenVerifier {
         }
     }
 
-    /// Fetches the issuer's keys if none are in hand yet ([`crate::Context::warm_up`], at a
-    /// cold start): a token that arrives meanwhile waits for this fetch instead of making its
-    /// own. A failure is left for a token's request to meet (and retry) itself.
-    pub async fn prefetch(&self) {
-        self.jwks.prefetch().await;
-    }
-
     /// A first use of this identity refused within [`FIRST_USE_REFUSAL_KEPT`], as its refusal.
     pub fn refused_lately(&self, identity: &str) -> Option<ApiError> {
         let refusals = self.refused_first_uses.lock().ok()?;
@@ -454,8 +447,8 @@ struct JwksFetches {
     last_failure: Option<Instant>,
 }
 
-/// The issuer's published keys: fetched while the function starts (unless
-/// `CONNECT_DURING_INIT` is false) or when the first token arrives, kept for the life of the
+/// The issuer's published keys: fetched when the first token arrives (never at start-up, so
+/// a function that only ever sees API keys never calls the provider), kept for the life of the
 /// process, and fetched again only for a key id it does not know, at most once per
 /// [`UNKNOWN_KID_REFRESH_EVERY`].
 struct Jwks {
@@ -490,16 +483,6 @@ impl Jwks {
                     .find(|k| k.common.key_id.as_deref() == Some(kid))
                     .cloned(),
             ),
-        }
-    }
-
-    async fn prefetch(&self) {
-        let mut fetches = self.fetches.lock().await;
-        if self.cached("").0 {
-            return;
-        }
-        if let Ok(keys) = self.fetch().await {
-            self.fetched(&mut fetches, keys);
         }
     }
 

@@ -66,11 +66,14 @@ pub fn make_certificates(dir: &Path) {
     );
 }
 
-/// The loopback port of a local service's URL (`http://127.0.0.1:8000`).
+/// The loopback port of a local service's URL (`http://127.0.0.1:8000`, with or without a
+/// path).
 pub fn port_of(url: &str) -> u16 {
-    url.trim_end_matches('/')
-        .rsplit(':')
+    let authority = url.split("://").nth(1).unwrap_or(url);
+    authority
+        .split('/')
         .next()
+        .and_then(|host_port| host_port.rsplit(':').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {url}"))
 }

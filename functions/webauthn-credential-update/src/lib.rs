@@ -18,9 +18,7 @@ async fn rename(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
         ctx.store.rename_passkey(uuid, &id, &label),
         ctx.store.passkey(uuid, &id),
     )?;
-    let mut passkey = passkey
-        .filter(|_| renamed)
-        .ok_or(ApiError::NotFound)?;
+    let mut passkey = passkey.filter(|_| renamed).ok_or(ApiError::NotFound)?;
     passkey.label = label;
     http::ok(&passkey.to_json())
 }
