@@ -17,11 +17,11 @@ connection after each answer (moto says `Connection: close`) gets a new upstream
 the next request, and the header is taken out of the answer, so that the connections counted
 are the client's choice, not the emulator's.
 
-The proxy counts, per upstream, the connections accepted, the TLS handshakes completed and the
-HTTP requests seen (request lines in the decrypted stream), so a caller can check that a warm
-function reuses its connection. A control port on 127.0.0.1 answers:
+The proxy counts, per upstream, the connections accepted, the TLS handshakes completed, the
+HTTP requests seen (request lines in the decrypted stream) and the answers sent back, so a
+caller can check that a warm function reuses its connection. A control port on 127.0.0.1 answers:
 
-    GET  /stats            {"dynamodb": {"connections": n, "handshakes": n, "requests": n}, ...}
+    GET  /stats            {"dynamodb": {"connections": n, "handshakes": n, "requests": n, "answers": n}, ...}
     POST /reset            sets every count to zero
     POST /rtt?ms=N         sets the round-trip delay (0 to 500 ms)
 
@@ -47,6 +47,8 @@ MAX_RTT_MS = 500.0
 # A request line in the decrypted client stream: how requests are counted.
 # An emulator's refusal to keep the connection, taken out of its answers.
 CONNECTION_CLOSE = re.compile(rb"\r\nConnection: close(?=\r\n)", re.IGNORECASE)
+# A status line in an emulator's answers: how answers are counted.
+STATUS_LINE = re.compile(rb"(?:^|\r\n)HTTP/1\.[01] \d{3} ")
 REQUEST_LINE = re.compile(rb"(?:^|\r\n)(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) \S+ HTTP/1\.[01]\r\n")
 
 
@@ -56,7 +58,7 @@ class Network:
     def __init__(self, rtt_ms: float, names: list[str]):
         self.rtt = 0.0
         self.set_rtt(rtt_ms)
-        self.counts = {n: {"connections": 0, "handshakes": 0, "requests": 0} for n in names}
+        self.counts = {n: {"connections": 0, "handshakes": 0, "requests": 0, "answers": 0} for n in names}
 
     def set_rtt(self, ms: float) -> None:
         if not 0 <= ms <= MAX_RTT_MS:
@@ -124,6 +126,7 @@ async def serve_connection(net: Network, name: str, upstream_port: int, ctx: ssl
     async def from_upstream(up_reader: asyncio.StreamReader) -> None:
         try:
             while data := await up_reader.read(65536):
+                counts["answers"] += len(STATUS_LINE.findall(data))
                 if CONNECTION_CLOSE.search(data):
                     upstream["closing"] = True
                     data = CONNECTION_CLOSE.sub(b"", data)

@@ -84,6 +84,8 @@ pub struct Counts {
     pub connections: u64,
     pub handshakes: u64,
     pub requests: u64,
+    /// Answers sent back (status lines).
+    pub answers: u64,
 }
 
 /// A running scripts/latency-proxy.py, stopped when dropped.
@@ -173,6 +175,7 @@ impl LatencyProxy {
                     connections: count(v, "connections"),
                     handshakes: count(v, "handshakes"),
                     requests: count(v, "requests"),
+                    answers: count(v, "answers"),
                 };
                 (name.clone(), counts)
             })
