@@ -24,6 +24,11 @@ pub const KEY_RELOAD_MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// How long the keys read are used before a request reads them again (a rotation's new
 /// active key reaches a warm function's writes within this).
 pub const KEYS_FRESH_FOR: Duration = Duration::from_secs(10 * 60);
+/// DynamoDB connections a cold start opens while it starts ([`Context::warm_up`]): as many as
+/// a request makes DynamoDB calls side by side (3: webauthn-verify-complete, the sign-in
+/// check by passkey), so that calls made together at a cold start do not each open a
+/// connection of their own, two round trips (TCP and TLS) before their own.
+pub const DYNAMODB_CONNECTIONS_AT_INIT: u64 = 3;
 /// Distinct unknown key ids that may each trigger a read of the secret at once.
 const NEW_KEY_IDS_READ_AT_ONCE: usize = 4;
 
@@ -449,8 +454,9 @@ impl Context {
     /// - the read of the encryption keys, if this function has them. A request that needs them
     ///   waits for this read rather than starting its own; if it fails, the request reads them
     ///   again. A request that fails authentication never waits for it;
-    /// - unless `CONNECT_DURING_INIT` is false, a connection to DynamoDB, opened by reading an
-    ///   API key that cannot exist and kept for the requests: an event that comes after
+    /// - unless `CONNECT_DURING_INIT` is false, [`DYNAMODB_CONNECTIONS_AT_INIT`] connections to
+    ///   DynamoDB, each opened by reading an API key that cannot exist and kept for the
+    ///   requests: an event that comes after
     ///   Lambda's init finds it open, and a sign-in token's first request finds it open once
     ///   the issuer's keys are fetched (lazily, at the first token: a function that only sees
     ///   API keys never calls the issuer); an event already waiting races it with its own.
@@ -474,11 +480,13 @@ impl Context {
         if !self.config.connect_during_init {
             return;
         }
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            store.connect().await;
-        });
+        for _ in 0..DYNAMODB_CONNECTIONS_AT_INIT {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                store.connect().await;
+            });
+        }
     }
 
     /// The same context over another store (an instrumented client, in tests and benchmarks),

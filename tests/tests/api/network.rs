@@ -244,17 +244,18 @@ async fn a_cold_start_connects_to_dynamodb_before_its_first_event_and_leaves_the
     let over = context_over(&proxy, true).await;
     proxy.reset().await;
 
-    // Before any event: one DynamoDB connection with one read on it; the issuer's keys wait
+    // Before any event: the DynamoDB connections, one read on each; the issuer's keys wait
     // for a token (a function that only sees API keys never calls the issuer).
+    let opened = shared::context::DYNAMODB_CONNECTIONS_AT_INIT;
     over.warm_up();
-    let before = eventually(|| proxy.counts(), |c| c["dynamodb"].answers >= 1).await;
+    let before = eventually(|| proxy.counts(), |c| c["dynamodb"].answers >= opened).await;
     // The answer is on its way back: let the start-up's read take it, and the connection go
     // back to the pool, before the event comes.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(before["dynamodb"].handshakes, 1, "{before:?}");
-    assert_eq!(before["dynamodb"].requests, 1, "{before:?}");
+    assert_eq!(before["dynamodb"].handshakes, opened, "{before:?}");
+    assert_eq!(before["dynamodb"].requests, opened, "{before:?}");
 
-    // The first event finds the connection open.
+    // The first event finds the connections open.
     let reply = Api::InProcess(Arc::new(over))
         .get(ME)
         .bearer(&user.key)
@@ -262,8 +263,8 @@ async fn a_cold_start_connects_to_dynamodb_before_its_first_event_and_leaves_the
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let after = proxy.counts().await;
-    assert_eq!(after["dynamodb"].handshakes, 1, "{after:?}");
-    assert!(after["dynamodb"].requests >= 3, "{after:?}");
+    assert_eq!(after["dynamodb"].handshakes, opened, "{after:?}");
+    assert!(after["dynamodb"].requests >= opened + 2, "{after:?}");
     assert_eq!(
         after["jwks"].connections, 0,
         "no token, no call to the issuer: {after:?}"
