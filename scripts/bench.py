@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""`scripts/dev bench`: measures every function against the budgets of ARCHITECTURE.md and
-writes BENCHMARKS.md (tables) and BENCHMARKS.json (every figure) at the repository root.
+"""`scripts/dev bench`: measures every function against the performance budgets (README,
+"Performance") and writes BENCHMARKS.md (tables) and BENCHMARKS.json (every figure) at the
+repository root.
 
 It starts its own DynamoDB Local and moto on free ports (scripts/stack: tables, secret
 and SES sender from template.yaml, the functions' local environment), builds the workspace
@@ -104,7 +105,7 @@ VARIANT_SUFFIXES = (TOKEN, PASSKEY)
 # Passkeys a user may hold, verified or not (shared::passkeys::MAX_PASSKEYS).
 MAX_PASSKEYS = 10
 
-# Budgets (ARCHITECTURE.md, quality bars).
+# Budgets (README, "Performance").
 MAX_PENALTY_VS_EMPTY = 2.0
 MIN_PYTHON_COLD_RATIO = 20.0
 MAX_SEQUENTIAL = 3
