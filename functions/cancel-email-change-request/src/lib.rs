@@ -12,18 +12,20 @@ async fn cancel(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     let event = ctx.event_by(&call, uuid, EventKind::EmailChangeCancelled);
     // The user object is read beside the cancellation, not after it (one round trip fewer);
     // it shows no pending email, as this request cancelled it, whatever the read saw.
-    let (cancelled, view) = tokio::try_join!(
+    // Both run to the end (a failed read does not cut the cancellation short), the
+    // cancellation's outcome first.
+    let (cancelled, view) = tokio::join!(
         ctx.store.cancel_email_change(uuid, &event),
         ctx.store.user_view(uuid),
-    )?;
-    if !cancelled {
+    );
+    if !cancelled? {
         return Err(ApiError::validation(
             "email_change_request_not_found",
             "No active email change requests found.",
             None,
         ));
     }
-    let mut view = view.ok_or(ApiError::NotFound)?;
+    let mut view = view?.ok_or(ApiError::NotFound)?;
     view.pending_email = None;
     http::ok(&view.to_json())
 }

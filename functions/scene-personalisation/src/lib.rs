@@ -19,12 +19,14 @@ async fn personalise(ctx: &Context, req: &Request) -> Result<Response<Body>, Api
         dashboard.ok_or_else(|| ApiError::invalid_input("Dashboard must be provided.", None))?;
     let scene = scene.ok_or_else(|| ApiError::invalid_input("Scene must be provided.", None))?;
     let uuid = call.target.uuid;
-    let (user, extras) = tokio::try_join!(
+    // Both run to the end (a failed read does not cut the write short), the write's outcome
+    // first.
+    let (user, extras) = tokio::join!(
         ctx.store.set_scene_dashboard(uuid, &scene, dashboard),
         ctx.store.view_extras(uuid),
-    )?;
-    let user = user.ok_or(ApiError::NotFound)?;
-    http::ok(&extras.with(user).to_json())
+    );
+    let user = user?.ok_or(ApiError::NotFound)?;
+    http::ok(&extras?.with(user).to_json())
 }
 
 /// The dashboard as DRF's `PrimaryKeyRelatedField` reads it: an integer or a numeric string.

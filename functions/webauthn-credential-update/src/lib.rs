@@ -14,11 +14,16 @@ async fn rename(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError
     // The passkey is read beside the rename, not after it (one round trip fewer); the
     // rename cannot return it, as its policy limits it to the label, which requires that it
     // return nothing (IAM's attribute-level conditions).
-    let (renamed, passkey) = tokio::try_join!(
+    // Both run to the end (a failed read does not cut the rename short), the rename's
+    // outcome first.
+    let (renamed, passkey) = tokio::join!(
         ctx.store.rename_passkey(uuid, &id, &label),
         ctx.store.passkey(uuid, &id),
-    )?;
-    let mut passkey = passkey.filter(|_| renamed).ok_or(ApiError::NotFound)?;
+    );
+    if !renamed? {
+        return Err(ApiError::NotFound);
+    }
+    let mut passkey = passkey?.ok_or(ApiError::NotFound)?;
     passkey.label = label;
     http::ok(&passkey.to_json())
 }
