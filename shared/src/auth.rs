@@ -107,6 +107,18 @@ pub struct Caller {
 /// How often a key's `last_used_at` is written at most, as PostHog does.
 pub const KEY_USE_NOTED_EVERY_SECS: u64 = 3600;
 
+impl Caller {
+    /// What authentication answers this caller now that its own account is found inactive or
+    /// gone after its credential was checked (a deactivation racing the request): the 401 its
+    /// credential gets from then on, not a 404 for its own account.
+    pub fn refused_since(&self) -> ApiError {
+        match self.credential {
+            Credential::ApiKey => ApiError::AuthenticationFailed,
+            Credential::AccessToken { .. } => tokens::refused("user_inactive"),
+        }
+    }
+}
+
 /// Whether a key last noted at `last_used_at` (ISO 8601) is due a new note at `now_secs`.
 fn key_use_due(last_used_at: Option<&str>, now_secs: u64) -> bool {
     use aws_smithy_types::date_time::{DateTime, Format};

@@ -6,10 +6,11 @@ shared::endpoint!(get);
 
 async fn get(ctx: &Context, req: &Request) -> Result<Response<Body>, ApiError> {
     let call = ctx.authorize(req, FUNCTION).await?;
-    let view = ctx
-        .store
-        .user_view(call.target.uuid)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    http::ok(&view.to_json())
+    match ctx.store.user_view(call.target.uuid).await? {
+        Some(view) => http::ok(&view.to_json()),
+        // A staff caller's other user: unknown or inactive.
+        None if call.target.is_other => Err(ApiError::NotFound),
+        // The caller's own account, deactivated since its credential was checked.
+        None => Err(call.caller.refused_since()),
+    }
 }
