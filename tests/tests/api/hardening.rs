@@ -893,17 +893,7 @@ async fn keys_created_while_deactivating_never_stay_usable() {
                 })
             })
             .collect();
-        assert!(ctx
-            .store
-            .deactivate_user(
-                user.uuid(),
-                &admin_event(
-                    user.uuid(),
-                    shared::security_events::EventKind::UserDeactivated
-                )
-            )
-            .await
-            .unwrap());
+        deactivate(&ctx, user.uuid()).await;
         for creator in creators {
             if let Ok(key) = creator.await.unwrap() {
                 api.get(ME)

@@ -390,17 +390,7 @@ both!(a_deactivated_users_tokens_get_401, |api, ctx| async move {
 async fn a_deactivated_users_address_links_no_new_identity() {
     let ctx = context().await;
     let user = create_user(&ctx, &["user:read"]).await;
-    assert!(ctx
-        .store
-        .deactivate_user(
-            user.uuid(),
-            &admin_event(
-                user.uuid(),
-                shared::security_events::EventKind::UserDeactivated
-            )
-        )
-        .await
-        .unwrap());
+    deactivate(&ctx, user.uuid()).await;
     let cognito = cognito_user(&user.user.email, true).await;
     let api = Api::InProcess(Arc::new(context().await));
     let reply = api.get(ME).bearer(&cognito.access_token).send().await;
@@ -896,17 +886,7 @@ async fn an_unlink_racing_a_first_use_leaves_no_live_link_after_deactivation() {
             let reply = u.await.unwrap();
             assert!([200, 401].contains(&reply.status), "{}", reply.body);
         }
-        assert!(ctx
-            .store
-            .deactivate_user(
-                user.uuid(),
-                &admin_event(
-                    user.uuid(),
-                    shared::security_events::EventKind::UserDeactivated
-                )
-            )
-            .await
-            .unwrap());
+        deactivate(&ctx, user.uuid()).await;
         if let Some(link) = ctx.store.identity_link(&key).await.unwrap() {
             assert!(!link.user_is_active, "a link left live after deactivation");
         }
